@@ -1,0 +1,334 @@
+"""The campaign: standby -> leader -> stepping down, on a monotonic clock. The only place that decides.
+
+Each tick is one short step that returns a Step the log and the tests can read. Rules it keeps:
+the head's tree is always gone before the lease is released; a leader that cannot confirm its lease
+within the renew deadline kills its head while the lease still stands for the others; nothing is
+started after a stop was asked for.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from typing import Callable, Optional, Protocol
+
+from raylaunch.config import Timing
+from raylaunch.head import tcp_accepts
+from raylaunch.lease import Attempt, LeaseStoreError, Record, RedisUnavailable, describe
+
+log = logging.getLogger("ray-ha")
+
+#: How often a leader looks at its head between renewals (s).
+HEAD_POLL = 0.1
+STORE_ERRORS = (RedisUnavailable, LeaseStoreError)
+
+
+class LeaseStore(Protocol):
+    """What the campaign needs of the lease (raylaunch.lease.RedisLease in production)."""
+
+    def try_acquire(self) -> Attempt: ...
+    def renew(self) -> bool: ...
+    def release(self) -> bool: ...
+    def read_record(self) -> Optional[Record]: ...
+    def write_record(self, gcs_address: str, epoch: int, since: float) -> bool: ...
+    def wait_released(self, timeout: float, stop: threading.Event) -> bool: ...
+
+
+class Head(Protocol):
+    """What the campaign needs of the head (raylaunch.head.RayHead in production)."""
+
+    def start(self, epoch: int) -> None: ...
+    def failure(self) -> Optional[str]: ...
+    def serving_address(self) -> Optional[str]: ...
+    def terminate(self) -> None: ...
+    def top_exited(self) -> bool: ...
+    def kill(self) -> list[int]: ...
+    def stop(self, grace: float) -> list[int]: ...
+
+
+class Role(enum.Enum):
+    STANDBY = "standby"
+    WAITING = "waiting"  # leader, waiting for the previous leader's GCS to go away
+    LEADER = "leader"
+    STEPPING_DOWN = "stepping-down"
+    DONE = "done"
+
+
+class Step(enum.Enum):
+    """What one tick did."""
+
+    STANDING_BY = "standing-by"
+    REDIS_DOWN = "redis-down"
+    ACQUIRED = "acquired"
+    WAITING_OLD_GCS = "waiting-old-gcs"
+    HEAD_STARTED = "head-started"
+    LEADING = "leading"
+    RENEWED = "renewed"
+    RENEW_FAILED = "renew-failed"
+    SERVING = "serving"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    LEASE_LOST = "lease-lost"
+    DEADLINE_PASSED = "renew-deadline-passed"
+    HEAD_DIED = "head-died"
+    START_FAILED = "start-failed"
+
+
+class Outcome(enum.Enum):
+    """How the campaign ended; the CLI maps each to an exit code."""
+
+    STOPPED = "stopped"
+    LOST = "leadership-lost"
+    HEAD_DIED = "head-died"
+    FAILED = "failed"
+
+
+class Campaign:
+    """One candidate's campaign for the lease, and its head while it leads."""
+
+    def __init__(self, store: LeaseStore, head: Head, timing: Timing, stop: threading.Event,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 old_gcs_alive: Callable[[str], bool] = tcp_accepts) -> None:
+        self.store, self.head, self.timing, self.stop = store, head, timing, stop
+        self.clock, self.wall, self.old_gcs_alive = clock, wall, old_gcs_alive
+        self.role = Role.STANDBY
+        self.outcome: Optional[Outcome] = None
+        self.epoch = 0
+        self.renewed_at = 0.0   # when the last confirmed acquisition/renewal was *sent* (monotonic)
+        self.next_renew = 0.0
+        self.acquired_wall = 0.0
+        self.old_gcs: Optional[str] = None
+        self.wait_until = 0.0
+        self.stop_deadline = 0.0
+        self.serving = False
+        self._seen_leader: Optional[tuple[str, int]] = None
+        self._redis_down = False
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        """Tick until the campaign ends; pauses wake early on a stop request or a release.
+
+        An unexpected error still ends in the safe order: the tree dies, then the lease goes.
+        """
+        try:
+            while self.outcome is None:
+                step = self.tick()
+                if step is not Step.ACQUIRED:
+                    self._pause()
+        except Exception:
+            log.exception("internal error; stopping the head before releasing the lease")
+            self._kill_all()
+            self._release()
+            self._finish(Outcome.FAILED, Step.STOPPED, "ended by an internal error")
+        return self.outcome
+
+    def tick(self) -> Step:
+        """One step of the state machine for the current role."""
+        return {Role.STANDBY: self._standby_step, Role.WAITING: self._waiting_step,
+                Role.LEADER: self._leading_step, Role.STEPPING_DOWN: self._stepping_down_step,
+                }.get(self.role, lambda: Step.STOPPED)()
+
+    def _pause(self) -> None:
+        if self.outcome is not None:
+            return
+        if self.role is Role.STANDBY:
+            self.store.wait_released(self.timing.retry_period, self.stop)
+        elif self.role is Role.STEPPING_DOWN:
+            time.sleep(HEAD_POLL)
+        else:
+            self.stop.wait(max(0.0, min(HEAD_POLL, self.next_renew - self.clock())))
+
+    # -- the steps ------------------------------------------------------------------------------
+
+    def _standby_step(self) -> Step:
+        # 1. A standby holds nothing, so a stop request ends it at once.
+        if self.stop.is_set():
+            return self._finish(Outcome.STOPPED, Step.STOPPED, "stopped while standing by")
+        # 2. Try to take the lease; note who leads when we lose.
+        sent = self.clock()
+        try:
+            attempt = self.store.try_acquire()
+        except STORE_ERRORS as exc:
+            return self._redis_trouble(exc)
+        self._redis_back()
+        if not attempt.won:
+            self._note_leader(attempt)
+            return Step.STANDING_BY
+        # 3. Won. A stop that arrived meanwhile wins over starting anything.
+        self._became_leader(attempt.epoch, sent)
+        if self.stop.is_set():
+            self._release()
+            return self._finish(Outcome.STOPPED, Step.STOPPED, "stopped right after winning; released")
+        return Step.ACQUIRED
+
+    def _waiting_step(self) -> Step:
+        # 1. Stop before anything started: release and go.
+        if self.stop.is_set():
+            self._release()
+            return self._finish(Outcome.STOPPED, Step.STOPPED, "stopped before the head started; released")
+        # 2. Keep the lease while we wait.
+        kept = self._keep_lease()
+        if kept in (Step.LEASE_LOST, Step.DEADLINE_PASSED):
+            return self._lose(kept)
+        # 3. Wait (bounded) for the previous leader's GCS to stop accepting connections.
+        if self.old_gcs and self.old_gcs_alive(self.old_gcs):
+            if self.clock() < self.wait_until:
+                return Step.WAITING_OLD_GCS
+            log.warning("previous GCS %s still accepts connections after %.0fs; starting anyway",
+                        self.old_gcs, self.timing.wait_old_gcs)
+        # 4. Start the head.
+        return self._start_head()
+
+    def _leading_step(self) -> Step:
+        # 1. A stop request begins a graceful stop; the lease is kept until the tree is gone.
+        if self.stop.is_set():
+            log.info("leader epoch %d: stop requested; stopping the head (grace %.0fs)",
+                     self.epoch, self.timing.stop_grace)
+            self.head.terminate()
+            self.role, self.stop_deadline = Role.STEPPING_DOWN, self.clock() + self.timing.stop_grace
+            return Step.STOPPING
+        # 2. The head died: its GCS is gone, nothing to drain. Kill the rest, then release.
+        why = self.head.failure()
+        if why is not None:
+            return self._head_died(why)
+        # 3. Renew when due; give up in time if the lease is lost or unconfirmed.
+        kept = self._keep_lease()
+        if kept in (Step.LEASE_LOST, Step.DEADLINE_PASSED):
+            return self._lose(kept)
+        # 4. Once the GCS serves, publish where it is.
+        if not self.serving:
+            return self._publish_record() or kept or Step.LEADING
+        return kept or Step.LEADING
+
+    def _stepping_down_step(self) -> Step:
+        # 1. Losing the lease mid-stop cuts the grace short.
+        kept = self._keep_lease()
+        if kept in (Step.LEASE_LOST, Step.DEADLINE_PASSED):
+            return self._lose(kept)
+        # 2. When ray start has exited or the grace is over: kill what is left, then release.
+        if self.head.top_exited() or self.clock() >= self.stop_deadline:
+            self._kill_all()
+            self._release()
+            return self._finish(Outcome.STOPPED, Step.STOPPED, "head stopped; lease released")
+        return Step.STOPPING
+
+    # -- pieces of steps ------------------------------------------------------------------------
+
+    def _became_leader(self, epoch: int, sent: float) -> None:
+        self.epoch, self.renewed_at = epoch, sent
+        self.next_renew, self.acquired_wall = sent + self.timing.retry_period, self.wall()
+        self.role, self.wait_until = Role.WAITING, self.clock() + self.timing.wait_old_gcs
+        try:
+            record = self.store.read_record()
+        except STORE_ERRORS as exc:
+            log.warning("could not read the previous leader's record: %s", exc)
+            record = None
+        self.old_gcs = record.gcs_address if record and record.epoch < epoch else None
+        log.info("elected leader, epoch %d%s", epoch,
+                 f" (previous GCS was {self.old_gcs})" if self.old_gcs else "")
+
+    def _start_head(self) -> Step:
+        try:
+            self.head.start(self.epoch)
+        except OSError as exc:
+            log.error("could not start the head: %s", exc)
+            self._release()
+            return self._finish(Outcome.FAILED, Step.START_FAILED, "head did not start; lease released")
+        self.role = Role.LEADER
+        log.info("leader epoch %d: head started", self.epoch)
+        return Step.HEAD_STARTED
+
+    def _publish_record(self) -> Optional[Step]:
+        address = self.head.serving_address()
+        if address is None:
+            return None
+        try:
+            self.store.write_record(address, self.epoch, self.acquired_wall)
+        except STORE_ERRORS as exc:
+            log.warning("could not write the leader record (will retry): %s", exc)
+            return None
+        self.serving = True
+        log.info("leader epoch %d: GCS serving at %s", self.epoch, address)
+        return Step.SERVING
+
+    def _keep_lease(self) -> Optional[Step]:
+        """Renew when due; LEASE_LOST if someone else holds it, DEADLINE_PASSED if unconfirmed too long."""
+        step = None
+        if self.clock() >= self.next_renew:
+            sent = self.clock()
+            try:
+                if not self.store.renew():
+                    return Step.LEASE_LOST
+                self.renewed_at, step = sent, Step.RENEWED
+            except STORE_ERRORS as exc:
+                log.warning("leader epoch %d: renewal failed (%.1fs since the last one): %s",
+                            self.epoch, self.clock() - self.renewed_at, exc)
+                step = Step.RENEW_FAILED
+            self.next_renew = sent + self.timing.retry_period
+        if self.clock() - self.renewed_at >= self.timing.renew_deadline:
+            return Step.DEADLINE_PASSED
+        return step
+
+    def _lose(self, why: Step) -> Step:
+        """Leadership is gone or unconfirmed: the tree dies while the lease still stands, then release."""
+        left = self.renewed_at + self.timing.lease_duration - self.clock()
+        grace = 0.0 if why is Step.LEASE_LOST else max(0.0, min(self.timing.stop_grace, left / 2))
+        log.error("leader epoch %d: %s; killing the head (grace %.1fs, lease ends in %.1fs)",
+                  self.epoch, "lease taken by another candidate" if why is Step.LEASE_LOST
+                  else "no renewal within the renew deadline", grace, left)
+        self._report_leftovers(self.head.stop(grace))
+        if why is Step.DEADLINE_PASSED:
+            self._release()
+        self._finish(Outcome.LOST, why, "leadership lost")
+        return why
+
+    def _head_died(self, why: str) -> Step:
+        log.error("leader epoch %d: %s; killing what is left of the head", self.epoch, why)
+        self._kill_all()
+        self._release()
+        self._finish(Outcome.HEAD_DIED, Step.HEAD_DIED, "head died; lease released")
+        return Step.HEAD_DIED
+
+    def _kill_all(self) -> None:
+        self._report_leftovers(self.head.kill())
+
+    @staticmethod
+    def _report_leftovers(pids: list[int]) -> None:
+        if pids:
+            log.error("processes that would not die: %s", " ".join(map(str, pids)))
+
+    def _release(self) -> None:
+        """Release (compare-and-set) so a standby takes over now; on failure the lease simply expires."""
+        try:
+            self.store.release()
+        except STORE_ERRORS as exc:
+            log.warning("could not release the lease (it expires within %.0fs): %s",
+                        self.timing.lease_duration, exc)
+
+    def _note_leader(self, attempt: Attempt) -> None:
+        """Log once per change of the observed leader, not on every poll."""
+        if attempt.holder is None:
+            return
+        seen = (attempt.holder.token, attempt.epoch)
+        if seen != self._seen_leader:
+            self._seen_leader = seen
+            log.info("standing by; leader is %s, epoch %d", describe(attempt.holder), attempt.epoch)
+
+    def _redis_trouble(self, exc: Exception) -> Step:
+        if not self._redis_down:
+            log.warning("standby: Redis unavailable, will keep trying: %s", exc)
+        self._redis_down = True
+        return Step.REDIS_DOWN
+
+    def _redis_back(self) -> None:
+        if self._redis_down:
+            log.info("standby: Redis reachable again")
+        self._redis_down = False
+
+    def _finish(self, outcome: Outcome, step: Step, message: str) -> Step:
+        self.outcome, self.role = outcome, Role.DONE
+        log.info("%s (%s)", message, outcome.value)
+        return step

@@ -1,0 +1,98 @@
+"""The leader's Ray head as the campaign sees it: start it for an epoch, watch it, find its GCS."""
+
+from __future__ import annotations
+
+import socket
+from typing import Callable, Optional
+
+import psutil
+
+from raylaunch.raycmd import HeadCommand
+from raylaunch.supervisor import ProcessTree
+
+GCS_NAME = "gcs_server"
+
+
+def tcp_accepts(address: str, timeout: float = 0.5) -> bool:
+    """True if something accepts a TCP connection at `host:port` right now."""
+    host, port = split_address(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` into (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    """(host, port) as `host:port`, bracketing IPv6."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def gcs_address(gcs: psutil.Process, node_ip: Optional[str]) -> Optional[str]:
+    """The GCS's `ip:port`: the node IP the user gave (else Ray's), and the port it listens on."""
+    try:
+        args = gcs.cmdline()
+        port = int(_arg(args, "--gcs_server_port") or 0)
+        if not port:
+            ports = sorted(c.laddr.port for c in gcs.net_connections(kind="tcp")
+                           if c.status == psutil.CONN_LISTEN)
+            port = ports[0] if ports else 0
+        ip = node_ip or _arg(args, "--node-ip-address") or _arg(args, "--node_ip_address")
+    except (psutil.Error, ValueError):
+        return None
+    return join_address(ip, port) if ip and port else None
+
+
+def _arg(args: list[str], name: str) -> Optional[str]:
+    """The value of `name=value` in a process's argv."""
+    return next((a.split("=", 1)[1] for a in args if a.startswith(name + "=")), None)
+
+
+class RayHead:
+    """Runs `ray start --head --block` under a ProcessTree and reports on its GCS."""
+
+    def __init__(self, command: HeadCommand, node_ip: Optional[str],
+                 probe: Callable[[str], bool] = tcp_accepts) -> None:
+        self.command, self.node_ip, self.probe = command, node_ip, probe
+        self.tree: Optional[ProcessTree] = None
+        self._address: Optional[str] = None
+
+    def start(self, epoch: int) -> None:
+        """Start the head with RAY_HA_EPOCH and RAY_HA_LEADER=1 in its environment."""
+        env = {**self.command.env, "RAY_HA_EPOCH": str(epoch), "RAY_HA_LEADER": "1"}
+        self.tree = ProcessTree(self.command.argv, env, watch_name=GCS_NAME)
+        self.tree.start()
+
+    def failure(self) -> Optional[str]:
+        """Why the head is gone (ray start exited, gcs_server died), or None while it runs."""
+        return self.tree.failure() if self.tree else None
+
+    def serving_address(self) -> Optional[str]:
+        """The GCS address once it accepts connections, else None."""
+        gcs = self.tree.watched() if self.tree else None
+        if self._address is None and gcs is not None:
+            self._address = gcs_address(gcs, self.node_ip)
+        return self._address if self._address and self.probe(self._address) else None
+
+    def terminate(self) -> None:
+        """Begin a graceful stop (SIGTERM to ray start)."""
+        if self.tree:
+            self.tree.terminate()
+
+    def top_exited(self) -> bool:
+        """True once `ray start` has exited."""
+        return self.tree is None or self.tree.top_exited()
+
+    def kill(self) -> list[int]:
+        """SIGKILL everything left of the tree; returns pids that would not die."""
+        return self.tree.kill() if self.tree else []
+
+    def stop(self, grace: float) -> list[int]:
+        """SIGTERM, up to `grace` s, then SIGKILL all that is left."""
+        return self.tree.stop(grace) if self.tree else []

@@ -1,0 +1,262 @@
+"""The leader lease in Redis: acquire with a fencing epoch, renew, release, the leader's record.
+
+No Ray and no processes here. Every write is a small Lua script that acts only while the key holds
+our value, so a lease that changed hands is never extended or deleted by its old owner. "Not ours"
+is a False; "Redis did not answer" is RedisUnavailable; anything Redis refuses is LeaseStoreError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, TypeVar
+
+import redis
+
+T = TypeVar("T")
+
+# KEYS[1] lease key, KEYS[2] epoch key; ARGV[1] our value, ARGV[2] lease in ms.
+# Takes the lease if nobody holds it and bumps the fencing epoch in the same step.
+# Returns {1, new epoch} when won, else {0, holder value, current epoch, lease ms left}.
+ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('INCR', KEYS[2])}
+end
+local epoch = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+return {0, redis.call('GET', KEYS[1]) or '', epoch, redis.call('PTTL', KEYS[1])}
+"""
+
+# KEYS[1] lease key; ARGV[1] our value, ARGV[2] lease in ms.
+# Extends the lease only while it holds our value. Returns 1 if extended, 0 if not ours.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS[1] lease key; ARGV[1] our value, ARGV[2] release channel.
+# Deletes the lease only if ours and wakes the standbys. Returns 1 if released, 0 if not ours.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lease key, KEYS[2] record key; ARGV[1] our value, ARGV[2] record JSON.
+# Publishes the leader's record only while the lease is ours. Returns 1 if written, 0 if not ours.
+WRITE_RECORD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class RedisUnavailable(Exception):
+    """Redis could not be reached or did not answer within the Redis timeout."""
+
+
+class LeaseStoreError(Exception):
+    """Redis answered but refused: wrong credentials, a key of the wrong type, no Lua scripting."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A candidate as written into the lease: node name, host, pid and a per-process random token."""
+
+    node: str
+    host: str
+    pid: int
+    token: str
+
+    @classmethod
+    def me(cls, node: str, host: str) -> "Holder":
+        """This process as a candidate, with a fresh token so a restart never mistakes an old lease for ours."""
+        return cls(node=node, host=host, pid=os.getpid(), token=secrets.token_hex(8))
+
+    @property
+    def value(self) -> str:
+        """The exact string stored in the lease key; renew and release compare against it."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str) -> "Holder":
+        """Parse a lease value; a foreign value is shown as its node name rather than failing."""
+        try:
+            data = json.loads(text)
+            return cls(node=str(data["node"]), host=str(data["host"]), pid=int(data["pid"]),
+                       token=str(data["token"]))
+        except (ValueError, KeyError, TypeError):
+            return cls(node=text[:64], host="?", pid=0, token="")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The outcome of one acquisition try: won with a new epoch, or who holds the lease now."""
+
+    won: bool
+    epoch: int
+    holder: Optional[Holder] = None
+    ttl_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Record:
+    """The leader's record, kept next to the lease so others find its GCS and epoch."""
+
+    node: str
+    host: str
+    gcs_address: str
+    epoch: int
+    since: float
+
+    @classmethod
+    def decode(cls, text: Optional[str]) -> Optional["Record"]:
+        """Parse a stored record; a missing or unreadable one is None."""
+        try:
+            data = json.loads(text or "")
+            return cls(node=str(data["node"]), host=str(data["host"]),
+                       gcs_address=str(data["gcs_address"]), epoch=int(data["epoch"]),
+                       since=float(data["since"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class RedisLease:
+    """One candidate's view of the lease key `key` (epoch, record and channel live beside it)."""
+
+    def __init__(self, client: redis.Redis, key: str, me: Holder, lease_duration: float) -> None:
+        self.client, self.key, self.me = client, key, me
+        self.epoch_key, self.record_key = f"{key}:epoch", f"{key}:record"
+        self.channel = f"{key}:released"
+        self.ttl_ms = max(1, int(lease_duration * 1000))
+        self._acquire = client.register_script(ACQUIRE)
+        self._renew = client.register_script(RENEW)
+        self._release = client.register_script(RELEASE)
+        self._write_record = client.register_script(WRITE_RECORD)
+        self._pubsub: Optional[redis.client.PubSub] = None
+
+    # Public methods translate Redis errors; their _do_ twins talk to Redis.
+
+    def check(self) -> None:
+        """Fail early on what would fail later: no answer, bad credentials, no Lua, wrong key type."""
+        self._guard(self._do_check)
+
+    def try_acquire(self) -> Attempt:
+        """Take the lease if it is free (SET NX PX); a win increments the fencing epoch atomically."""
+        return self._guard(self._do_try_acquire)
+
+    def renew(self) -> bool:
+        """Extend our lease by the full duration; False if it is no longer ours."""
+        return self._guard(lambda: self._renew(keys=[self.key], args=[self.me.value, self.ttl_ms]) == 1)
+
+    def release(self) -> bool:
+        """Delete our lease and notify standbys; False if it was not ours (nothing is touched)."""
+        return self._guard(
+            lambda: self._release(keys=[self.key], args=[self.me.value, self.channel]) == 1)
+
+    def write_record(self, gcs_address: str, epoch: int, since: float) -> bool:
+        """Publish our GCS address and epoch next to the lease; False if the lease is not ours."""
+        record = Record(node=self.me.node, host=self.me.host, gcs_address=gcs_address,
+                        epoch=epoch, since=since)
+        text = json.dumps(asdict(record), sort_keys=True)
+        return self._guard(
+            lambda: self._write_record(keys=[self.key, self.record_key], args=[self.me.value, text]) == 1)
+
+    def read_record(self) -> Optional[Record]:
+        """The last leader's record, or None if none was written."""
+        return Record.decode(self._guard(lambda: self.client.get(self.record_key)))
+
+    def wait_released(self, timeout: float, stop: threading.Event) -> bool:
+        """Wait up to `timeout` s for a release notification; returns early (False) when `stop` is set.
+
+        A broken subscription falls back to plain waiting: polling still finds a free lease.
+        """
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._do_wait_message(min(left, 0.2), stop):
+                return True
+        return False
+
+    def close(self) -> None:
+        """Drop the subscription and the connection pool."""
+        self._drop_pubsub()
+        self.client.close()
+
+    def _do_check(self) -> None:
+        self.client.ping()
+        for script in (self._acquire, self._renew, self._release, self._write_record):
+            script.sha = self.client.script_load(script.script)
+        kind = self.client.type(self.key)
+        if kind not in ("none", "string"):
+            raise LeaseStoreError(f"lease key {self.key!r} holds a {kind}, not a lease; "
+                                  "delete it or choose another --ha-key")
+
+    def _do_try_acquire(self) -> Attempt:
+        reply = self._acquire(keys=[self.key, self.epoch_key], args=[self.me.value, self.ttl_ms])
+        if int(reply[0]) == 1:
+            return Attempt(won=True, epoch=int(reply[1]), holder=self.me, ttl_ms=self.ttl_ms)
+        holder = Holder.decode(reply[1]) if reply[1] else None
+        return Attempt(won=False, epoch=int(reply[2]), holder=holder, ttl_ms=int(reply[3]))
+
+    def _do_wait_message(self, timeout: float, stop: threading.Event) -> bool:
+        try:
+            if self._pubsub is None:
+                self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub.subscribe(self.channel)
+            message = self._pubsub.get_message(timeout=timeout)
+            return bool(message and message.get("type") == "message")
+        except (redis.RedisError, OSError):
+            self._drop_pubsub()
+            stop.wait(timeout)
+            return False
+
+    def _drop_pubsub(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except (redis.RedisError, OSError):
+                pass
+            self._pubsub = None
+
+    def _guard(self, call: Callable[[], T]) -> T:
+        """Run one Redis exchange, turning redis-py's errors into this module's two."""
+        try:
+            return call()
+        except redis.AuthenticationError as exc:
+            raise LeaseStoreError(f"Redis refused the credentials ({exc})") from None
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise RedisUnavailable(f"Redis did not answer: {exc}") from None
+        except redis.ResponseError as exc:
+            raise LeaseStoreError(_explain(str(exc), self.key)) from None
+
+
+def _explain(message: str, key: str) -> str:
+    """One readable line for a Redis error reply."""
+    if "NOAUTH" in message or "WRONGPASS" in message or "AUTH" in message:
+        return f"Redis refused the credentials ({message})"
+    if "WRONGTYPE" in message:
+        return f"lease key {key!r} (or its :epoch/:record keys) holds a value of the wrong type"
+    if "unknown command" in message.lower() or "NOSCRIPT" in message:
+        return f"Redis does not run Lua scripts, which ray-ha needs ({message})"
+    return f"Redis error: {message}"
+
+
+def describe(holder: Optional[Holder]) -> str:
+    """A short `node (host pid)` for log lines."""
+    if holder is None:
+        return "nobody"
+    return f"{holder.node} ({holder.host} pid {holder.pid})"
+

@@ -1,0 +1,158 @@
+"""The `ray start --head --block` command a leader runs. Pure: no I/O, no processes.
+
+User arguments pass through untouched except `--system-config`, into which the raylet reconnect
+setting for the installed Ray version is merged (the user's own keys always win).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+from raylaunch.config import ConfigError
+
+RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+NEW_KEY = "gcs_rpc_server_reconnect_timeout_s"
+OLD_RETRIES_KEY = "ping_gcs_rpc_server_max_retries"
+OLD_INTERVAL_KEY = "ping_gcs_rpc_server_interval_milliseconds"
+#: ray start options whose value is a secret, hidden from every log line.
+SECRET_OPTIONS = ("--redis-password",)
+
+
+@dataclass(frozen=True)
+class HeadCommand:
+    """What a leader runs: argv, the child's full environment, and warnings to log once."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    warnings: tuple[str, ...]
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """`2.60.0`, `1.9.2`, `3.0.0.dev0` -> (major, minor)."""
+    match = re.match(r"\s*(\d+)\.(\d+)", text or "")
+    if not match:
+        raise ConfigError(f"cannot read the Ray version from {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def reconnect_config(version: tuple[int, int], timeout: float) -> dict[str, int]:
+    """The --system-config keys that set the raylet reconnect timeout on this Ray version.
+
+    Ray <= 1.9 only knows the ping retry pair; later Ray has one timeout key and crashes its GCS on
+    the old ones, so exactly one family is ever emitted.
+    """
+    seconds = int(math.ceil(timeout))
+    if version < (1, 10):
+        return {OLD_RETRIES_KEY: seconds, OLD_INTERVAL_KEY: 1000}
+    return {NEW_KEY: seconds}
+
+
+def option_values(args: Sequence[str], name: str) -> list[str]:
+    """Every value given to option `name`, as `--name value` or `--name=value`, in order."""
+    values, i = [], 0
+    while i < len(args):
+        if args[i] == name and i + 1 < len(args):
+            values.append(args[i + 1])
+            i += 2
+            continue
+        if args[i].startswith(name + "="):
+            values.append(args[i][len(name) + 1:])
+        i += 1
+    return values
+
+
+def option_value(args: Sequence[str], name: str) -> Optional[str]:
+    """The value option `name` takes (the last one given, as click does), or None."""
+    values = option_values(args, name)
+    return values[-1] if values else None
+
+
+def without_option(args: Sequence[str], name: str) -> list[str]:
+    """`args` with every occurrence of option `name` and its value removed."""
+    out, i = [], 0
+    while i < len(args):
+        if args[i] == name:
+            i += 2
+            continue
+        if not args[i].startswith(name + "="):
+            out.append(args[i])
+        i += 1
+    return out
+
+
+def merge_system_config(user_text: Optional[str], ours: Mapping[str, int]) -> tuple[dict, list[str]]:
+    """Our keys under the user's JSON object (theirs win), with a warning for each shorter user value."""
+    user: dict = {}
+    if user_text is not None:
+        try:
+            user = json.loads(user_text)
+        except ValueError as exc:
+            raise ConfigError(f"--system-config is not valid JSON: {exc}") from None
+        if not isinstance(user, dict):
+            raise ConfigError("--system-config must be a JSON object, e.g. '{\"key\": 1}'")
+    warnings = [f"--system-config sets {key}={user[key]}, shorter than the {value} ray-ha recommends "
+                f"(lease + head start); raylets may give up during a failover"
+                for key, value in ours.items() if _shorter(user.get(key), value)
+                and key != OLD_INTERVAL_KEY]
+    return {**ours, **user}, warnings
+
+
+def _shorter(user_value: object, ours: float) -> bool:
+    """True if a user's numeric value is below ours; non-numbers are left for Ray to judge."""
+    try:
+        return user_value is not None and float(user_value) < ours  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def child_env(base: Mapping[str, str], version: tuple[int, int], timeout: float) -> tuple[dict, list[str]]:
+    """The head's environment: the reconnect env var (the user's wins) and no RAY_ENABLE_HEAD_HA.
+
+    Ray 2.x raylets read the reconnect timeout from their own environment, not from the head's
+    --system-config; RAY_ENABLE_HEAD_HA is removed so a Ray with built-in head HA never campaigns too.
+    """
+    env = {k: v for k, v in base.items() if k != "RAY_ENABLE_HEAD_HA"}
+    warnings: list[str] = []
+    if version < (1, 10):
+        return env, warnings
+    seconds = int(math.ceil(timeout))
+    if RECONNECT_ENV not in env:
+        env[RECONNECT_ENV] = str(seconds)
+    elif _shorter(env[RECONNECT_ENV], seconds):
+        warnings.append(f"{RECONNECT_ENV}={env[RECONNECT_ENV]} is shorter than the {seconds} ray-ha "
+                        "recommends (lease + head start); raylets may give up during a failover")
+    return env, warnings
+
+
+def build_head_command(ray_exe: str, user_args: Sequence[str], version: tuple[int, int],
+                       reconnect_timeout: float, base_env: Mapping[str, str]) -> HeadCommand:
+    """`ray start <user args> --block --system-config <merged>` with the environment the head needs."""
+    merged, warnings = merge_system_config(option_value(user_args, "--system-config"),
+                                           reconnect_config(version, reconnect_timeout))
+    args = without_option(user_args, "--system-config")
+    if "--block" not in args:
+        args.append("--block")
+    env, env_warnings = child_env(base_env, version, reconnect_timeout)
+    argv = (ray_exe, "start", *args, "--system-config", json.dumps(merged, sort_keys=True))
+    return HeadCommand(argv=argv, env=env, warnings=tuple(warnings + env_warnings))
+
+
+def redact(argv: Sequence[str]) -> list[str]:
+    """argv with secret option values replaced by `***`, fit for a log line."""
+    out, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+        elif arg in SECRET_OPTIONS:
+            out.append(arg)
+            hide_next = True
+        elif any(arg.startswith(opt + "=") for opt in SECRET_OPTIONS):
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out

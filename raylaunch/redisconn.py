@@ -1,0 +1,111 @@
+"""Where Redis is and how to reach it: every `RAY_REDIS_ADDRESS` form Ray accepts, TLS and credentials.
+
+The client it builds never retries on its own and times out every call, so no Redis call can stall
+the lease loop for longer than the configured Redis timeout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from raylaunch.config import ConfigError
+
+TLS_FILE_VARS = ("RAY_REDIS_CA_CERT", "RAY_REDIS_CLIENT_CERT", "RAY_REDIS_CLIENT_KEY")
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """One Redis endpoint with its TLS files and credentials (the password is never printed)."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
+    ca_cert: Optional[str] = None
+    ca_path: Optional[str] = None
+    client_cert: Optional[str] = None
+    client_key: Optional[str] = None
+
+    @property
+    def display(self) -> str:
+        """`host:port` (with the scheme for TLS) for logs; carries no credentials."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'rediss://' if self.tls else ''}{host}:{self.port}"
+
+
+def parse_address(text: str) -> tuple[str, int, bool]:
+    """Split a RAY_REDIS_ADDRESS into (host, port, tls); the first entry of a list is the primary."""
+    first = (text or "").split(",")[0].strip()
+    if not first:
+        raise ConfigError("RAY_REDIS_ADDRESS is empty: set it to host:port of the Redis that backs the GCS")
+    if "@" in first:
+        raise ConfigError("RAY_REDIS_ADDRESS must not carry credentials; use --redis-password "
+                          "or RAY_REDIS_PASSWORD")
+    tls = False
+    if "://" in first:
+        scheme, first = first.split("://", 1)
+        if scheme.lower() not in ("redis", "rediss"):
+            raise ConfigError(f"RAY_REDIS_ADDRESS scheme {scheme!r} is not redis:// or rediss://")
+        tls = scheme.lower() == "rediss"
+    host, port_text = _split_host_port(first)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"RAY_REDIS_ADDRESS {text!r}: port {port_text!r} is not a number in 1..65535")
+    return host, int(port_text), tls
+
+
+def _split_host_port(text: str) -> tuple[str, str]:
+    """`host:port` or `[v6]:port` into its parts; a bare IPv6 address is ambiguous and refused."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":") or not host:
+            raise ConfigError(f"RAY_REDIS_ADDRESS {text!r} is not of the form [ipv6]:port")
+        return host, rest[1:]
+    if text.count(":") != 1:
+        hint = " (write IPv6 as [::1]:6379)" if text.count(":") > 1 else ""
+        raise ConfigError(f"RAY_REDIS_ADDRESS {text!r} is not of the form host:port{hint}")
+    host, port = text.split(":")
+    if not host or "/" in host or "/" in port:
+        raise ConfigError(f"RAY_REDIS_ADDRESS {text!r} is not of the form host:port")
+    return host, port
+
+
+def _tls_files(env: Mapping[str, str]) -> dict[str, Optional[str]]:
+    """Ray's TLS variables, each checked to exist so a typo fails at start, not at first connect."""
+    files = {name: env.get(name) or None for name in TLS_FILE_VARS}
+    for name, path in files.items():
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"TLS file not found: {name}={path}")
+    ca_path = env.get("RAY_REDIS_CA_PATH") or None
+    if ca_path and not os.path.isdir(ca_path):
+        raise ConfigError(f"TLS directory not found: RAY_REDIS_CA_PATH={ca_path}")
+    return {"ca_cert": files["RAY_REDIS_CA_CERT"], "ca_path": ca_path,
+            "client_cert": files["RAY_REDIS_CLIENT_CERT"], "client_key": files["RAY_REDIS_CLIENT_KEY"]}
+
+
+def target_from(env: Mapping[str, str], username: Optional[str], password: Optional[str]) -> RedisTarget:
+    """The Redis to campaign on: RAY_REDIS_ADDRESS, with credentials from ray's flags or RAY_REDIS_PASSWORD."""
+    if "RAY_REDIS_ADDRESS" not in env:
+        raise ConfigError("RAY_REDIS_ADDRESS is not set: head HA needs the Redis that backs the GCS")
+    host, port, tls = parse_address(env["RAY_REDIS_ADDRESS"])
+    files = _tls_files(env) if tls else {}
+    return RedisTarget(host=host, port=port, tls=tls, username=username or None,
+                       password=password or env.get("RAY_REDIS_PASSWORD") or None, **files)
+
+
+def connect(target: RedisTarget, timeout: float) -> redis.Redis:
+    """A client whose connect and every call time out after `timeout` s and never retry by themselves."""
+    kwargs: dict = dict(host=target.host, port=target.port, username=target.username,
+                        password=target.password, socket_timeout=timeout,
+                        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+                        decode_responses=True)
+    if target.tls:
+        kwargs.update(ssl=True, ssl_ca_certs=target.ca_cert, ssl_ca_path=target.ca_path,
+                      ssl_certfile=target.client_cert, ssl_keyfile=target.client_key)
+    return redis.Redis(**kwargs)

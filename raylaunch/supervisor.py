@@ -1,0 +1,138 @@
+"""Runs one child process tree and stops all of it. Knows nothing of Redis or leases.
+
+The launcher becomes a child subreaper, so processes that detach from the tree (double forks,
+Ray's agents orphaned when `ray start` exits) are re-parented to it and stay findable. Stopping is
+always: SIGTERM to the top, a bounded wait, then SIGKILL to every descendant until none is left.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from typing import Mapping, Optional, Sequence
+
+import psutil
+
+PR_SET_CHILD_SUBREAPER = 36
+POLL = 0.05
+
+
+def become_subreaper() -> bool:
+    """Ask Linux to re-parent this process's orphaned descendants to it (False where unsupported)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def is_alive(proc: psutil.Process) -> bool:
+    """True while `proc` (the same process, not a reused pid) runs and is not a zombie."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class ProcessTree:
+    """A child started in its own session, plus everything it spawns, watched and stopped as one."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], watch_name: str) -> None:
+        self.argv, self.env, self.watch_name = list(argv), dict(env), watch_name
+        self.popen: Optional[subprocess.Popen] = None
+        self._watched: Optional[psutil.Process] = None
+        self._me = psutil.Process()
+
+    def start(self) -> None:
+        """Start the top process in its own session so a terminal's Ctrl-C reaches only the launcher."""
+        self.popen = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
+                                      start_new_session=True)
+
+    def failure(self) -> Optional[str]:
+        """Why the tree is no longer whole (top exited, watched process died), or None while it is."""
+        self._reap_orphans()
+        code = self.popen.poll() if self.popen else None
+        if code is not None:
+            return f"{os.path.basename(self.argv[0])} exited with code {code}"
+        watched = self.watched()
+        if self._watched is not None and watched is None:
+            return f"{self.watch_name} (pid {self._watched.pid}) died"
+        return None
+
+    def watched(self) -> Optional[psutil.Process]:
+        """The process named `watch_name` once it has appeared and while it lives."""
+        if self._watched is None:
+            self._watched = next((p for p in self.members() if _named(p, self.watch_name)), None)
+        return self._watched if self._watched is not None and is_alive(self._watched) else None
+
+    def members(self) -> list[psutil.Process]:
+        """Every living descendant of the launcher: the tree plus the orphans it re-parented to us."""
+        try:
+            return [p for p in self._me.children(recursive=True) if is_alive(p)]
+        except psutil.Error:
+            return []
+
+    def terminate(self) -> None:
+        """Ask the top process to stop (SIGTERM); it stops its own children the way it knows."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+
+    def top_exited(self) -> bool:
+        """True once the top process has exited (or never started)."""
+        return self.popen is None or self.popen.poll() is not None
+
+    def kill(self, timeout: float = 10.0) -> list[int]:
+        """SIGKILL every descendant until none is left; returns pids that survived `timeout` (should be none)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            members = self.members()
+            if not members and self.top_exited():
+                return []
+            if time.monotonic() >= deadline:
+                return [p.pid for p in members]
+            for proc in members:
+                _signal(proc, signal.SIGKILL)
+            time.sleep(POLL)
+            self._reap_orphans()
+
+    def stop(self, grace: float) -> list[int]:
+        """SIGTERM the top, wait up to `grace` s for it to exit, then SIGKILL whatever is left."""
+        self.terminate()
+        deadline = time.monotonic() + grace
+        while not self.top_exited() and time.monotonic() < deadline:
+            time.sleep(POLL)
+        return self.kill()
+
+    def _reap_orphans(self) -> None:
+        """Collect exit statuses of re-parented children; Popen reaps the top process itself."""
+        try:
+            children = self._me.children()
+        except psutil.Error:
+            return
+        for child in children:
+            if self.popen is not None and child.pid == self.popen.pid:
+                continue
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
+            except (psutil.Error, ChildProcessError):
+                pass
+
+
+def _named(proc: psutil.Process, name: str) -> bool:
+    """True if the process's name or its executable's file name is `name`."""
+    try:
+        argv0 = (proc.cmdline() or [""])[0]
+        return proc.name() == name or os.path.basename(argv0) == name
+    except psutil.Error:
+        return False
+
+
+def _signal(proc: psutil.Process, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except psutil.Error:
+        pass
