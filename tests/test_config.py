@@ -1,0 +1,106 @@
+"""Flags, environment and .env: booleans, durations, the timing rules, precedence."""
+
+import os
+
+import pytest
+
+from raylaunch.config import (ConfigError, Timing, identity_from, load_env_file, parse_bool,
+                              parse_duration, timing_from)
+
+
+@pytest.mark.parametrize("text", ["1", "true", "TRUE", "Yes", "on", " On "])
+def test_truthy_values(text):
+    assert parse_bool("X", text) is True
+
+
+@pytest.mark.parametrize("text", [None, "", "0", "false", "No", "OFF"])
+def test_falsy_values(text):
+    assert parse_bool("X", text) is False
+
+
+@pytest.mark.parametrize("text", ["2", "enable", "truee", "y"])
+def test_other_boolean_values_are_usage_errors(text):
+    with pytest.raises(ConfigError, match="not a boolean"):
+        parse_bool("RAY_ENABLE_HEAD_HA", text)
+
+
+@pytest.mark.parametrize("text, seconds", [("15", 15.0), ("15s", 15.0), ("1500ms", 1.5),
+                                           ("0.5", 0.5), (" 2S ", 2.0), (".25s", 0.25)])
+def test_durations(text, seconds):
+    assert parse_duration("--ha-x", text) == seconds
+
+
+def test_bare_number_in_ms_names_is_milliseconds():
+    assert parse_duration("RAY_HA_KEY_EXPIRE_TIME_MS", "5000", bare_unit="ms") == 5.0
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1", "5m", "1.2.3", "10 sec"])
+def test_bad_durations(text):
+    with pytest.raises(ConfigError, match="not a duration"):
+        parse_duration("--ha-lease-duration", text)
+
+
+def test_defaults_follow_the_active_passive_proposal():
+    t = Timing()
+    assert (t.lease_duration, t.renew_deadline, t.retry_period, t.redis_timeout) == (15, 10, 2, 2)
+    assert t.effective_reconnect_timeout == 15 + 45
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lease_duration=10, renew_deadline=9, redis_timeout=2), "must exceed renew deadline"),
+    (dict(lease_duration=12, renew_deadline=10, redis_timeout=2), "must exceed renew deadline"),
+    (dict(renew_deadline=3, retry_period=2), "at least 2 x retry period"),
+    (dict(renew_deadline=4, retry_period=1, redis_timeout=5, lease_duration=20), "must exceed Redis timeout"),
+    (dict(retry_period=0), "retry_period must be > 0"),
+    (dict(redis_timeout=-1), "redis_timeout must be > 0"),
+    (dict(reconnect_timeout=0), "reconnect timeout must be > 0"),
+])
+def test_inconsistent_timings_are_rejected_not_adjusted(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Timing(**kwargs)
+
+
+def test_timing_is_frozen():
+    with pytest.raises(Exception):
+        Timing().lease_duration = 1  # type: ignore[misc]
+
+
+def test_flag_beats_environment_and_ant_ray_names_are_milliseconds():
+    env = {"RAY_HA_KEY_EXPIRE_TIME_MS": "60000", "RAY_HA_CHECK_INTERVAL_MS": "500",
+           "RAY_HA_CONNECT_TIMEOUT_MS": "1000", "RAY_HA_WAIT_PRE_GCS_STOP_MAX_TIME_MS": "2500"}
+    t = timing_from({"lease_duration": "20s"}, env)
+    assert (t.lease_duration, t.retry_period, t.redis_timeout, t.wait_old_gcs) == (20, 0.5, 1, 2.5)
+
+
+def test_identity_defaults_to_host_name_and_namespace_key():
+    ident = identity_from(None, None, {"RAY_external_storage_namespace": "prod"})
+    assert ident.key == "ray-ha:prod:leader"
+    assert ident.node_name == ident.host
+    assert identity_from(None, None, {}).key == "ray-ha:default:leader"
+    assert identity_from("n1", "k", {"RAY_HA_NODE_NAME": "n2", "RAY_HA_LEADER_KEY": "k2"}).node_name == "n1"
+    assert identity_from(None, None, {"RAY_HA_NODE_NAME": "n2", "RAY_HA_LEADER_KEY": "k2"}).key == "k2"
+
+
+def test_env_file_fills_in_but_never_overrides(tmp_path, monkeypatch):
+    env_file = tmp_path / "ha.env"
+    env_file.write_text("RAY_HA_TEST_A=from-file\nRAY_HA_TEST_B=from-file\n")
+    monkeypatch.setenv("RAY_HA_TEST_A", "from-env")
+    monkeypatch.delenv("RAY_HA_TEST_B", raising=False)
+    load_env_file(str(env_file))
+    assert os.environ["RAY_HA_TEST_A"] == "from-env"
+    assert os.environ["RAY_HA_TEST_B"] == "from-file"
+    monkeypatch.delenv("RAY_HA_TEST_B")
+
+
+def test_dot_env_in_the_working_directory_is_read(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("RAY_HA_TEST_C=dot\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_HA_TEST_C", raising=False)
+    load_env_file(None)
+    assert os.environ["RAY_HA_TEST_C"] == "dot"
+    monkeypatch.delenv("RAY_HA_TEST_C")
+
+
+def test_missing_env_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="env file not found"):
+        load_env_file(str(tmp_path / "nope.env"))

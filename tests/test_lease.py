@@ -1,0 +1,213 @@
+"""The Redis lease against a real redis-server: acquire, renew, CAS release, expiry, epochs, exclusion."""
+
+import threading
+import time
+
+import pytest
+
+from raylaunch.lease import Holder, LeaseStoreError, RedisLease, RedisUnavailable
+from raylaunch.redisconn import RedisTarget, connect
+
+KEY = "ray-ha:test:leader"
+
+
+def make_lease(server, node="n1", lease=5.0, timeout=1.0, key=KEY, password=None):
+    target = RedisTarget(host="127.0.0.1", port=server.port, password=password or server.password)
+    return RedisLease(connect(target, timeout), key, Holder.me(node, "host"), lease)
+
+
+def test_acquire_sets_value_ttl_and_first_epoch(redis_server):
+    lease = make_lease(redis_server)
+    attempt = lease.try_acquire()
+    assert attempt.won and attempt.epoch == 1
+    raw = redis_server.client()
+    assert raw.get(KEY) == lease.me.value
+    assert 4000 < raw.pttl(KEY) <= 5000
+
+
+def test_second_candidate_sees_holder_epoch_and_ttl(redis_server):
+    first, second = make_lease(redis_server, "a"), make_lease(redis_server, "b")
+    assert first.try_acquire().won
+    attempt = second.try_acquire()
+    assert not attempt.won
+    assert attempt.holder == first.me and attempt.epoch == 1 and 0 < attempt.ttl_ms <= 5000
+
+
+def test_epoch_increases_by_exactly_one_per_acquisition(redis_server):
+    a, b = make_lease(redis_server, "a"), make_lease(redis_server, "b")
+    epochs = []
+    for lease in (a, b, a, a, b):
+        attempt = lease.try_acquire()
+        assert attempt.won
+        epochs.append(attempt.epoch)
+        assert lease.release()
+    assert epochs == [1, 2, 3, 4, 5]
+
+
+def test_renew_extends_only_our_lease(redis_server):
+    a, b = make_lease(redis_server, "a", lease=2.0), make_lease(redis_server, "b", lease=2.0)
+    assert a.try_acquire().won
+    redis_server.client().pexpire(KEY, 300)
+    assert a.renew()
+    assert redis_server.client().pttl(KEY) > 1500
+    assert not b.renew()
+    assert redis_server.client().get(KEY) == a.me.value
+
+
+def test_renew_after_expiry_and_takeover_does_not_extend_the_new_leader(redis_server):
+    a, b = make_lease(redis_server, "a", lease=0.3), make_lease(redis_server, "b", lease=0.3)
+    assert a.try_acquire().won
+    time.sleep(0.4)
+    taken = b.try_acquire()
+    assert taken.won and taken.epoch == 2
+    redis_server.client().pexpire(KEY, 100)
+    assert not a.renew()
+    assert redis_server.client().pttl(KEY) <= 100
+
+
+def test_release_is_compare_and_set_and_notifies(redis_server):
+    a, b = make_lease(redis_server, "a"), make_lease(redis_server, "b")
+    assert a.try_acquire().won
+    sub = redis_server.client().pubsub(ignore_subscribe_messages=True)
+    sub.subscribe(a.channel)
+    assert not b.release()
+    assert redis_server.client().get(KEY) == a.me.value
+    assert a.release()
+    assert redis_server.client().get(KEY) is None
+    message, deadline = None, time.monotonic() + 2  # the first read may return the swallowed subscribe ack
+    while message is None and time.monotonic() < deadline:
+        message = sub.get_message(timeout=0.2)
+    assert message and message["data"] == a.me.value
+    assert not a.release()
+    sub.close()
+
+
+def test_lease_expires_without_renewal(redis_server):
+    a, b = make_lease(redis_server, "a", lease=0.2), make_lease(redis_server, "b", lease=0.2)
+    assert a.try_acquire().won
+    assert not b.try_acquire().won
+    time.sleep(0.3)
+    assert b.try_acquire().won
+
+
+def test_record_is_written_only_by_the_holder(redis_server):
+    a, b = make_lease(redis_server, "a"), make_lease(redis_server, "b")
+    assert a.read_record() is None
+    assert a.try_acquire().won
+    assert not b.write_record("10.0.0.2:6379", 1, 100.0)
+    assert a.write_record("10.0.0.1:6379", 1, 100.0)
+    record = b.read_record()
+    assert (record.node, record.gcs_address, record.epoch, record.since) == ("a", "10.0.0.1:6379", 1, 100.0)
+
+
+@pytest.mark.parametrize("candidates", [2, 5])
+def test_candidates_never_hold_the_lease_together(redis_server, candidates):
+    """Each winner holds briefly, verifying ownership, then releases; holders never overlap."""
+    leases = [make_lease(redis_server, f"n{i}", lease=30.0) for i in range(candidates)]
+    holding, worst, wins, errors = [0], [0], [0], []
+    guard = threading.Lock()
+    deadline = time.monotonic() + 2.0
+
+    def campaign(lease):
+        try:
+            while time.monotonic() < deadline:
+                if not lease.try_acquire().won:
+                    continue
+                with guard:
+                    holding[0] += 1
+                    worst[0] = max(worst[0], holding[0])
+                    wins[0] += 1
+                assert lease.renew(), "a winner must own the lease"
+                with guard:
+                    holding[0] -= 1
+                assert lease.release()
+        except Exception as exc:  # surfaced below; a thread's assert would vanish otherwise
+            errors.append(exc)
+
+    threads = [threading.Thread(target=campaign, args=(lease,)) for lease in leases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert worst[0] == 1
+    assert wins[0] > candidates
+    epoch = int(redis_server.client().get(f"{KEY}:epoch"))
+    assert epoch == wins[0]
+
+
+def test_released_lease_wakes_a_waiting_standby_within_half_a_second(redis_server):
+    leader, standby = make_lease(redis_server, "a"), make_lease(redis_server, "b")
+    assert leader.try_acquire().won
+    stop, woke = threading.Event(), []
+
+    def wait():
+        standby.wait_released(0.05, stop)  # subscribes
+        t0 = time.monotonic()
+        if standby.wait_released(10.0, stop):
+            woke.append(time.monotonic() - t0)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)
+    released_at = time.monotonic()
+    assert leader.release()
+    thread.join(5)
+    assert woke, "the standby was not woken by the release"
+    assert time.monotonic() - released_at < 5
+    assert standby.try_acquire().won
+    standby.close()
+
+
+def test_wait_returns_at_once_on_stop(redis_server):
+    lease, stop = make_lease(redis_server), threading.Event()
+    stop.set()
+    t0 = time.monotonic()
+    assert lease.wait_released(10.0, stop) is False
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_unreachable_redis_is_one_exception_type_and_bounded(redis_server):
+    lease = make_lease(redis_server, timeout=0.5)
+    redis_server.stop()
+    t0 = time.monotonic()
+    with pytest.raises(RedisUnavailable):
+        lease.try_acquire()
+    with pytest.raises(RedisUnavailable):
+        lease.renew()
+    assert time.monotonic() - t0 < 3
+
+
+def test_hung_redis_call_times_out(redis_server):
+    """A Redis that accepts but never answers (DEBUG SLEEP) cannot stall a call past the timeout."""
+    lease = make_lease(redis_server, timeout=0.5)
+    assert lease.try_acquire().won
+    sleeper = threading.Thread(target=lambda: redis_server.client().execute_command("DEBUG", "SLEEP", "2"))
+    sleeper.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    with pytest.raises(RedisUnavailable):
+        lease.renew()
+    assert time.monotonic() - t0 < 1.5
+    sleeper.join()
+
+
+def test_wrong_type_lease_key_is_reported(redis_server):
+    redis_server.client().hset(KEY, "a", "b")
+    lease = make_lease(redis_server)
+    with pytest.raises(LeaseStoreError, match="holds a hash"):
+        lease.check()
+    with pytest.raises(LeaseStoreError, match="wrong type"):
+        lease.try_acquire()
+
+
+def test_wrong_password_is_a_store_error(tmp_path):
+    from conftest import RedisServer
+
+    server = RedisServer(tmp_path, password="right").start()
+    try:
+        with pytest.raises(LeaseStoreError, match="credentials"):
+            make_lease(server, password="wrong").check()
+        make_lease(server, password="right").check()
+    finally:
+        server.stop()
