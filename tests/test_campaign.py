@@ -1,0 +1,363 @@
+"""The campaign state machine, step by step on a fake clock with fakes of our own seams (store, head).
+
+One test at the end runs a real campaign against a real Redis to check the release wake-up.
+"""
+
+import logging
+import threading
+import time
+from typing import Optional
+
+import pytest
+
+from raylaunch.campaign import Campaign, Outcome, Role, Step
+from raylaunch.config import Timing
+from raylaunch.lease import Attempt, Holder, Record, RedisLease, RedisUnavailable
+from raylaunch.redisconn import RedisTarget, connect
+
+OTHER = Holder(node="other", host="h2", pid=7, token="t2")
+TIMING = Timing(lease_duration=15, renew_deadline=10, retry_period=2, redis_timeout=2,
+                stop_grace=10, wait_old_gcs=30)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeStore:
+    """An in-memory lease for one candidate; `events` records the order of side effects."""
+
+    def __init__(self, events: list, holder: Optional[Holder] = None, epoch: int = 0) -> None:
+        self.events, self.holder, self.epoch = events, holder, epoch
+        self.renew_result: object = True
+        self.record: Optional[Record] = None
+        self.acquire_error: Optional[Exception] = None
+
+    def try_acquire(self) -> Attempt:
+        if self.acquire_error:
+            raise self.acquire_error
+        if self.holder is None:
+            self.holder, self.epoch = Holder("me", "h1", 1, "t1"), self.epoch + 1
+            self.events.append(("acquired", self.epoch))
+            return Attempt(won=True, epoch=self.epoch)
+        return Attempt(won=False, epoch=self.epoch, holder=self.holder, ttl_ms=5000)
+
+    def renew(self) -> bool:
+        self.events.append("renew")
+        if isinstance(self.renew_result, Exception):
+            raise self.renew_result
+        return bool(self.renew_result)
+
+    def release(self) -> bool:
+        self.events.append("release")
+        self.holder = None
+        return True
+
+    def read_record(self) -> Optional[Record]:
+        return self.record
+
+    def write_record(self, gcs_address: str, epoch: int, since: float) -> bool:
+        self.events.append(("record", gcs_address, epoch))
+        return True
+
+    def wait_released(self, timeout: float, stop: threading.Event) -> bool:
+        return False
+
+
+class FakeHead:
+    """A head whose state the test sets; stop() advances the clock by its grace (worst case)."""
+
+    def __init__(self, events: list, clock: Clock) -> None:
+        self.events, self.clock = events, clock
+        self.why: Optional[str] = None
+        self.address: Optional[str] = None
+        self.exited = False
+        self.stopped_at: Optional[float] = None
+
+    def start(self, epoch: int) -> None:
+        self.events.append(("start", epoch))
+
+    def failure(self) -> Optional[str]:
+        return self.why
+
+    def serving_address(self) -> Optional[str]:
+        return self.address
+
+    def terminate(self) -> None:
+        self.events.append("terminate")
+
+    def top_exited(self) -> bool:
+        return self.exited
+
+    def kill(self) -> list:
+        self.events.append("kill")
+        self.stopped_at = self.clock()
+        return []
+
+    def stop(self, grace: float) -> list:
+        self.clock.advance(grace)
+        self.events.append(("stop", grace))
+        self.stopped_at = self.clock()
+        return []
+
+
+@pytest.fixture
+def world():
+    events: list = []
+    clock = Clock()
+    store, head, stop = FakeStore(events), FakeHead(events, clock), threading.Event()
+    campaign = Campaign(store, head, TIMING, stop, clock=clock, wall=lambda: 42.0,
+                        old_gcs_alive=lambda address: False)
+    return campaign, store, head, clock, stop, events
+
+
+def lead(campaign) -> None:
+    assert campaign.tick() is Step.ACQUIRED
+    assert campaign.tick() is Step.HEAD_STARTED
+    assert campaign.role is Role.LEADER
+
+
+def test_standby_stops_at_once_holding_nothing(world):
+    campaign, store, head, clock, stop, events = world
+    store.holder = OTHER
+    assert campaign.tick() is Step.STANDING_BY
+    stop.set()
+    assert campaign.tick() is Step.STOPPED
+    assert campaign.outcome is Outcome.STOPPED
+    assert events == []
+
+
+def test_winner_starts_head_with_its_epoch(world):
+    campaign, store, head, clock, stop, events = world
+    store.epoch = 6
+    lead(campaign)
+    assert events == [("acquired", 7), ("start", 7)]
+
+
+def test_stop_right_after_winning_releases_and_never_starts(world):
+    campaign, store, head, clock, stop, events = world
+
+    def acquire_then_signal():
+        attempt = FakeStore.try_acquire(store)
+        stop.set()
+        return attempt
+
+    store.try_acquire = acquire_then_signal
+    assert campaign.tick() is Step.STOPPED
+    assert events == [("acquired", 1), "release"]
+    assert campaign.outcome is Outcome.STOPPED
+
+
+def test_renews_every_retry_period(world):
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+    assert campaign.tick() is Step.LEADING
+    clock.advance(2.0)
+    assert campaign.tick() is Step.RENEWED
+    assert campaign.tick() is Step.LEADING
+    assert events.count("renew") == 1
+
+
+def test_record_is_published_once_gcs_serves(world):
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+    assert campaign.tick() is Step.LEADING
+    head.address = "10.0.0.1:6379"
+    assert campaign.tick() is Step.SERVING
+    assert campaign.tick() is Step.LEADING
+    assert events.count(("record", "10.0.0.1:6379", 1)) == 1
+
+
+def test_no_renewal_within_deadline_kills_head_before_lease_can_expire_then_releases(world):
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+    acquired_at = clock()
+    store.renew_result = RedisUnavailable("down")
+    steps = []
+    while campaign.outcome is None:
+        clock.advance(0.5)
+        steps.append(campaign.tick())
+    assert Step.RENEW_FAILED in steps and steps[-1] is Step.DEADLINE_PASSED
+    assert campaign.outcome is Outcome.LOST
+    stop_event = next(e for e in events if isinstance(e, tuple) and e[0] == "stop")
+    assert stop_event[1] > 0, "a graceful part is allowed while time is left"
+    assert head.stopped_at < acquired_at + TIMING.lease_duration
+    assert events.index(stop_event) < events.index("release")
+
+
+def test_hung_renewals_are_judged_by_the_local_clock(world):
+    """Each renewal hangs for the whole Redis timeout; the deadline still fires in time."""
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+    acquired_at = clock()
+
+    def hung_renew():
+        clock.advance(TIMING.redis_timeout)
+        raise RedisUnavailable("timeout")
+
+    store.renew = hung_renew
+    while campaign.outcome is None:
+        clock.advance(0.1)
+        campaign.tick()
+    assert campaign.outcome is Outcome.LOST
+    assert head.stopped_at < acquired_at + TIMING.lease_duration
+
+
+def test_lease_taken_by_another_kills_at_once_and_does_not_release(world):
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+    store.renew_result = False
+    clock.advance(2.0)
+    assert campaign.tick() is Step.LEASE_LOST
+    assert ("stop", 0.0) in events and "release" not in events
+    assert campaign.outcome is Outcome.LOST
+
+
+def test_head_death_kills_the_rest_then_releases(world):
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+    head.why = "gcs_server (pid 9) died"
+    assert campaign.tick() is Step.HEAD_DIED
+    assert events[-2:] == ["kill", "release"]
+    assert campaign.outcome is Outcome.HEAD_DIED
+
+
+def test_graceful_stop_keeps_renewing_until_the_tree_is_gone(world):
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+    stop.set()
+    assert campaign.tick() is Step.STOPPING
+    assert campaign.role is Role.STEPPING_DOWN
+    clock.advance(2.0)
+    assert campaign.tick() is Step.STOPPING
+    assert events[-1] == "renew"
+    head.exited = True
+    assert campaign.tick() is Step.STOPPED
+    assert events[-2:] == ["kill", "release"]
+    assert events.index("terminate") < events.index("kill") < events.index("release")
+    assert campaign.outcome is Outcome.STOPPED
+
+
+def test_graceful_stop_escalates_to_kill_after_grace(world):
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+    stop.set()
+    campaign.tick()
+    clock.advance(TIMING.stop_grace / 2)
+    assert campaign.tick() is Step.STOPPING
+    clock.advance(TIMING.stop_grace / 2)
+    assert campaign.tick() is Step.STOPPED
+    assert events[-2:] == ["kill", "release"]
+
+
+def test_lease_lost_during_graceful_stop_cuts_it_short(world):
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+    stop.set()
+    campaign.tick()
+    store.renew_result = False
+    clock.advance(2.0)
+    assert campaign.tick() is Step.LEASE_LOST
+    assert ("stop", 0.0) in events
+
+
+def test_new_leader_waits_for_the_old_gcs_bounded(world):
+    campaign, store, head, clock, stop, events = world
+    store.record = Record(node="old", host="h0", gcs_address="10.0.0.9:6379", epoch=3, since=1.0)
+    store.epoch = 3
+    alive = {"10.0.0.9:6379": True}
+    campaign.old_gcs_alive = lambda address: alive[address]
+    assert campaign.tick() is Step.ACQUIRED
+    assert campaign.tick() is Step.WAITING_OLD_GCS
+    clock.advance(5)
+    assert campaign.tick() is Step.WAITING_OLD_GCS
+    alive["10.0.0.9:6379"] = False
+    assert campaign.tick() is Step.HEAD_STARTED
+
+
+def test_old_gcs_that_never_goes_away_is_waited_out(world, caplog):
+    campaign, store, head, clock, stop, events = world
+    store.record = Record(node="old", host="h0", gcs_address="10.0.0.9:6379", epoch=1, since=1.0)
+    campaign.old_gcs_alive = lambda address: True
+    store.epoch = 1
+    campaign.tick()
+    steps = []
+    while campaign.role is Role.WAITING:
+        clock.advance(1.0)
+        steps.append(campaign.tick())
+    assert steps[-1] is Step.HEAD_STARTED
+    assert clock() >= 1000 + TIMING.wait_old_gcs
+    assert "still accepts connections" in caplog.text
+    assert events.count("renew") >= 10, "the lease is kept while waiting"
+
+
+def test_standby_logs_each_leader_change_once(world, caplog):
+    campaign, store, head, clock, stop, events = world
+    store.holder, store.epoch = OTHER, 4
+    caplog.set_level(logging.INFO, logger="ray-ha")
+    for _ in range(5):
+        campaign.tick()
+    store.holder, store.epoch = Holder("third", "h3", 8, "t3"), 5
+    for _ in range(5):
+        campaign.tick()
+    lines = [r.message for r in caplog.records if "leader is" in r.message]
+    assert len(lines) == 2
+    assert "other" in lines[0] and "epoch 4" in lines[0] and "third" in lines[1]
+
+
+def test_standby_survives_redis_outage_and_logs_it_once(world, caplog):
+    campaign, store, head, clock, stop, events = world
+    store.acquire_error = RedisUnavailable("refused")
+    assert [campaign.tick() for _ in range(3)] == [Step.REDIS_DOWN] * 3
+    store.acquire_error = None
+    assert campaign.tick() is Step.ACQUIRED
+    assert caplog.text.count("Redis unavailable") == 1
+
+
+def test_internal_error_while_leading_still_kills_then_releases(world):
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+
+    def broken():
+        raise RuntimeError("bug")
+
+    head.failure = broken
+    assert campaign.run() is Outcome.FAILED
+    assert events[-2:] == ["kill", "release"]
+
+
+def test_released_lease_is_taken_by_a_real_standby_within_half_a_second(redis_server):
+    """Real Redis: a standby with a 5 s retry period is woken by the release notification."""
+    target = RedisTarget(host="127.0.0.1", port=redis_server.port)
+    timing = Timing(lease_duration=30, renew_deadline=10, retry_period=5, redis_timeout=1)
+    leader = RedisLease(connect(target, 1), "k", Holder.me("a", "h"), timing.lease_duration)
+    standby = RedisLease(connect(target, 1), "k", Holder.me("b", "h"), timing.lease_duration)
+    assert leader.try_acquire().won
+    events: list = []
+    started = threading.Event()
+    head = FakeHead(events, Clock())
+    head.start = lambda epoch: started.set()
+    stop = threading.Event()
+    campaign = Campaign(standby, head, timing, stop, old_gcs_alive=lambda a: False)
+    thread = threading.Thread(target=campaign.run)
+    thread.start()
+    try:
+        time.sleep(0.5)  # the standby has polled once and is waiting on its subscription
+        assert not started.is_set()
+        released_at = time.monotonic()
+        assert leader.release()
+        assert started.wait(2.0)
+        assert time.monotonic() - released_at < 0.5
+    finally:
+        head.exited = True
+        stop.set()
+        thread.join(5)
+    assert campaign.outcome is Outcome.STOPPED
+    assert redis_server.client().get("k") is None
