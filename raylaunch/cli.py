@@ -194,7 +194,7 @@ def campaign(command: HeadCommand, target: RedisTarget, identity: Identity, timi
 
 def connect_lease(target: RedisTarget, identity: Identity, timing: Timing,
                   stop: threading.Event) -> RedisLease:
-    """A checked lease handle; Redis gets a few tries, one second apart, before we give up."""
+    """A checked lease handle; Redis gets a few quiet tries, one second apart, before we give up."""
     me = Holder.me(identity.node_name, identity.host)
     lease = RedisLease(connect(target, timing.redis_timeout), identity.key, me, timing.lease_duration)
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
@@ -204,8 +204,6 @@ def connect_lease(target: RedisTarget, identity: Identity, timing: Timing,
         except RedisUnavailable as exc:
             if attempt == CONNECT_ATTEMPTS or stop.is_set():
                 raise RedisUnavailable(f"cannot reach Redis at {target.display}: {exc}") from None
-            log.warning("Redis at %s unreachable (try %d of %d): %s", target.display, attempt,
-                        CONNECT_ATTEMPTS, exc)
             stop.wait(1.0)
         except LeaseStoreError as exc:
             raise LeaseStoreError(f"Redis at {target.display}: {exc}") from None

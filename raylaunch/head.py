@@ -11,6 +11,7 @@ from raylaunch.raycmd import HeadCommand
 from raylaunch.supervisor import ProcessTree
 
 GCS_NAME = "gcs_server"
+WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def tcp_accepts(address: str, timeout: float = 0.5) -> bool:
@@ -35,17 +36,16 @@ def join_address(host: str, port: int) -> str:
 
 
 def gcs_address(gcs: psutil.Process, node_ip: Optional[str]) -> Optional[str]:
-    """The GCS's `ip:port`: the node IP the user gave (else Ray's), and the port it listens on."""
+    """The GCS's `ip:port`: the node IP the user gave, else Ray's, else the socket's own; its listen port."""
     try:
         args = gcs.cmdline()
-        port = int(_arg(args, "--gcs_server_port") or 0)
-        if not port:
-            ports = sorted(c.laddr.port for c in gcs.net_connections(kind="tcp")
+        listening = sorted((c.laddr.port, c.laddr.ip) for c in gcs.net_connections(kind="tcp")
                            if c.status == psutil.CONN_LISTEN)
-            port = ports[0] if ports else 0
-        ip = node_ip or _arg(args, "--node-ip-address") or _arg(args, "--node_ip_address")
-    except (psutil.Error, ValueError):
+    except psutil.Error:
         return None
+    port = int(_arg(args, "--gcs_server_port") or 0) or (listening[0][0] if listening else 0)
+    bound = next((ip for p, ip in listening if p == port and ip not in WILDCARDS), None)
+    ip = node_ip or _arg(args, "--node-ip-address") or bound
     return join_address(ip, port) if ip and port else None
 
 

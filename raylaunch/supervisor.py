@@ -54,12 +54,12 @@ class ProcessTree:
     def failure(self) -> Optional[str]:
         """Why the tree is no longer whole (top exited, watched process died), or None while it is."""
         self._reap_orphans()
+        if self._watched is not None and self.watched() is None:  # the root cause comes first
+            return f"{self.watch_name} (pid {self._watched.pid}) died"
         code = self.popen.poll() if self.popen else None
         if code is not None:
             return f"{os.path.basename(self.argv[0])} exited with code {code}"
-        watched = self.watched()
-        if self._watched is not None and watched is None:
-            return f"{self.watch_name} (pid {self._watched.pid}) died"
+        self.watched()
         return None
 
     def watched(self) -> Optional[psutil.Process]:

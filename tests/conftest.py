@@ -144,3 +144,81 @@ def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "con
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+FAST_TIMING = ["--ha-lease-duration=3", "--ha-renew-deadline=2", "--ha-retry-period=0.5",
+               "--ha-redis-timeout=0.5", "--ha-stop-grace=3"]
+
+
+class Launcher:
+    """One `ray-ha start` process (python -m raylaunch) with its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.name, self.log_path = name, cwd / f"{name}.log"
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "raylaunch", "start", *args], env=env,
+                                         cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 20) -> None:
+        wait_for(lambda: text in self.log() or self.proc.poll() is not None, timeout, what=text)
+        assert text in self.log(), f"{self.name} exited before logging {text!r}:\n{self.log()}"
+
+    def wait(self, timeout: float = 20) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.name} did not exit within {timeout}s:\n{self.log()}")
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return [p for p in psutil.Process(self.pid).children(recursive=True)
+                    if p.status() != psutil.STATUS_ZOMBIE]
+        except psutil.Error:
+            return []
+
+    def kill_tree(self) -> None:
+        """kill -9 of the launcher and everything under it, at once."""
+        victims = self.descendants()
+        for proc in [psutil.Process(self.pid), *victims]:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def launch(tmp_path: Path, fake_ray_env: dict[str, str], redis_server: RedisServer):
+    """Start ray-ha launchers in head HA mode against the test's Redis with the fake ray."""
+    started: list[Launcher] = []
+
+    def start(name: str, *args: str, env: Optional[dict[str, str]] = None,
+              timing: Optional[list[str]] = None) -> Launcher:
+        full_env = {**fake_ray_env, "RAY_ENABLE_HEAD_HA": "1", "RAY_REDIS_ADDRESS": redis_server.address,
+                    "RAY_HA_TEST_NODE": name, **(env or {})}
+        argv = ["--head", "--port=0", f"--ha-node-name={name}", *(FAST_TIMING if timing is None else timing),
+                *args]
+        launcher = Launcher(name, argv, full_env, tmp_path)
+        started.append(launcher)
+        return launcher
+
+    yield start
+    for launcher in started:
+        if launcher.proc.poll() is None:
+            launcher.kill_tree()
+
+
+def fake_ray_events(env: dict[str, str]) -> list[dict]:
+    """The JSON lines the fake ray appended to its log."""
+    import json
+
+    path = Path(env["FAKE_RAY_LOG"])
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
