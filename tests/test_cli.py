@@ -1,0 +1,123 @@
+"""The command line: passthrough to `ray start`, help and version, and bad input.
+
+Bad input must give exactly one line on stderr, its documented exit code, no lease in Redis and
+no process left behind (the leak guard checks the last).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, RedisServer, free_port, tagged_processes
+
+KEY = "ray-ha:default:leader"
+
+
+def run(args, env, cwd, timeout=30):
+    return subprocess.run([sys.executable, "-m", "raylaunch", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("ha, args", [
+    ("", ["--address=10.0.0.1:6379", "--num-cpus", "2"]),
+    ("0", ["--head", "--port=0", "--system-config", '{"a": 1}']),
+    ("1", ["--address=10.0.0.1:6379", "--block"]),
+])
+def test_passthrough_execs_ray_start_with_the_same_arguments(fake_ray_env, tmp_path, ha, args):
+    env = {**fake_ray_env, "RAY_ENABLE_HEAD_HA": ha}
+    proc = subprocess.Popen([sys.executable, "-m", "raylaunch", "start", *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=30)
+    seen = json.loads(out)
+    assert seen["argv"] == ["start", *args]
+    assert seen["pid"] == proc.pid, "ray start must replace ray-ha, not run as its child"
+    assert proc.returncode == 0
+
+
+def test_passthrough_keeps_ray_exit_code_and_drops_our_options(fake_ray_env, tmp_path):
+    env = {**fake_ray_env, "FAKE_RAY_EXIT": "7"}
+    result = run(["start", "--ha-lease-duration=5", "--address=x:1"], env, tmp_path)
+    assert result.returncode == 7
+    assert json.loads(result.stdout)["argv"] == ["start", "--address=x:1"]
+
+
+def test_shim_runs_the_same_command(fake_ray_env, tmp_path):
+    result = subprocess.run([str(ROOT / "bin" / "ray-ha"), "start", "--address=x:1"], env=fake_ray_env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["argv"] == ["start", "--address=x:1"]
+
+
+def test_help_lists_our_options_and_points_to_ray_start(fake_ray_env, tmp_path):
+    top = run(["--help"], fake_ray_env, tmp_path)
+    start = run(["start", "--help"], fake_ray_env, tmp_path)
+    assert top.returncode == 0 and "start" in top.stdout
+    assert start.returncode == 0
+    for flag in ["--ha-lease-duration", "--ha-renew-deadline", "--ha-retry-period", "--ha-redis-timeout",
+                 "--ha-node-name", "--ha-key", "--ha-env-file", "--ha-reconnect-timeout"]:
+        assert flag in start.stdout
+    assert "ray start" in start.stdout and "Exit codes" in start.stdout
+
+
+def test_version_names_ours_and_rays(fake_ray_env, tmp_path):
+    result = run(["--version"], fake_ray_env, tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("ray-ha ") and "ray " in result.stdout
+
+
+# Each case: extra environment, extra arguments, expected exit code, a phrase of the message.
+BAD_INPUTS = {
+    "bad switch": ({"RAY_ENABLE_HEAD_HA": "maybe"}, [], 2, "RAY_ENABLE_HEAD_HA"),
+    "address unset": ({"RAY_REDIS_ADDRESS": None}, [], 2, "RAY_REDIS_ADDRESS is not set"),
+    "address no port": ({"RAY_REDIS_ADDRESS": "localhost"}, [], 2, "host:port"),
+    "address bad port": ({"RAY_REDIS_ADDRESS": "127.0.0.1:99999"}, [], 2, "1..65535"),
+    "address bare ipv6": ({"RAY_REDIS_ADDRESS": "::1:6379"}, [], 2, "brackets"),
+    "address scheme": ({"RAY_REDIS_ADDRESS": "http://127.0.0.1:1"}, [], 2, "scheme"),
+    "redis down": ({"RAY_REDIS_ADDRESS": "127.0.0.1:{dead_port}"}, [], 1, "cannot reach Redis"),
+    "wrong password": ({}, ["--redis-password=wrong"], 2, "credentials"),
+    "no password": ({"RAY_REDIS_PASSWORD": None}, [], 2, "credentials"),
+    "tls file missing": ({"RAY_REDIS_ADDRESS": "rediss://127.0.0.1:1", "RAY_REDIS_CA_CERT": "/nonexistent/ca.pem"},
+                         [], 2, "TLS file not found"),
+    "system-config json": ({}, ["--system-config", "{not json"], 2, "not valid JSON"),
+    "system-config list": ({}, ["--system-config=[1]"], 2, "JSON object"),
+    "timings": ({}, ["--ha-lease-duration=5", "--ha-renew-deadline=4"], 2, "inconsistent timings"),
+    "timings env": ({"RAY_HA_CHECK_INTERVAL_MS": "6000"}, [], 2, "2 x retry period"),
+    "duration": ({}, ["--ha-retry-period=soon"], 2, "not a duration"),
+    "unknown ha flag": ({}, ["--ha-lease-duraton=5"], 2, "no such option: --ha-lease-duraton"),
+    "ray missing": ({"PATH": "/nonexistent"}, [], 2, "`ray` not found"),
+    "env file missing": ({}, ["--ha-env-file=/nonexistent/.env"], 2, "env file not found"),
+    "wrong key type": ({}, ["--ha-key=not-a-string"], 2, "holds a list"),
+    "node name": ({}, ["--ha-node-name=a b"], 2, "node name"),
+}
+
+
+@pytest.fixture
+def secured_redis(tmp_path):
+    server = RedisServer(tmp_path, password="s3cret-pw").start()
+    server.client().rpush("not-a-string", "x")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured_redis, fake_ray_env,
+                                                                    tmp_path, leak_guard):
+    extra_env, extra_args, code, phrase = BAD_INPUTS[case]
+    env = {**fake_ray_env, "RAY_ENABLE_HEAD_HA": "1", "RAY_REDIS_ADDRESS": secured_redis.address,
+           "RAY_REDIS_PASSWORD": "s3cret-pw"}
+    for name, value in extra_env.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value.format(dead_port=free_port())
+    argv = [sys.executable, "-m", "raylaunch", "start", "--head", "--port=0", *extra_args]
+    result = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1, f"expected one line, got:\n{result.stderr}"
+    assert lines[0].startswith("ray-ha: error: ") and phrase in lines[0]
+    assert "Traceback" not in result.stderr and "s3cret-pw" not in result.stderr
+    assert secured_redis.client().get(KEY) is None
+    assert tagged_processes(leak_guard) == []
