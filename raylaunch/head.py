@@ -11,6 +11,8 @@ from raylaunch.raycmd import HeadCommand
 from raylaunch.supervisor import ProcessTree
 
 GCS_NAME = "gcs_server"
+#: On a graceful stop the raylet goes first: it unregisters the node and stops its workers and agents.
+RAYLET_NAME = "raylet"
 WILDCARDS = ("0.0.0.0", "::", "")
 
 
@@ -66,7 +68,7 @@ class RayHead:
     def start(self, epoch: int) -> None:
         """Start the head with RAY_HA_EPOCH and RAY_HA_LEADER=1 in its environment."""
         env = {**self.command.env, "RAY_HA_EPOCH": str(epoch), "RAY_HA_LEADER": "1"}
-        self.tree = ProcessTree(self.command.argv, env, watch_name=GCS_NAME)
+        self.tree = ProcessTree(self.command.argv, env, watch_name=GCS_NAME, drain_name=RAYLET_NAME)
         self.tree.start()
 
     def failure(self) -> Optional[str]:
@@ -81,18 +83,22 @@ class RayHead:
         return self._address if self._address and self.probe(self._address) else None
 
     def terminate(self) -> None:
-        """Begin a graceful stop (SIGTERM to ray start)."""
+        """Begin a graceful stop: SIGTERM to the raylet, so the node leaves the cluster as Ray does.
+
+        Not to `ray start`: its SIGTERM handler drains the node through the GCS for up to 30 s, which
+        never finishes for a node holding a detached actor; the GCS's own state is already in Redis.
+        """
         if self.tree:
             self.tree.terminate()
 
-    def top_exited(self) -> bool:
-        """True once `ray start` has exited."""
-        return self.tree is None or self.tree.top_exited()
+    def drained(self) -> bool:
+        """True once the raylet (or, before it exists, ray start) has exited."""
+        return self.tree is None or self.tree.drained()
 
     def kill(self) -> list[int]:
         """SIGKILL everything left of the tree; returns pids that would not die."""
         return self.tree.kill() if self.tree else []
 
     def stop(self, grace: float) -> list[int]:
-        """SIGTERM, up to `grace` s, then SIGKILL all that is left."""
+        """Graceful stop for up to `grace` s, then SIGKILL all that is left."""
         return self.tree.stop(grace) if self.tree else []

@@ -2,7 +2,8 @@
 
 The launcher becomes a child subreaper, so processes that detach from the tree (double forks,
 Ray's agents orphaned when `ray start` exits) are re-parented to it and stay findable. Stopping is
-always: SIGTERM to the top, a bounded wait, then SIGKILL to every descendant until none is left.
+always: SIGTERM to the process that knows how to wind the tree down (the drain process, else the
+top), a bounded wait for it, then SIGKILL to every descendant until none is left.
 """
 
 from __future__ import annotations
@@ -38,12 +39,19 @@ def is_alive(proc: psutil.Process) -> bool:
 
 
 class ProcessTree:
-    """A child started in its own session, plus everything it spawns, watched and stopped as one."""
+    """A child started in its own session, plus everything it spawns, watched and stopped as one.
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], watch_name: str) -> None:
-        self.argv, self.env, self.watch_name = list(argv), dict(env), watch_name
+    `watch_name` names the process whose death means the tree has failed; `drain_name` the one a
+    graceful stop sends SIGTERM to and waits for (the top when there is none).
+    """
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], watch_name: str,
+                 drain_name: Optional[str] = None) -> None:
+        self.argv, self.env = list(argv), dict(env)
+        self.watch_name, self.drain_name = watch_name, drain_name
         self.popen: Optional[subprocess.Popen] = None
         self._watched: Optional[psutil.Process] = None
+        self._draining: Optional[psutil.Process] = None
         self._me = psutil.Process()
 
     def start(self) -> None:
@@ -76,9 +84,17 @@ class ProcessTree:
             return []
 
     def terminate(self) -> None:
-        """Ask the top process to stop (SIGTERM); it stops its own children the way it knows."""
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+        """Begin a graceful stop: SIGTERM to the drain process if it runs, else to the top."""
+        drain = next((p for p in self.members() if self.drain_name and _named(p, self.drain_name)), None)
+        if drain is None and self.popen is not None and self.popen.poll() is None:
+            drain = psutil.Process(self.popen.pid)
+        self._draining = drain
+        if drain is not None:
+            _signal(drain, signal.SIGTERM)
+
+    def drained(self) -> bool:
+        """True once the process a graceful stop waits for has exited."""
+        return self._draining is None or not is_alive(self._draining)
 
     def top_exited(self) -> bool:
         """True once the top process has exited (or never started)."""
@@ -99,10 +115,10 @@ class ProcessTree:
             self._reap_orphans()
 
     def stop(self, grace: float) -> list[int]:
-        """SIGTERM the top, wait up to `grace` s for it to exit, then SIGKILL whatever is left."""
+        """Graceful stop for up to `grace` s (see terminate), then SIGKILL whatever is left."""
         self.terminate()
         deadline = time.monotonic() + grace
-        while not self.top_exited() and time.monotonic() < deadline:
+        while not self.drained() and time.monotonic() < deadline:
             time.sleep(POLL)
         return self.kill()
 

@@ -195,25 +195,35 @@ class Launcher:
         self.proc.wait(10)
 
 
-@pytest.fixture
-def launch(tmp_path: Path, fake_ray_env: dict[str, str], redis_server: RedisServer):
-    """Start ray-ha launchers in head HA mode against the test's Redis with the fake ray."""
-    started: list[Launcher] = []
+class LaunchPad:
+    """Starts ray-ha launchers in head HA mode against one Redis; kills what is left at teardown."""
 
-    def start(name: str, *args: str, env: Optional[dict[str, str]] = None,
-              timing: Optional[list[str]] = None) -> Launcher:
-        full_env = {**fake_ray_env, "RAY_ENABLE_HEAD_HA": "1", "RAY_REDIS_ADDRESS": redis_server.address,
+    def __init__(self, env: dict[str, str], cwd: Path, redis_address: str, timing: list[str]) -> None:
+        self.env, self.cwd, self.timing = env, cwd, timing
+        self.redis_address = redis_address
+        self.started: list[Launcher] = []
+
+    def __call__(self, name: str, *args: str, env: Optional[dict[str, str]] = None,
+                 timing: Optional[list[str]] = None) -> Launcher:
+        full_env = {**self.env, "RAY_ENABLE_HEAD_HA": "1", "RAY_REDIS_ADDRESS": self.redis_address,
                     "RAY_HA_TEST_NODE": name, **(env or {})}
-        argv = ["--head", "--port=0", f"--ha-node-name={name}", *(FAST_TIMING if timing is None else timing),
-                *args]
-        launcher = Launcher(name, argv, full_env, tmp_path)
-        started.append(launcher)
+        argv = ["--head", f"--ha-node-name={name}", *(self.timing if timing is None else timing), *args]
+        launcher = Launcher(name, argv, full_env, self.cwd)
+        self.started.append(launcher)
         return launcher
 
-    yield start
-    for launcher in started:
-        if launcher.proc.poll() is None:
-            launcher.kill_tree()
+    def close(self) -> None:
+        for launcher in self.started:
+            if launcher.proc.poll() is None:
+                launcher.kill_tree()
+
+
+@pytest.fixture
+def launch(tmp_path: Path, fake_ray_env: dict[str, str], redis_server: RedisServer):
+    """Start ray-ha launchers (fake ray, fast timings) against the test's Redis."""
+    pad = LaunchPad(fake_ray_env, tmp_path, redis_server.address, FAST_TIMING)
+    yield lambda name, *args, **kw: pad(name, "--port=0", *args, **kw)
+    pad.close()
 
 
 def fake_ray_events(env: dict[str, str]) -> list[dict]:

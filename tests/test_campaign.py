@@ -93,7 +93,7 @@ class FakeHead:
     def terminate(self) -> None:
         self.events.append("terminate")
 
-    def top_exited(self) -> bool:
+    def drained(self) -> bool:
         return self.exited
 
     def kill(self) -> list:

@@ -1,0 +1,128 @@
+"""End to end with real Ray 2.60: two HA heads on this machine sharing one Redis.
+
+Each head has its own --temp-dir, --port=0, one CPU, no dashboard and --node-ip-address=127.0.0.1.
+A detached actor created through the leader must answer again after the standby takes over, in the
+same Ray session (GCS fault tolerance resumes it from Redis).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TAG_VAR, LaunchPad, tagged_processes
+
+pytestmark = pytest.mark.ray
+
+KEY = "ray-ha:default:leader"
+
+DRIVER = r"""
+import json, sys, ray
+address, action = sys.argv[1], sys.argv[2]
+ray.init(address=address, _node_ip_address="127.0.0.1", namespace="ha-test", log_to_driver=False)
+
+@ray.remote(max_restarts=-1, max_task_retries=-1)
+class Counter:
+    def __init__(self):
+        self.n = 0
+    def incr(self):
+        self.n += 1
+        return self.n
+
+if action == "create":
+    actor = Counter.options(name="counter", lifetime="detached").remote()
+else:
+    actor = ray.get_actor("counter")
+value = ray.get(actor.incr.remote(), timeout=120)
+session = ray._private.worker.global_worker.node.session_name
+print(json.dumps({"value": value, "session": session}))
+ray.shutdown()
+"""
+
+
+@pytest.fixture
+def ray_launch(redis_server, leak_guard, tmp_path):
+    """Launchers running the real `ray` with short temp dirs (Ray's socket paths are length-limited)."""
+    if shutil.which("ray") is None:
+        pytest.fail("real Ray is needed: pip install 'ray[default]==2.60.0'")
+    short = Path(tempfile.mkdtemp(prefix="rha-", dir="/tmp"))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+           TAG_VAR: leak_guard, "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    timing = ["--ha-lease-duration=5", "--ha-renew-deadline=3", "--ha-retry-period=0.5",
+              "--ha-redis-timeout=1"]
+    pad = LaunchPad(env, tmp_path, redis_server.address, timing)
+
+    def start(name, **kw):
+        return pad(name, "--port=0", "--num-cpus=1", "--include-dashboard=false",
+                   "--node-ip-address=127.0.0.1", f"--temp-dir={short / name}", "--disable-usage-stats", **kw)
+
+    start.env = env
+    yield start
+    pad.close()
+    shutil.rmtree(short, ignore_errors=True)
+
+
+def gcs_address(redis_server) -> str:
+    return json.loads(redis_server.client().get(f"{KEY}:record"))["gcs_address"]
+
+
+def drive(env, address: str, action: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", DRIVER, address, action], env=env, capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_crash_failover_resumes_the_session_and_the_actor(ray_launch, redis_server, leak_guard):
+    leader = ray_launch("a")
+    leader.wait_log("GCS serving", timeout=90)
+    standby = ray_launch("b")
+    standby.wait_log("standing by; leader is a", timeout=60)
+    before = drive(ray_launch.env, gcs_address(redis_server), "create")
+    assert before["value"] == 1
+
+    killed_at = time.monotonic()
+    leader.kill_tree()
+    standby.wait_log("GCS serving", timeout=90)
+    took = time.monotonic() - killed_at
+    after = drive(ray_launch.env, gcs_address(redis_server), "get")
+    assert after["session"] == before["session"], "the new head must resume the same session"
+    assert after["value"] >= 1
+    assert json.loads(redis_server.client().get(f"{KEY}:record"))["epoch"] == 2
+    print(f"crash failover: kill -9 -> new GCS serving in {took:.1f}s (lease 5s)")
+
+    standby.proc.send_signal(signal.SIGTERM)
+    assert standby.wait(60) == 0
+    survivors = [p for p in tagged_processes(leak_guard)]
+    assert survivors == [], f"left behind after stop: {[p.name() for p in survivors]}"
+
+
+def test_sigterm_hands_over_without_waiting_for_the_lease(ray_launch, redis_server, leak_guard):
+    long_lease = ["--ha-lease-duration=60", "--ha-renew-deadline=20", "--ha-retry-period=5",
+                  "--ha-redis-timeout=2"]
+    leader = ray_launch("a", timing=long_lease)
+    leader.wait_log("GCS serving", timeout=90)
+    standby = ray_launch("b", timing=long_lease)
+    standby.wait_log("standing by", timeout=60)
+    before = drive(ray_launch.env, gcs_address(redis_server), "create")
+
+    t0 = time.monotonic()
+    leader.proc.send_signal(signal.SIGTERM)
+    standby.wait_log("GCS serving", timeout=90)
+    took = time.monotonic() - t0
+    assert leader.wait(30) == 0
+    assert took < 20, f"handover took {took:.1f}s: the standby waited for the 60 s lease"
+    after = drive(ray_launch.env, gcs_address(redis_server), "get")
+    assert after["session"] == before["session"]
+    print(f"graceful handover: SIGTERM -> new GCS serving in {took:.1f}s (lease 60s)")
+    standby.proc.send_signal(signal.SIGTERM)
+    assert standby.wait(60) == 0
+    assert tagged_processes(leak_guard) == []
