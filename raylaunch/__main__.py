@@ -3,4 +3,4 @@
 from raylaunch.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="ray-ha")

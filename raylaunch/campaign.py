@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import enum
 import logging
-import threading
 import time
 from typing import Callable, Optional, Protocol
 
 from raylaunch.config import Timing
 from raylaunch.head import tcp_accepts
 from raylaunch.lease import Attempt, LeaseStoreError, Record, RedisUnavailable, describe
+from raylaunch.stopflag import StopSignal
 
 log = logging.getLogger("ray-ha")
 
@@ -33,7 +33,7 @@ class LeaseStore(Protocol):
     def release(self) -> bool: ...
     def read_record(self) -> Optional[Record]: ...
     def write_record(self, gcs_address: str, epoch: int, since: float) -> bool: ...
-    def wait_released(self, timeout: float, stop: threading.Event) -> bool: ...
+    def wait_released(self, timeout: float, stop: StopSignal) -> bool: ...
 
 
 class Head(Protocol):
@@ -88,7 +88,7 @@ class Outcome(enum.Enum):
 class Campaign:
     """One candidate's campaign for the lease, and its head while it leads."""
 
-    def __init__(self, store: LeaseStore, head: Head, timing: Timing, stop: threading.Event,
+    def __init__(self, store: LeaseStore, head: Head, timing: Timing, stop: StopSignal,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  old_gcs_alive: Callable[[str], bool] = tcp_accepts) -> None:
         self.store, self.head, self.timing, self.stop = store, head, timing, stop

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from typing import NoReturn, Optional, Sequence
 
 import click
@@ -26,6 +25,7 @@ from raylaunch.head import RayHead
 from raylaunch.lease import Holder, LeaseStoreError, RedisLease, RedisUnavailable
 from raylaunch.raycmd import HeadCommand, build_head_command, option_value, parse_version, redact
 from raylaunch.redisconn import RedisTarget, connect, target_from
+from raylaunch.stopflag import StopFlag
 from raylaunch.supervisor import become_subreaper
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_LOST, EXIT_HEAD_DIED = 0, 1, 2, 3, 4
@@ -46,10 +46,19 @@ TIMING_HELP = {
     "wait_old_gcs": "How long a new leader waits for the old GCS to go away [30s].",
 }
 
-MAIN_HELP = """Hot-standby Ray heads behind a Redis lease; a drop-in for `ray start`.
+MAIN_HELP = f"""Hot-standby Ray heads behind a Redis lease; a drop-in for `ray start`.
 
 Run the same `ray-ha start --head ...` on several machines with RAY_ENABLE_HEAD_HA=1 and
 RAY_REDIS_ADDRESS set: one wins the lease and runs the real head, the others stand by.
+
+`ray-ha start` takes every `ray start` option, passed through untouched, plus its own
+(details: ray-ha start --help):
+
+\b
+{chr(10).join("  " + flag for flag, _ in TIMING_SOURCES.values())}
+  --ha-node-name
+  --ha-key
+  --ha-env-file
 """
 
 START_HELP = """Start Ray; with RAY_ENABLE_HEAD_HA on and --head, campaign for the head.
@@ -173,7 +182,7 @@ def campaign(command: HeadCommand, target: RedisTarget, identity: Identity, timi
              node_ip: Optional[str]) -> int:
     """Connect, then run the campaign until leadership ends; returns the exit code."""
     setup_logging()
-    stop = threading.Event()
+    stop = StopFlag()
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
     for warning in command.warnings:
@@ -193,7 +202,7 @@ def campaign(command: HeadCommand, target: RedisTarget, identity: Identity, timi
 
 
 def connect_lease(target: RedisTarget, identity: Identity, timing: Timing,
-                  stop: threading.Event) -> RedisLease:
+                  stop: StopFlag) -> RedisLease:
     """A checked lease handle; Redis gets a few quiet tries, one second apart, before we give up."""
     me = Holder.me(identity.node_name, identity.host)
     lease = RedisLease(connect(target, timing.redis_timeout), identity.key, me, timing.lease_duration)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional, TypeVar
 
 import redis
+
+from raylaunch.stopflag import StopSignal
 
 T = TypeVar("T")
 
@@ -176,7 +177,7 @@ class RedisLease:
         """The last leader's record, or None if none was written."""
         return Record.decode(self._guard(lambda: self.client.get(self.record_key)))
 
-    def wait_released(self, timeout: float, stop: threading.Event) -> bool:
+    def wait_released(self, timeout: float, stop: StopSignal) -> bool:
         """Wait up to `timeout` s for a release notification; returns early (False) when `stop` is set.
 
         A broken subscription falls back to plain waiting: polling still finds a free lease.
@@ -211,7 +212,7 @@ class RedisLease:
         holder = Holder.decode(reply[1]) if reply[1] else None
         return Attempt(won=False, epoch=int(reply[2]), holder=holder, ttl_ms=int(reply[3]))
 
-    def _do_wait_message(self, timeout: float, stop: threading.Event) -> bool:
+    def _do_wait_message(self, timeout: float, stop: StopSignal) -> bool:
         try:
             if self._pubsub is None:
                 self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)

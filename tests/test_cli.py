@@ -54,6 +54,7 @@ def test_help_lists_our_options_and_points_to_ray_start(fake_ray_env, tmp_path):
     top = run(["--help"], fake_ray_env, tmp_path)
     start = run(["start", "--help"], fake_ray_env, tmp_path)
     assert top.returncode == 0 and "start" in top.stdout
+    assert "--ha-lease-duration" in top.stdout and "ray start" in top.stdout
     assert start.returncode == 0
     for flag in ["--ha-lease-duration", "--ha-renew-deadline", "--ha-retry-period", "--ha-redis-timeout",
                  "--ha-node-name", "--ha-key", "--ha-env-file", "--ha-reconnect-timeout"]:
@@ -121,3 +122,34 @@ def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured
     assert "Traceback" not in result.stderr and "s3cret-pw" not in result.stderr
     assert secured_redis.client().get(KEY) is None
     assert tagged_processes(leak_guard) == []
+
+
+def test_ray_version_from_metadata_when_ray_is_ours(mocker, tmp_path):
+    from raylaunch import cli
+
+    ours = tmp_path / "ray"
+    mocker.patch.object(cli.sys, "executable", str(tmp_path / "python"))
+    mocker.patch.object(cli.importlib.metadata, "version", return_value="1.9.2")
+    run_ray = mocker.patch.object(cli.subprocess, "run")
+    assert cli.ray_version(str(ours)) == (1, 9)
+    run_ray.assert_not_called()
+
+
+def test_ray_version_asks_a_foreign_ray(mocker, tmp_path):
+    from raylaunch import cli
+
+    mocker.patch.object(cli.sys, "executable", "/elsewhere/python")
+    run_ray = mocker.patch.object(cli.subprocess, "run",
+                                  return_value=subprocess.CompletedProcess([], 0, "ray, version 2.60.0\n", ""))
+    assert cli.ray_version(str(tmp_path / "ray")) == (2, 60)
+    assert run_ray.call_args.args[0] == [str(tmp_path / "ray"), "--version"]
+
+
+def test_unusable_ray_version_is_a_config_error(mocker, tmp_path):
+    from raylaunch import cli
+    from raylaunch.config import ConfigError
+
+    mocker.patch.object(cli.sys, "executable", "/elsewhere/python")
+    mocker.patch.object(cli.subprocess, "run", side_effect=OSError("exec format error"))
+    with pytest.raises(ConfigError, match="could not run"):
+        cli.ray_version(str(tmp_path / "ray"))
