@@ -199,7 +199,7 @@ class RedisLease:
     def _do_check(self) -> None:
         self.client.ping()
         for script in (self._acquire, self._renew, self._release, self._write_record):
-            script.sha = self.client.script_load(script.script)
+            self.client.script_load(script.script)  # fails here, not mid-campaign, without Lua
         kind = self.client.type(self.key)
         if kind not in ("none", "string"):
             raise LeaseStoreError(f"lease key {self.key!r} holds a {kind}, not a lease; "
@@ -208,6 +208,7 @@ class RedisLease:
     def _do_try_acquire(self) -> Attempt:
         reply = self._acquire(keys=[self.key, self.epoch_key], args=[self.me.value, self.ttl_ms])
         if int(reply[0]) == 1:
+            self._drop_pubsub()  # a leader has no use for release notifications
             return Attempt(won=True, epoch=int(reply[1]), holder=self.me, ttl_ms=self.ttl_ms)
         holder = Holder.decode(reply[1]) if reply[1] else None
         return Attempt(won=False, epoch=int(reply[2]), holder=holder, ttl_ms=int(reply[3]))
@@ -236,7 +237,7 @@ class RedisLease:
         """Run one Redis exchange, turning redis-py's errors into this module's two."""
         try:
             return call()
-        except redis.AuthenticationError as exc:
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
             raise LeaseStoreError(f"Redis refused the credentials ({exc})") from None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise RedisUnavailable(f"Redis did not answer: {exc}") from None
@@ -248,6 +249,8 @@ def _explain(message: str, key: str) -> str:
     """One readable line for a Redis error reply."""
     if "NOAUTH" in message or "WRONGPASS" in message or "AUTH" in message:
         return f"Redis refused the credentials ({message})"
+    if "NOPERM" in message:
+        return f"the Redis user may not run what ray-ha needs ({message})"
     if "WRONGTYPE" in message:
         return f"lease key {key!r} (or its :epoch/:record keys) holds a value of the wrong type"
     if "unknown command" in message.lower() or "NOSCRIPT" in message:

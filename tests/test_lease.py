@@ -211,3 +211,14 @@ def test_wrong_password_is_a_store_error(tmp_path):
         make_lease(server, password="right").check()
     finally:
         server.stop()
+
+
+def test_redis_user_without_scripting_is_reported(redis_server):
+    """An ACL user denied Lua (as on hosted Redis that forbids EVAL) fails the start-up check."""
+    redis_server.client().execute_command("ACL", "SETUSER", "noscript", "on", ">pw", "~*", "&*", "+@all",
+                                          "-@scripting")
+    target = RedisTarget(host="127.0.0.1", port=redis_server.port, username="noscript", password="pw")
+    lease = RedisLease(connect(target, 1.0), KEY, Holder.me("n", "h"), 5.0)
+    with pytest.raises(LeaseStoreError, match="may not run"):
+        lease.check()
+    assert redis_server.client().get(KEY) is None
