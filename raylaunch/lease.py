@@ -241,6 +241,8 @@ class RedisLease:
             raise LeaseStoreError(f"Redis refused the credentials ({exc})") from None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise RedisUnavailable(f"Redis did not answer: {exc}") from None
+        except redis.exceptions.NoPermissionError as exc:
+            raise LeaseStoreError(f"the Redis user may not run what ray-ha needs ({exc})") from None
         except redis.ResponseError as exc:
             raise LeaseStoreError(_explain(str(exc), self.key)) from None
 
@@ -249,8 +251,6 @@ def _explain(message: str, key: str) -> str:
     """One readable line for a Redis error reply."""
     if "NOAUTH" in message or "WRONGPASS" in message or "AUTH" in message:
         return f"Redis refused the credentials ({message})"
-    if "NOPERM" in message:
-        return f"the Redis user may not run what ray-ha needs ({message})"
     if "WRONGTYPE" in message:
         return f"lease key {key!r} (or its :epoch/:record keys) holds a value of the wrong type"
     if "unknown command" in message.lower() or "NOSCRIPT" in message:
