@@ -1,0 +1,64 @@
+"""`rediss://` with Ray's TLS variables, through a real TLS handshake to a real Redis."""
+
+import pytest
+
+from raylaunch.lease import Holder, RedisLease, RedisUnavailable
+from raylaunch.redisconn import connect, target_from
+from tlsproxy import TLSProxy, make_certs
+
+KEY = "ray-ha:default:leader"
+
+
+@pytest.fixture
+def tls_redis(redis_server, tmp_path):
+    certs = make_certs(tmp_path)
+    proxy = TLSProxy(redis_server.port, certs)
+    yield proxy, certs
+    proxy.close()
+
+
+def tls_env(port, certs, **overrides):
+    env = {"RAY_REDIS_ADDRESS": f"rediss://127.0.0.1:{port}", "RAY_REDIS_CA_CERT": certs["ca"],
+           "RAY_REDIS_CLIENT_CERT": certs["client"], "RAY_REDIS_CLIENT_KEY": certs["client_key"]}
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def test_lease_over_tls_with_client_certificate(tls_redis, redis_server):
+    proxy, certs = tls_redis
+    target = target_from(tls_env(proxy.port, certs), None, None)
+    lease = RedisLease(connect(target, 2.0), KEY, Holder.me("tls", "h"), 5.0)
+    lease.check()
+    assert lease.try_acquire().won
+    assert redis_server.client().get(KEY) == lease.me.value
+    assert lease.renew() and lease.release()
+    assert proxy.handshakes_failed == 0
+    lease.close()
+
+
+def test_ca_directory_works_like_a_ca_file(tls_redis, tmp_path):
+    import shutil
+    import subprocess
+
+    proxy, certs = tls_redis
+    ca_dir = tmp_path / "cas"
+    ca_dir.mkdir()
+    shutil.copy(certs["ca"], ca_dir / "ca.pem")
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to hash a CA directory")
+    subprocess.run(["openssl", "rehash", str(ca_dir)], check=True, capture_output=True)
+    target = target_from(tls_env(proxy.port, certs, RAY_REDIS_CA_CERT=None, RAY_REDIS_CA_PATH=str(ca_dir)),
+                         None, None)
+    lease = RedisLease(connect(target, 2.0), KEY, Holder.me("tls", "h"), 5.0)
+    lease.check()
+    lease.close()
+
+
+def test_untrusted_server_is_refused(tls_redis, tmp_path):
+    proxy, certs = tls_redis
+    (tmp_path / "other").mkdir()
+    other = make_certs(tmp_path / "other")
+    target = target_from(tls_env(proxy.port, certs, RAY_REDIS_CA_CERT=other["ca"]), None, None)
+    lease = RedisLease(connect(target, 2.0), KEY, Holder.me("tls", "h"), 5.0)
+    with pytest.raises(RedisUnavailable, match="certificate"):
+        lease.check()
