@@ -23,6 +23,8 @@ log = logging.getLogger("ray-ha")
 #: How often a leader looks at its head between renewals (s).
 HEAD_POLL = 0.1
 STORE_ERRORS = (RedisUnavailable, LeaseStoreError)
+#: A standby retries this long after the lease's remaining TTL, so it arrives just after expiry (s).
+TTL_SLACK = 0.005
 
 
 class LeaseStore(Protocol):
@@ -103,6 +105,7 @@ class Campaign:
         self.wait_until = 0.0
         self.stop_deadline = 0.0
         self.serving = False
+        self.next_try = 0.0     # when a standby tries to acquire again (monotonic)
         self._seen_leader: Optional[tuple[str, int]] = None
         self._redis_down = False
 
@@ -135,7 +138,7 @@ class Campaign:
         if self.outcome is not None:
             return
         if self.role is Role.STANDBY:
-            self.store.wait_released(self.timing.retry_period, self.stop)
+            self.store.wait_released(max(0.0, self.next_try - self.clock()), self.stop)
         elif self.role is Role.STEPPING_DOWN:
             time.sleep(HEAD_POLL)
         else:
@@ -148,7 +151,8 @@ class Campaign:
         if self.stop.is_set():
             return self._finish(Outcome.STOPPED, Step.STOPPED, "stopped while standing by")
         # 2. Try to take the lease; note who leads when we lose.
-        sent = self.clock()
+        sent = self.next_try = self.clock()
+        self.next_try += self.timing.retry_period
         try:
             attempt = self.store.try_acquire()
         except STORE_ERRORS as exc:
@@ -156,6 +160,8 @@ class Campaign:
         self._redis_back()
         if not attempt.won:
             self._note_leader(attempt)
+            if attempt.ttl_ms > 0:  # Redis says when the lease runs out: try again right then
+                self.next_try = min(self.next_try, self.clock() + attempt.ttl_ms / 1000 + TTL_SLACK)
             return Step.STANDING_BY
         # 3. Won. A stop that arrived meanwhile wins over starting anything.
         self._became_leader(attempt.epoch, sent)

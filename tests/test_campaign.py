@@ -39,6 +39,7 @@ class FakeStore:
         self.renew_result: object = True
         self.record: Optional[Record] = None
         self.acquire_error: Optional[Exception] = None
+        self.ttl_ms = 5000
 
     def try_acquire(self) -> Attempt:
         if self.acquire_error:
@@ -47,7 +48,7 @@ class FakeStore:
             self.holder, self.epoch = Holder("me", "h1", 1, "t1"), self.epoch + 1
             self.events.append(("acquired", self.epoch))
             return Attempt(won=True, epoch=self.epoch)
-        return Attempt(won=False, epoch=self.epoch, holder=self.holder, ttl_ms=5000)
+        return Attempt(won=False, epoch=self.epoch, holder=self.holder, ttl_ms=self.ttl_ms)
 
     def renew(self) -> bool:
         self.events.append("renew")
@@ -296,6 +297,14 @@ def test_old_gcs_that_never_goes_away_is_waited_out(world, caplog):
     assert clock() >= 1000 + TIMING.wait_old_gcs
     assert "still accepts connections" in caplog.text
     assert events.count("renew") >= 10, "the lease is kept while waiting"
+
+
+@pytest.mark.parametrize("ttl_ms, expected", [(5000, 2.0), (300, 0.305), (0, 2.0), (-1, 2.0)])
+def test_standby_retries_when_the_lease_runs_out_or_after_the_retry_period(world, ttl_ms, expected):
+    campaign, store, head, clock, stop, events = world
+    store.holder, store.ttl_ms = OTHER, ttl_ms
+    assert campaign.tick() is Step.STANDING_BY
+    assert campaign.next_try - clock() == pytest.approx(expected)
 
 
 def test_standby_logs_each_leader_change_once(world, caplog):
