@@ -126,6 +126,7 @@ class Campaign:
             self._kill_all()
             self._release()
             self._finish(Outcome.FAILED, Step.STOPPED, "ended by an internal error")
+        assert self.outcome is not None  # the loop only ends once an outcome is set
         return self.outcome
 
     def tick(self) -> Step:

@@ -115,8 +115,9 @@ def timing_from(flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -> T
     """Build the Timing from flag values (keyed by field name, None when absent) and the environment."""
     values = {}
     for field_name, (flag_name, env_name) in TIMING_SOURCES.items():
-        if flags.get(field_name) is not None:
-            values[field_name] = parse_duration(flag_name, flags[field_name])
+        flag = flags.get(field_name)
+        if flag is not None:
+            values[field_name] = parse_duration(flag_name, flag)
         elif env.get(env_name, "").strip():
             values[field_name] = parse_duration(env_name, env[env_name], bare_unit="ms")
     return Timing(**values)

@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, TypeVar, cast
 
 import redis
 
@@ -175,7 +175,7 @@ class RedisLease:
 
     def read_record(self) -> Optional[Record]:
         """The last leader's record, or None if none was written."""
-        return Record.decode(self._guard(lambda: self.client.get(self.record_key)))
+        return Record.decode(self._guard(lambda: cast(Optional[str], self.client.get(self.record_key))))
 
     def wait_released(self, timeout: float, stop: StopSignal) -> bool:
         """Wait up to `timeout` s for a release notification; returns early (False) when `stop` is set.
@@ -200,7 +200,7 @@ class RedisLease:
         self.client.ping()
         for script in (self._acquire, self._renew, self._release, self._write_record):
             self.client.script_load(script.script)  # fails here, not mid-campaign, without Lua
-        kind = self.client.type(self.key)
+        kind = str(self.client.type(self.key))
         if kind not in ("none", "string"):
             raise LeaseStoreError(f"lease key {self.key!r} holds a {kind}, not a lease; "
                                   "delete it or choose another --ha-key")
