@@ -123,19 +123,25 @@ class ProcessTree:
         return self.kill()
 
     def _reap_orphans(self) -> None:
-        """Collect exit statuses of re-parented children; Popen reaps the top process itself."""
-        try:
-            children = self._me.children()
-        except psutil.Error:
-            return
-        for child in children:
-            if self.popen is not None and child.pid == self.popen.pid:
-                continue
+        """Collect exited children: Popen's own for the top, waitpid for re-parented orphans.
+
+        waitid(WNOWAIT) asks the kernel which child has exited without reaping it, one syscall
+        instead of a scan of /proc on every tick.
+        """
+        while True:
             try:
-                if child.status() == psutil.STATUS_ZOMBIE:
-                    os.waitpid(child.pid, os.WNOHANG)
-            except (psutil.Error, ChildProcessError):
-                pass
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None:
+                return
+            if self.popen is not None and info.si_pid == self.popen.pid:
+                self.popen.poll()
+            else:
+                try:
+                    os.waitpid(info.si_pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
 
 
 def _named(proc: psutil.Process, name: str) -> bool:

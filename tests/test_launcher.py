@@ -209,3 +209,18 @@ def test_old_gcs_still_listening_is_waited_for(launch, redis_server, fake_ray_en
         assert starts(fake_ray_env) == []
         leader.wait_log("still accepts connections", timeout=5)
     leader.wait_log("GCS serving")
+
+
+def test_exited_orphans_are_reaped_and_the_head_keeps_running(launch):
+    leader = launch("a")
+    leader.wait_log("GCS serving")
+    wait_whole_tree(leader)
+    orphan = next(p for p in leader.descendants() if p.name() == "ray::Agent")
+    assert orphan.ppid() == leader.pid
+    orphan.kill()
+
+    def reaped():
+        return not psutil.pid_exists(orphan.pid) or psutil.Process(orphan.pid).ppid() != leader.pid
+
+    wait_for(reaped, 5, what="the launcher to reap its dead orphan")
+    assert leader.proc.poll() is None and "died" not in leader.log()
