@@ -25,6 +25,8 @@ HEAD_POLL = 0.1
 STORE_ERRORS = (RedisUnavailable, LeaseStoreError)
 #: A standby retries this long after the lease's remaining TTL, so it arrives just after expiry (s).
 TTL_SLACK = 0.005
+#: How often a leader waiting for the previous GCS says so (s).
+WAIT_LOG_EVERY = 60.0
 
 
 class LeaseStore(Protocol):
@@ -106,6 +108,7 @@ class Campaign:
         self.stop_deadline = 0.0
         self.serving = False
         self.next_try = 0.0     # when a standby tries to acquire again (monotonic)
+        self._next_wait_log = 0.0
         self._seen_leader: Optional[tuple[str, int]] = None
         self._redis_down = False
 
@@ -183,6 +186,7 @@ class Campaign:
         # 3. Wait (bounded) for the previous leader's GCS to stop accepting connections.
         if self.old_gcs and self.old_gcs_alive(self.old_gcs):
             if self.clock() < self.wait_until:
+                self._log_waiting()
                 return Step.WAITING_OLD_GCS
             log.warning("previous GCS %s still accepts connections after %.0fs; starting anyway",
                         self.old_gcs, self.timing.wait_old_gcs)
@@ -236,6 +240,14 @@ class Campaign:
         self.old_gcs = record.gcs_address if record and record.epoch < epoch else None
         log.info("elected leader, epoch %d%s", epoch,
                  f" (previous GCS was {self.old_gcs})" if self.old_gcs else "")
+
+    def _log_waiting(self) -> None:
+        """Say once a minute that we hold the lease but wait for the old GCS, and for how long at most."""
+        if self.clock() >= self._next_wait_log:
+            self._next_wait_log = self.clock() + WAIT_LOG_EVERY
+            log.warning("leader epoch %d: previous GCS %s still accepts connections; not starting a "
+                        "second head beside it (waiting at most %.0fs more)", self.epoch, self.old_gcs,
+                        self.wait_until - self.clock())
 
     def _start_head(self) -> Step:
         try:

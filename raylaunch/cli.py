@@ -43,7 +43,7 @@ TIMING_HELP = {
     "redis_timeout": "Timeout of every Redis call [2s].",
     "reconnect_timeout": "Raylet reconnect timeout given to the head [lease + 45s].",
     "stop_grace": "On SIGTERM, time the head gets to stop before SIGKILL [10s].",
-    "wait_old_gcs": "How long a new leader waits for the old GCS to go away [30s].",
+    "wait_old_gcs": "How long a new leader waits for a still-answering old GCS before starting anyway [3 days].",
 }
 
 MAIN_HELP = f"""Hot-standby Ray heads behind a Redis lease; a drop-in for `ray start`.

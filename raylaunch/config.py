@@ -68,8 +68,10 @@ class Timing:
     """Raylet reconnect timeout given to the head (s). Default: lease_duration + 45 s."""
     stop_grace: float = 10.0
     """On SIGTERM/SIGINT, how long the head may take to stop before SIGKILL (s). Default 10."""
-    wait_old_gcs: float = 30.0
-    """How long a new leader waits for the previous leader's GCS to stop accepting connections (s)."""
+    wait_old_gcs: float = 259200.0
+    """How long a new leader waits for the previous GCS to stop accepting connections (s). Default 3
+    days, as in ant-ray: a GCS that still answers is almost always a live old head, and starting a
+    second one beside it would corrupt the cluster's state; while waiting, the old head keeps serving."""
 
     def __post_init__(self) -> None:
         for name in ("lease_duration", "renew_deadline", "retry_period", "redis_timeout",

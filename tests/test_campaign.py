@@ -370,3 +370,21 @@ def test_released_lease_is_taken_by_a_real_standby_within_half_a_second(redis_se
         thread.join(5)
     assert campaign.outcome is Outcome.STOPPED
     assert redis_server.client().get("k") is None
+
+
+def test_default_waits_for_a_live_old_gcs_rather_than_starting_beside_it(caplog):
+    """With the default bound, a new leader keeps holding the lease (renewing) and does not start."""
+    events: list = []
+    clock = Clock()
+    store, head, stop = FakeStore(events, epoch=1), FakeHead(events, clock), threading.Event()
+    store.record = Record(node="old", host="h0", gcs_address="10.0.0.9:6379", epoch=1, since=1.0)
+    timing = Timing()
+    campaign = Campaign(store, head, timing, stop, clock=clock, old_gcs_alive=lambda address: True)
+    campaign.tick()
+    for _ in range(3600):  # an hour of ticks, a second apart
+        clock.advance(1.0)
+        assert campaign.tick() is Step.WAITING_OLD_GCS
+    assert not any(isinstance(e, tuple) and e[0] == "start" for e in events)
+    assert events.count("renew") >= 3600 / timing.retry_period - 1, "the lease is kept while waiting"
+    assert campaign.role is Role.WAITING
+    assert 55 <= caplog.text.count("still accepts connections") <= 65, "about once a minute"
