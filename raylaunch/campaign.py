@@ -33,7 +33,7 @@ class LeaseStore(Protocol):
     """What the campaign needs of the lease (raylaunch.lease.RedisLease in production)."""
 
     def try_acquire(self) -> Attempt: ...
-    def renew(self) -> bool: ...
+    def renew(self, epoch: int) -> int: ...
     def release(self) -> bool: ...
     def read_record(self) -> Optional[Record]: ...
     def write_record(self, gcs_address: str, epoch: int, since: float) -> bool: ...
@@ -70,6 +70,7 @@ class Step(enum.Enum):
     HEAD_STARTED = "head-started"
     LEADING = "leading"
     RENEWED = "renewed"
+    REACQUIRED = "reacquired"
     RENEW_FAILED = "renew-failed"
     SERVING = "serving"
     STOPPING = "stopping"
@@ -279,9 +280,11 @@ class Campaign:
         if self.clock() >= self.next_renew:
             sent = self.clock()
             try:
-                if not self.store.renew():
+                held = self.store.renew(self.epoch)
+                if not held:
                     return Step.LEASE_LOST
-                self.renewed_at, step = sent, Step.RENEWED
+                step = Step.RENEWED if held == self.epoch else self._reacquired(held)
+                self.renewed_at = sent
             except STORE_ERRORS as exc:
                 log.warning("leader epoch %d: renewal failed (%.1fs since the last one): %s",
                             self.epoch, self.clock() - self.renewed_at, exc)
@@ -290,6 +293,13 @@ class Campaign:
         if self.clock() - self.renewed_at >= self.timing.renew_deadline:
             return Step.DEADLINE_PASSED
         return step
+
+    def _reacquired(self, epoch: int) -> Step:
+        """Redis had lost our lease key and we took it back: a new epoch, and the record again."""
+        log.warning("leader epoch %d: the lease key was gone from Redis (restart, flush or failover?); "
+                    "took it again as epoch %d, head unchanged", self.epoch, epoch)
+        self.epoch, self.serving = epoch, False
+        return Step.REACQUIRED
 
     def _lose(self, why: Step) -> Step:
         """Leadership is gone or unconfirmed: the tree dies while the lease still stands, then release."""

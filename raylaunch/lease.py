@@ -31,11 +31,22 @@ local epoch = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 return {0, redis.call('GET', KEYS[1]) or '', epoch, redis.call('PTTL', KEYS[1])}
 """
 
-# KEYS[1] lease key; ARGV[1] our value, ARGV[2] lease in ms.
-# Extends the lease only while it holds our value. Returns 1 if extended, 0 if not ours.
+# KEYS[1] lease key, KEYS[2] epoch key; ARGV[1] our value, ARGV[2] lease in ms, ARGV[3] our epoch.
+# Extends the lease while it holds our value. If the key is gone, Redis lost it (a leader renewing
+# within its deadline never lets it expire): take it again with an epoch above both the stored one
+# and ours, so epochs keep rising even if the epoch key was lost too.
+# Returns the epoch we hold, or 0 if someone else holds the lease.
 RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(ARGV[3])
+end
+if not holder then
+  local epoch = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') or 0, tonumber(ARGV[3])) + 1
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[2], epoch)
+  return epoch
 end
 return 0
 """
@@ -156,9 +167,13 @@ class RedisLease:
         """Take the lease if it is free (SET NX PX); a win increments the fencing epoch atomically."""
         return self._guard(self._do_try_acquire)
 
-    def renew(self) -> bool:
-        """Extend our lease by the full duration; False if it is no longer ours."""
-        return self._guard(lambda: self._renew(keys=[self.key], args=[self.me.value, self.ttl_ms]) == 1)
+    def renew(self, epoch: int) -> int:
+        """Extend our lease of `epoch` by the full duration; returns the epoch we hold, 0 if not ours.
+
+        A higher epoch than ours means Redis had lost the key and we took it again.
+        """
+        return self._guard(lambda: int(self._renew(keys=[self.key, self.epoch_key],
+                                                   args=[self.me.value, self.ttl_ms, epoch])))
 
     def release(self) -> bool:
         """Delete our lease and notify standbys; False if it was not ours (nothing is touched)."""

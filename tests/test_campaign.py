@@ -50,11 +50,14 @@ class FakeStore:
             return Attempt(won=True, epoch=self.epoch)
         return Attempt(won=False, epoch=self.epoch, holder=self.holder, ttl_ms=self.ttl_ms)
 
-    def renew(self) -> bool:
+    def renew(self, epoch: int) -> int:
+        """renew_result: True (extended), False (not ours), an int (the epoch Redis now says we hold)."""
         self.events.append("renew")
         if isinstance(self.renew_result, Exception):
             raise self.renew_result
-        return bool(self.renew_result)
+        if self.renew_result is True:
+            return epoch
+        return int(self.renew_result)  # type: ignore[call-overload]
 
     def release(self) -> bool:
         self.events.append("release")
@@ -199,7 +202,7 @@ def test_hung_renewals_are_judged_by_the_local_clock(world):
     lead(campaign)
     acquired_at = clock()
 
-    def hung_renew():
+    def hung_renew(epoch):
         clock.advance(TIMING.redis_timeout)
         raise RedisUnavailable("timeout")
 
@@ -388,3 +391,17 @@ def test_default_waits_for_a_live_old_gcs_rather_than_starting_beside_it(caplog)
     assert events.count("renew") >= 3600 / timing.retry_period - 1, "the lease is kept while waiting"
     assert campaign.role is Role.WAITING
     assert 55 <= caplog.text.count("still accepts connections") <= 65, "about once a minute"
+
+
+def test_lease_key_lost_by_redis_is_taken_back_and_the_record_republished(world, caplog):
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+    head.address = "10.0.0.1:6379"
+    assert campaign.tick() is Step.SERVING
+    store.renew_result = 5
+    clock.advance(2.0)
+    assert campaign.tick() is Step.SERVING, "the record is republished in the same tick"
+    assert campaign.epoch == 5 and campaign.role is Role.LEADER
+    assert events[-2:] == ["renew", ("record", "10.0.0.1:6379", 5)]
+    assert not any(e == "kill" or (isinstance(e, tuple) and e[0] == "stop") for e in events)
+    assert "was gone from Redis" in caplog.text

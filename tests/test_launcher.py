@@ -224,3 +224,16 @@ def test_exited_orphans_are_reaped_and_the_head_keeps_running(launch):
 
     wait_for(reaped, 5, what="the launcher to reap its dead orphan")
     assert leader.proc.poll() is None and "died" not in leader.log()
+
+
+def test_redis_restart_that_loses_the_lease_keeps_the_head(launch, redis_server, fake_ray_env):
+    """Redis comes back empty on the same port: the leader takes its lease back and keeps its head."""
+    leader = launch("a")
+    leader.wait_log("GCS serving")
+    redis_server.stop()
+    redis_server.start()
+    leader.wait_log("took it again as epoch 2", timeout=5)
+    wait_for(lambda: (redis_server.client().get(f"{KEY}:record") or "").find('"epoch": 2') >= 0, 5,
+             what="the record of epoch 2")
+    assert leader.proc.poll() is None
+    assert len(starts(fake_ray_env)) == 1, "the head was not restarted"

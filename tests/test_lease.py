@@ -48,9 +48,9 @@ def test_renew_extends_only_our_lease(redis_server):
     a, b = make_lease(redis_server, "a", lease=2.0), make_lease(redis_server, "b", lease=2.0)
     assert a.try_acquire().won
     redis_server.client().pexpire(KEY, 300)
-    assert a.renew()
+    assert a.renew(1) == 1
     assert redis_server.client().pttl(KEY) > 1500
-    assert not b.renew()
+    assert b.renew(1) == 0
     assert redis_server.client().get(KEY) == a.me.value
 
 
@@ -61,7 +61,7 @@ def test_renew_after_expiry_and_takeover_does_not_extend_the_new_leader(redis_se
     taken = b.try_acquire()
     assert taken.won and taken.epoch == 2
     redis_server.client().pexpire(KEY, 100)
-    assert not a.renew()
+    assert a.renew(1) == 0
     assert redis_server.client().pttl(KEY) <= 100
 
 
@@ -80,6 +80,17 @@ def test_release_is_compare_and_set_and_notifies(redis_server):
     assert message and message["data"] == a.me.value
     assert not a.release()
     sub.close()
+
+
+def test_renew_takes_back_a_key_redis_lost_with_a_higher_epoch(redis_server):
+    a, b = make_lease(redis_server, "a"), make_lease(redis_server, "b")
+    assert a.try_acquire().epoch == 1
+    redis_server.client().flushall()  # a restart without persistence, or a failover that lost the key
+    assert a.renew(1) == 2
+    assert redis_server.client().get(KEY) == a.me.value
+    assert 4000 < redis_server.client().pttl(KEY) <= 5000
+    assert not b.try_acquire().won
+    assert a.renew(2) == 2, "a plain renewal keeps the epoch"
 
 
 def test_lease_expires_without_renewal(redis_server):
@@ -111,13 +122,14 @@ def test_candidates_never_hold_the_lease_together(redis_server, candidates):
     def campaign(lease):
         try:
             while time.monotonic() < deadline:
-                if not lease.try_acquire().won:
+                attempt = lease.try_acquire()
+                if not attempt.won:
                     continue
                 with guard:
                     holding[0] += 1
                     worst[0] = max(worst[0], holding[0])
                     wins[0] += 1
-                assert lease.renew(), "a winner must own the lease"
+                assert lease.renew(attempt.epoch), "a winner must own the lease"
                 with guard:
                     holding[0] -= 1
                 assert lease.release()
@@ -174,7 +186,7 @@ def test_unreachable_redis_is_one_exception_type_and_bounded(redis_server):
     with pytest.raises(RedisUnavailable):
         lease.try_acquire()
     with pytest.raises(RedisUnavailable):
-        lease.renew()
+        lease.renew(1)
     assert time.monotonic() - t0 < 3
 
 
@@ -187,7 +199,7 @@ def test_hung_redis_call_times_out(redis_server):
     time.sleep(0.1)
     t0 = time.monotonic()
     with pytest.raises(RedisUnavailable):
-        lease.renew()
+        lease.renew(1)
     assert time.monotonic() - t0 < 1.5
     sleeper.join()
 

@@ -31,7 +31,7 @@ def test_lease_over_tls_with_client_certificate(tls_redis, redis_server):
     lease.check()
     assert lease.try_acquire().won
     assert redis_server.client().get(KEY) == lease.me.value
-    assert lease.renew() and lease.release()
+    assert lease.renew(1) == 1 and lease.release()
     assert proxy.handshakes_failed == 0
     lease.close()
 
