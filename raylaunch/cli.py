@@ -113,9 +113,7 @@ def start(ray_args: tuple[str, ...], ha_node_name: Optional[str], ha_key: Option
     """Parse, then either exec `ray start` or campaign; user mistakes end as one line and exit 2."""
     try:
         code = run_start(list(ray_args), ha_env_file, ha_node_name, ha_key, timing_flags)
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except LeaseStoreError as exc:
+    except (ConfigError, LeaseStoreError) as exc:
         fail(str(exc), EXIT_USAGE)
     except RedisUnavailable as exc:
         fail(str(exc), EXIT_RUNTIME)

@@ -8,6 +8,7 @@ is a False; "Redis did not answer" is RedisUnavailable; anything Redis refuses i
 from __future__ import annotations
 
 import json
+from functools import cached_property
 import os
 import secrets
 import time
@@ -95,7 +96,7 @@ class Holder:
         """This process as a candidate, with a fresh token so a restart never mistakes an old lease for ours."""
         return cls(node=node, host=host, pid=os.getpid(), token=secrets.token_hex(8))
 
-    @property
+    @cached_property
     def value(self) -> str:
         """The exact string stored in the lease key; renew and release compare against it."""
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))

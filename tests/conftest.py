@@ -75,7 +75,6 @@ def fake_ray_env(tmp_path: Path, leak_guard: str) -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
         TAG_VAR: leak_guard,
         "FAKE_RAY_LOG": str(tmp_path / "fake-ray.log"),
-        "FAKE_RAY_PYTHON": sys.executable,
     })
     return env
 
