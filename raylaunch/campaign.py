@@ -11,11 +11,12 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from typing import Callable, Optional, Protocol
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence
 
 from raylaunch.config import Timing
 from raylaunch.head import tcp_accepts
-from raylaunch.lease import Attempt, LeaseStoreError, Record, RedisUnavailable, describe
+from raylaunch.lease import Attempt, LeaseStoreError, Record, RedisUnavailable, Switchover, describe
 from raylaunch.stopflag import StopSignal
 
 log = logging.getLogger("ray-ha")
@@ -25,8 +26,9 @@ HEAD_POLL = 0.1
 STORE_ERRORS = (RedisUnavailable, LeaseStoreError)
 #: A standby retries this long after the lease's remaining TTL, so it arrives just after expiry (s).
 TTL_SLACK = 0.005
-#: How often a leader waiting for the previous GCS says so (s).
+#: How often a leader waiting for the previous GCS says so, and a standby who leads (s).
 WAIT_LOG_EVERY = 60.0
+QUIET_LOG_EVERY = 60.0
 
 
 class LeaseStore(Protocol):
@@ -38,6 +40,8 @@ class LeaseStore(Protocol):
     def read_record(self) -> Optional[Record]: ...
     def write_record(self, gcs_address: str, epoch: int, since: float) -> bool: ...
     def wait_released(self, timeout: float, stop: StopSignal) -> bool: ...
+    def switchover_request(self) -> Optional[Switchover]: ...
+    def forget_candidate(self) -> None: ...
 
 
 class Head(Protocol):
@@ -79,6 +83,8 @@ class Step(enum.Enum):
     DEADLINE_PASSED = "renew-deadline-passed"
     HEAD_DIED = "head-died"
     START_FAILED = "start-failed"
+    SWITCHOVER = "switchover"
+    REJOINED = "rejoined"
 
 
 class Outcome(enum.Enum):
@@ -90,14 +96,43 @@ class Outcome(enum.Enum):
     FAILED = "failed"
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What a campaign looks like after a tick: read by the state file, metrics, hooks and logs."""
+
+    node: str
+    role: Role
+    epoch: int
+    leader: Optional[str]          # the leader's node name as last seen ("" while nobody holds the lease)
+    gcs_address: Optional[str]     # our GCS once it serves
+    serving: bool                  # we lead and our GCS accepts connections
+    transitions: int               # leader changes seen by this candidate
+    renew_failures: int
+    takeover_seconds: Optional[float]  # our last lease acquisition -> GCS serving
+    step: Step
+    outcome: Optional[Outcome]
+
+
+Watcher = Callable[[Snapshot], None]
+
+
 class Campaign:
     """One candidate's campaign for the lease, and its head while it leads."""
 
     def __init__(self, store: LeaseStore, head: Head, timing: Timing, stop: StopSignal,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 old_gcs_alive: Callable[[str], bool] = tcp_accepts) -> None:
+                 old_gcs_alive: Callable[[str], bool] = tcp_accepts, name: str = "",
+                 watchers: Sequence[Watcher] = ()) -> None:
         self.store, self.head, self.timing, self.stop = store, head, timing, stop
         self.clock, self.wall, self.old_gcs_alive = clock, wall, old_gcs_alive
+        self.name, self.watchers = name, list(watchers)
+        self.leader: Optional[str] = None
+        self.gcs_address: Optional[str] = None
+        self.transitions = self.renew_failures = 0
+        self.acquired_at: Optional[float] = None
+        self.takeover_seconds: Optional[float] = None
+        self.rejoin = False      # stepping down for a switchover: stand by again afterwards
+        self._next_quiet_log = 0.0
         self.role = Role.STANDBY
         self.outcome: Optional[Outcome] = None
         self.epoch = 0
@@ -123,15 +158,32 @@ class Campaign:
         try:
             while self.outcome is None:
                 step = self.tick()
+                self._report(step)
                 if step is not Step.ACQUIRED:
                     self._pause()
         except Exception:
             log.exception("internal error; stopping the head before releasing the lease")
             self._kill_all()
             self._release()
-            self._finish(Outcome.FAILED, Step.STOPPED, "ended by an internal error")
+            self._report(self._finish(Outcome.FAILED, Step.STOPPED, "ended by an internal error"))
         assert self.outcome is not None  # the loop only ends once an outcome is set
         return self.outcome
+
+    def snapshot(self, step: Step) -> Snapshot:
+        """The campaign as the outside world may see it."""
+        return Snapshot(node=self.name, role=self.role, epoch=self.epoch, leader=self.leader,
+                        gcs_address=self.gcs_address, serving=self.serving and self.role is Role.LEADER,
+                        transitions=self.transitions, renew_failures=self.renew_failures,
+                        takeover_seconds=self.takeover_seconds, step=step, outcome=self.outcome)
+
+    def _report(self, step: Step) -> None:
+        """Tell the watchers; a failing watcher is logged and never stops the campaign."""
+        snapshot = self.snapshot(step)
+        for watcher in self.watchers:
+            try:
+                watcher(snapshot)
+            except Exception:
+                log.exception("a status watcher failed; the campaign goes on")
 
     def tick(self) -> Step:
         """One step of the state machine for the current role."""
@@ -154,6 +206,7 @@ class Campaign:
     def _standby_step(self) -> Step:
         # 1. A standby holds nothing, so a stop request ends it at once.
         if self.stop.is_set():
+            self._forget_candidate()
             return self._finish(Outcome.STOPPED, Step.STOPPED, "stopped while standing by")
         # 2. Try to take the lease; note who leads when we lose.
         sent = self.next_try = self.clock()
@@ -197,11 +250,8 @@ class Campaign:
     def _leading_step(self) -> Step:
         # 1. A stop request begins a graceful stop; the lease is kept until the tree is gone.
         if self.stop.is_set():
-            log.info("leader epoch %d: stop requested; stopping the head (grace %.0fs)",
-                     self.epoch, self.timing.stop_grace)
-            self.head.terminate()
-            self.role, self.stop_deadline = Role.STEPPING_DOWN, self.clock() + self.timing.stop_grace
-            return Step.STOPPING
+            self.rejoin = False
+            return self._begin_stop("stop requested")
         # 2. The head died: its GCS is gone, nothing to drain. Kill the rest, then release.
         why = self.head.failure()
         if why is not None:
@@ -213,6 +263,9 @@ class Campaign:
         # 4. Once the GCS serves, publish where it is.
         if not self.serving:
             return self._publish_record() or kept or Step.LEADING
+        # 5. After a renewal, look for a planned handover away from us.
+        if kept is Step.RENEWED and self._switchover_asked():
+            return self._begin_stop("switchover requested; handing over")
         return kept or Step.LEADING
 
     def _stepping_down_step(self) -> Step:
@@ -224,13 +277,42 @@ class Campaign:
         if self.head.drained() or self.clock() >= self.stop_deadline:
             self._kill_all()
             self._release()
+            if self.rejoin and not self.stop.is_set():
+                return self._rejoin()
             return self._finish(Outcome.STOPPED, Step.STOPPED, "head stopped; lease released")
         return Step.STOPPING
 
     # -- pieces of steps ------------------------------------------------------------------------
 
+    def _begin_stop(self, why: str) -> Step:
+        log.info("leader epoch %d: %s; stopping the head (grace %.0fs)", self.epoch, why,
+                 self.timing.stop_grace)
+        self.head.terminate()
+        self.role, self.stop_deadline = Role.STEPPING_DOWN, self.clock() + self.timing.stop_grace
+        return Step.SWITCHOVER if self.rejoin else Step.STOPPING
+
+    def _switchover_asked(self) -> bool:
+        """True if a switchover asks this leader, in this epoch, to step down."""
+        try:
+            request = self.store.switchover_request()
+        except STORE_ERRORS as exc:
+            log.warning("could not read switchover requests: %s", exc)
+            return False
+        self.rejoin = bool(request and request.source == self.name and request.epoch == self.epoch)
+        return self.rejoin
+
+    def _rejoin(self) -> Step:
+        """After a switchover: the tree is gone and the lease released; stand by again."""
+        log.info("handed over from epoch %d; standing by again", self.epoch)
+        self.role, self.serving, self.rejoin = Role.STANDBY, False, False
+        self.leader, self.gcs_address, self.next_try = None, None, self.clock()
+        return Step.REJOINED
+
     def _became_leader(self, epoch: int, sent: float) -> None:
         self.epoch, self.renewed_at = epoch, sent
+        self.acquired_at, self.leader, self.gcs_address = sent, self.name, None
+        self.transitions += 1
+        self._seen_leader = None
         self.next_renew, self.acquired_wall = sent + self.timing.retry_period, self.wall()
         self.role, self.wait_until = Role.WAITING, self.clock() + self.timing.wait_old_gcs
         try:
@@ -270,7 +352,9 @@ class Campaign:
         except STORE_ERRORS as exc:
             log.warning("could not write the leader record (will retry): %s", exc)
             return None
-        self.serving = True
+        self.serving, self.gcs_address = True, address
+        if self.acquired_at is not None:  # the first time this tenure: how long the takeover took
+            self.takeover_seconds, self.acquired_at = self.clock() - self.acquired_at, None
         log.info("leader epoch %d: GCS serving at %s", self.epoch, address)
         return Step.SERVING
 
@@ -288,6 +372,7 @@ class Campaign:
             except STORE_ERRORS as exc:
                 log.warning("leader epoch %d: renewal failed (%.1fs since the last one): %s",
                             self.epoch, self.clock() - self.renewed_at, exc)
+                self.renew_failures += 1
                 step = Step.RENEW_FAILED
             self.next_renew = sent + self.timing.retry_period
         if self.clock() - self.renewed_at >= self.timing.renew_deadline:
@@ -338,13 +423,25 @@ class Campaign:
                         self.timing.lease_duration, exc)
 
     def _note_leader(self, attempt: Attempt) -> None:
-        """Log once per change of the observed leader, not on every poll."""
+        """Log each change of the observed leader, and otherwise a quiet line at most once a minute."""
+        self.epoch = attempt.epoch
         if attempt.holder is None:
+            self.leader = ""
             return
         seen = (attempt.holder.token, attempt.epoch)
-        if seen != self._seen_leader:
-            self._seen_leader = seen
+        changed = seen != self._seen_leader
+        if changed:
+            self._seen_leader, self.leader, self.gcs_address = seen, attempt.holder.node, None
+            self.transitions += 1
+        if changed or self.clock() >= self._next_quiet_log:
+            self._next_quiet_log = self.clock() + QUIET_LOG_EVERY
             log.info("standing by; leader is %s, epoch %d", describe(attempt.holder), attempt.epoch)
+
+    def _forget_candidate(self) -> None:
+        try:
+            self.store.forget_candidate()
+        except STORE_ERRORS:
+            pass  # the heartbeat expires with the lease duration anyway
 
     def _redis_trouble(self, exc: Exception) -> Step:
         if not self._redis_down:

@@ -21,13 +21,24 @@ from raylaunch.stopflag import StopSignal
 
 T = TypeVar("T")
 
-# KEYS[1] lease key, KEYS[2] epoch key; ARGV[1] our value, ARGV[2] lease in ms.
-# Takes the lease if nobody holds it and bumps the fencing epoch in the same step.
+# KEYS[1] lease key, KEYS[2] epoch key, KEYS[3] our candidate key, KEYS[4] switchover request;
+# ARGV[1] our value, ARGV[2] lease in ms, ARGV[3] our node name, ARGV[4] our candidate record.
+# Takes the lease if nobody holds it and bumps the fencing epoch in the same step. A pending
+# switchover holds back the leader that asked to step down and every node it did not name.
+# A loser refreshes its candidate record (TTL = lease), so standbys cost one command per try.
 # Returns {1, new epoch} when won, else {0, holder value, current epoch, lease ms left}.
 ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local held_back = false
+local request = redis.call('GET', KEYS[4])
+if request then
+  local ok, r = pcall(cjson.decode, request)
+  held_back = ok and type(r) == 'table' and (r['from'] == ARGV[3] or (r['to'] ~= '' and r['to'] ~= ARGV[3]))
+end
+if not held_back and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[3], KEYS[4])
   return {1, redis.call('INCR', KEYS[2])}
 end
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
 local epoch = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 return {0, redis.call('GET', KEYS[1]) or '', epoch, redis.call('PTTL', KEYS[1])}
 """
@@ -63,15 +74,21 @@ end
 return 0
 """
 
-# KEYS[1] lease key, KEYS[2] record key; ARGV[1] our value, ARGV[2] record JSON.
-# Publishes the leader's record only while the lease is ours. Returns 1 if written, 0 if not ours.
+# KEYS[1] lease key, KEYS[2] record key, KEYS[3] history list; ARGV[1] our value, ARGV[2] record
+# JSON, ARGV[3] history length. Publishes the leader's record only while the lease is ours, and
+# prepends it to the bounded history of leaders. Returns 1 if written, 0 if not ours.
 WRITE_RECORD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('LPUSH', KEYS[3], ARGV[2])
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
   return 1
 end
 return 0
 """
+
+#: How many leader records the history list keeps.
+HISTORY_LENGTH = 50
 
 
 class RedisUnavailable(Exception):
@@ -144,14 +161,65 @@ class Record:
             return None
 
 
+@dataclass(frozen=True)
+class Keys:
+    """The Redis names that live beside one lease key."""
+
+    lease: str
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.lease}:epoch"
+
+    @property
+    def record(self) -> str:
+        return f"{self.lease}:record"
+
+    @property
+    def history(self) -> str:
+        return f"{self.lease}:history"
+
+    @property
+    def switchover(self) -> str:
+        return f"{self.lease}:switchover"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.lease}:released"
+
+    def candidate(self, node: str) -> str:
+        return f"{self.lease}:candidate:{node}"
+
+
+@dataclass(frozen=True)
+class Switchover:
+    """A planned handover: `source` (node name) steps down from `epoch`; `target` ('' for any) takes over."""
+
+    source: str
+    target: str
+    epoch: int
+
+    def encode(self) -> str:
+        return json.dumps({"from": self.source, "to": self.target, "epoch": self.epoch}, sort_keys=True)
+
+    @classmethod
+    def decode(cls, text: Optional[str]) -> Optional["Switchover"]:
+        try:
+            data = json.loads(text or "")
+            return cls(source=str(data["from"]), target=str(data["to"]), epoch=int(data["epoch"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
 class RedisLease:
     """One candidate's view of the lease key `key` (epoch, record and channel live beside it)."""
 
     def __init__(self, client: redis.Redis, key: str, me: Holder, lease_duration: float) -> None:
         self.client, self.key, self.me = client, key, me
-        self.epoch_key, self.record_key = f"{key}:epoch", f"{key}:record"
-        self.channel = f"{key}:released"
+        self.keys = Keys(key)
+        self.epoch_key, self.record_key, self.channel = self.keys.epoch, self.keys.record, self.keys.channel
         self.ttl_ms = max(1, int(lease_duration * 1000))
+        self.started = time.time()
         self._acquire = client.register_script(ACQUIRE)
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
@@ -186,12 +254,20 @@ class RedisLease:
         record = Record(node=self.me.node, host=self.me.host, gcs_address=gcs_address,
                         epoch=epoch, since=since)
         text = json.dumps(asdict(record), sort_keys=True)
-        return self._guard(
-            lambda: self._write_record(keys=[self.key, self.record_key], args=[self.me.value, text]) == 1)
+        return self._guard(lambda: self._write_record(keys=[self.key, self.record_key, self.keys.history],
+                                                      args=[self.me.value, text, HISTORY_LENGTH]) == 1)
 
     def read_record(self) -> Optional[Record]:
         """The last leader's record, or None if none was written."""
         return Record.decode(self._guard(lambda: cast(Optional[str], self.client.get(self.record_key))))
+
+    def switchover_request(self) -> Optional[Switchover]:
+        """The pending planned handover, if any (the leader checks it once per renewal)."""
+        return Switchover.decode(self._guard(lambda: cast(Optional[str], self.client.get(self.keys.switchover))))
+
+    def forget_candidate(self) -> None:
+        """Remove our standby heartbeat when we leave, so status stops listing us at once."""
+        self._guard(lambda: self.client.delete(self.keys.candidate(self.me.node)))
 
     def wait_released(self, timeout: float, stop: StopSignal) -> bool:
         """Wait up to `timeout` s for a release notification; returns early (False) when `stop` is set.
@@ -222,7 +298,11 @@ class RedisLease:
                                   "delete it or choose another --ha-key")
 
     def _do_try_acquire(self) -> Attempt:
-        reply = self._acquire(keys=[self.key, self.epoch_key], args=[self.me.value, self.ttl_ms])
+        candidate = json.dumps({"node": self.me.node, "host": self.me.host, "pid": self.me.pid,
+                                "role": "standby", "since": self.started}, sort_keys=True)
+        reply = self._acquire(keys=[self.key, self.epoch_key, self.keys.candidate(self.me.node),
+                                    self.keys.switchover],
+                              args=[self.me.value, self.ttl_ms, self.me.node, candidate])
         if int(reply[0]) == 1:
             self._drop_pubsub()  # a leader has no use for release notifications
             return Attempt(won=True, epoch=int(reply[1]), holder=self.me, ttl_ms=self.ttl_ms)

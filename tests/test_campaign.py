@@ -12,7 +12,7 @@ import pytest
 
 from raylaunch.campaign import Campaign, Outcome, Role, Step
 from raylaunch.config import Timing
-from raylaunch.lease import Attempt, Holder, Record, RedisLease, RedisUnavailable
+from raylaunch.lease import Attempt, Holder, Record, RedisLease, RedisUnavailable, Switchover
 from raylaunch.redisconn import RedisTarget, connect
 
 OTHER = Holder(node="other", host="h2", pid=7, token="t2")
@@ -40,6 +40,7 @@ class FakeStore:
         self.record: Optional[Record] = None
         self.acquire_error: Optional[Exception] = None
         self.ttl_ms = 5000
+        self.switchover: Optional[Switchover] = None
 
     def try_acquire(self) -> Attempt:
         if self.acquire_error:
@@ -73,6 +74,12 @@ class FakeStore:
 
     def wait_released(self, timeout: float, stop: threading.Event) -> bool:
         return False
+
+    def switchover_request(self) -> Optional[Switchover]:
+        return self.switchover
+
+    def forget_candidate(self) -> None:
+        self.events.append("forget")
 
 
 class FakeHead:
@@ -118,7 +125,7 @@ def world():
     clock = Clock()
     store, head, stop = FakeStore(events), FakeHead(events, clock), threading.Event()
     campaign = Campaign(store, head, TIMING, stop, clock=clock, wall=lambda: 42.0,
-                        old_gcs_alive=lambda address: False)
+                        old_gcs_alive=lambda address: False, name="me")
     return campaign, store, head, clock, stop, events
 
 
@@ -135,7 +142,7 @@ def test_standby_stops_at_once_holding_nothing(world):
     stop.set()
     assert campaign.tick() is Step.STOPPED
     assert campaign.outcome is Outcome.STOPPED
-    assert events == []
+    assert events == ["forget"]  # its standby heartbeat goes; nothing else was held
 
 
 def test_winner_starts_head_with_its_epoch(world):
@@ -322,6 +329,88 @@ def test_standby_logs_each_leader_change_once(world, caplog):
     lines = [r.message for r in caplog.records if "leader is" in r.message]
     assert len(lines) == 2
     assert "other" in lines[0] and "epoch 4" in lines[0] and "third" in lines[1]
+
+
+def test_standby_repeats_who_leads_at_most_once_a_minute(world, caplog):
+    campaign, store, head, clock, stop, events = world
+    store.holder, store.epoch = OTHER, 4
+    caplog.set_level(logging.INFO, logger="ray-ha")
+    for _ in range(30):  # a minute of tries two seconds apart
+        campaign.tick()
+        clock.advance(2.0)
+    campaign.tick()
+    lines = [r.message for r in caplog.records if "leader is other" in r.message]
+    assert len(lines) == 2
+    assert campaign.snapshot(Step.STANDING_BY).leader == "other"
+
+
+def serve(campaign, head, clock) -> None:
+    lead(campaign)
+    head.address = "127.0.0.1:6379"
+    clock.advance(1.5)
+    assert campaign.tick() is Step.SERVING
+
+
+def test_snapshot_counts_takeover_time_transitions_and_renew_failures(world):
+    campaign, store, head, clock, stop, events = world
+    serve(campaign, head, clock)
+    store.renew_result = RedisUnavailable("hung")
+    clock.advance(TIMING.retry_period)
+    assert campaign.tick() is Step.RENEW_FAILED
+    snap = campaign.snapshot(Step.LEADING)
+    assert (snap.role, snap.epoch, snap.leader, snap.serving) == (Role.LEADER, 1, "me", True)
+    assert snap.gcs_address == "127.0.0.1:6379"
+    assert snap.takeover_seconds == pytest.approx(1.5)
+    assert (snap.transitions, snap.renew_failures) == (1, 1)
+
+
+def test_switchover_hands_over_and_stands_by_again(world):
+    campaign, store, head, clock, stop, events = world
+    serve(campaign, head, clock)
+    store.switchover = Switchover(source="me", target="", epoch=1)
+    clock.advance(TIMING.retry_period)
+    assert campaign.tick() is Step.SWITCHOVER
+    assert campaign.role is Role.STEPPING_DOWN
+    head.exited = True
+    assert campaign.tick() is Step.REJOINED
+    assert events[-3:] == ["terminate", "kill", "release"], "tree gone before the lease is released"
+    assert campaign.role is Role.STANDBY and campaign.outcome is None
+
+
+@pytest.mark.parametrize("request_", [Switchover(source="other", target="", epoch=1),
+                                      Switchover(source="me", target="", epoch=0)])
+def test_switchover_for_another_node_or_epoch_is_ignored(world, request_):
+    campaign, store, head, clock, stop, events = world
+    serve(campaign, head, clock)
+    store.switchover = request_
+    clock.advance(TIMING.retry_period)
+    assert campaign.tick() is Step.RENEWED
+    assert campaign.role is Role.LEADER
+
+
+def test_stop_during_a_switchover_ends_the_campaign(world):
+    campaign, store, head, clock, stop, events = world
+    serve(campaign, head, clock)
+    store.switchover = Switchover(source="me", target="", epoch=1)
+    clock.advance(TIMING.retry_period)
+    assert campaign.tick() is Step.SWITCHOVER
+    stop.set()
+    head.exited = True
+    assert campaign.tick() is Step.STOPPED and campaign.outcome is Outcome.STOPPED
+
+
+def test_a_failing_watcher_never_stops_the_campaign(world):
+    campaign, store, head, clock, stop, events = world
+    seen = []
+
+    def broken(snapshot):
+        seen.append(snapshot.role)
+        raise RuntimeError("disk full")
+
+    campaign.watchers.append(broken)
+    head.why = "gcs_server died"
+    assert campaign.run() is Outcome.HEAD_DIED
+    assert seen[0] is Role.WAITING and seen[-1] is Role.DONE
 
 
 def test_standby_survives_redis_outage_and_logs_it_once(world, caplog):

@@ -5,7 +5,9 @@ import time
 
 import pytest
 
-from raylaunch.lease import Holder, LeaseStoreError, RedisLease, RedisUnavailable
+import json
+
+from raylaunch.lease import HISTORY_LENGTH, Holder, LeaseStoreError, RedisLease, RedisUnavailable, Switchover
 from raylaunch.redisconn import RedisTarget, connect
 
 KEY = "ray-ha:test:leader"
@@ -234,3 +236,38 @@ def test_redis_user_without_scripting_is_reported(redis_server):
     with pytest.raises(LeaseStoreError, match="may not run"):
         lease.check()
     assert redis_server.client().get(KEY) is None
+
+
+def test_losing_try_refreshes_the_standby_heartbeat_and_winning_removes_it(redis_server):
+    a, b = make_lease(redis_server, "a", lease=2.0), make_lease(redis_server, "b", lease=2.0)
+    assert a.try_acquire().won
+    assert not b.try_acquire().won
+    raw = redis_server.client()
+    heartbeat = json.loads(raw.get(b.keys.candidate("b")))
+    assert heartbeat["node"] == "b" and heartbeat["role"] == "standby"
+    assert 1000 < raw.pttl(b.keys.candidate("b")) <= 2000
+    assert a.release() and b.try_acquire().won
+    assert raw.get(b.keys.candidate("b")) is None
+    b.forget_candidate()
+
+
+def test_records_are_kept_as_a_bounded_history_newest_first(redis_server):
+    a = make_lease(redis_server, "a")
+    assert a.try_acquire().won
+    for epoch in range(1, HISTORY_LENGTH + 5):
+        assert a.write_record(f"10.0.0.1:{epoch}", epoch, 1.0)
+    history = redis_server.client().lrange(a.keys.history, 0, -1)
+    assert len(history) == HISTORY_LENGTH
+    assert json.loads(history[0])["epoch"] == HISTORY_LENGTH + 4
+
+
+@pytest.mark.parametrize("target, winner", [("c", "c"), ("", "b")])
+def test_switchover_holds_back_the_old_leader_and_unnamed_nodes(redis_server, target, winner):
+    a, b, c = (make_lease(redis_server, n) for n in "abc")
+    assert a.try_acquire().won
+    redis_server.client().set(a.keys.switchover, Switchover("a", target, 1).encode())
+    assert a.switchover_request() == Switchover("a", target, 1)
+    assert a.release()
+    outcomes = {lease.me.node: lease.try_acquire().won for lease in (a, b, c)}
+    assert outcomes == {"a": False, "b": winner == "b", "c": winner == "c"}
+    assert a.switchover_request() is None, "the winner clears the request"
