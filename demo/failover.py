@@ -37,7 +37,8 @@ def start_head(name: str, workdir: Path, env: dict, lease: float) -> subprocess.
     args = [sys.executable, "-m", "raylaunch", "start", "--head", "--port=0", "--num-cpus=1",
             "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={workdir / name}",
             "--disable-usage-stats", f"--ha-node-name={name}", f"--ha-lease-duration={lease}",
-            f"--ha-renew-deadline={lease * 0.6}", f"--ha-retry-period={lease / 10}", "--ha-redis-timeout=1"]
+            f"--ha-renew-deadline={lease * 0.6}", f"--ha-retry-period={lease / 10}", "--ha-redis-timeout=1",
+            "--block"]
     log = open(workdir / f"{name}.log", "wb")
     return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -100,7 +101,7 @@ def main() -> None:
     redis = LocalRedis(workdir).start()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, TAG: tag,
            "RAY_ENABLE_HEAD_HA": "1", "RAY_REDIS_ADDRESS": redis.address, "RAY_USAGE_STATS_ENABLED": "0",
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(ROOT), "RAY_HA_RUN_DIR": str(workdir / "run")}
     heads: dict = {}
     try:
         say(f"redis-server on {redis.address}; logs in {workdir}")

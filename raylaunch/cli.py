@@ -1,40 +1,25 @@
 """`ray-ha`: the thin command-line layer. Parse, build the config, call in, map outcomes to exit codes.
 
-Exit codes: 0 clean stop, 1 runtime error (e.g. Redis unreachable), 2 usage or configuration error,
-3 leadership lost, 4 head processes died. Passthrough mode exits with `ray start`'s own code.
+Exit codes of `start`: 0 clean stop, 1 runtime error (e.g. Redis unreachable), 2 usage or configuration
+error, 3 leadership lost, 4 head processes died. Passthrough mode exits with `ray start`'s own code.
+Heavy imports (redis, the campaign) happen inside the commands that need them, so `ray-ha health`
+stays fast enough for a probe.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import logging
+import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-from typing import NoReturn, Optional, Sequence
+from typing import Callable, NoReturn, Optional
 
 import click
 
 from raylaunch import __version__
-from raylaunch.campaign import Campaign, Outcome
-from raylaunch.config import (TIMING_SOURCES, ConfigError, Identity, Timing, identity_from, load_env_file,
-                              parse_bool, timing_from)
-from raylaunch.head import RayHead
-from raylaunch.lease import Holder, LeaseStoreError, RedisLease, RedisUnavailable
-from raylaunch.raycmd import HeadCommand, build_head_command, option_value, parse_version, redact
-from raylaunch.redisconn import RedisTarget, connect, target_from
-from raylaunch.stopflag import StopFlag
-from raylaunch.supervisor import become_subreaper
+from raylaunch.config import REPORTING_SOURCES, TIMING_SOURCES, ConfigError, load_env_file
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_LOST, EXIT_HEAD_DIED = 0, 1, 2, 3, 4
-OUTCOME_CODES = {Outcome.STOPPED: EXIT_OK, Outcome.FAILED: EXIT_RUNTIME,
-                 Outcome.LOST: EXIT_LOST, Outcome.HEAD_DIED: EXIT_HEAD_DIED}
-CONNECT_ATTEMPTS = 3
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-log = logging.getLogger("ray-ha")
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
 TIMING_HELP = {
     "lease_duration": "How long the lease lasts without renewal [15s].",
@@ -45,6 +30,15 @@ TIMING_HELP = {
     "stop_grace": "On SIGTERM, time the head gets to stop before SIGKILL [10s].",
     "wait_old_gcs": "How long a new leader waits for a still-answering old GCS before starting anyway [3 days].",
 }
+REPORTING_HELP = {
+    "log_format": ("FORMAT", "Log lines as text or json [text]."),
+    "http_port": ("PORT", "Serve /healthz, /leader and /metrics on this port [off]."),
+    "http_host": ("HOST", "Address the HTTP endpoint binds to [0.0.0.0]."),
+    "on_elected": ("CMD", "Shell command run when this node's GCS starts serving as leader."),
+    "on_demoted": ("CMD", "Shell command run when this node stops leading."),
+    "hook_timeout": ("DURATION", "Kill a hook still running after this long [30s]."),
+}
+OTHER_HA_FLAGS = ("--ha-node-name", "--ha-key", "--ha-env-file")
 
 MAIN_HELP = f"""Hot-standby Ray heads behind a Redis lease; a drop-in for `ray start`.
 
@@ -55,20 +49,20 @@ RAY_REDIS_ADDRESS set: one wins the lease and runs the real head, the others sta
 (details: ray-ha start --help):
 
 \b
-{chr(10).join("  " + flag for flag, _ in TIMING_SOURCES.values())}
-  --ha-node-name
-  --ha-key
-  --ha-env-file
+{chr(10).join("  " + flag for flag, _ in [*TIMING_SOURCES.values(), *REPORTING_SOURCES.values()])}
+{chr(10).join("  " + flag for flag in OTHER_HA_FLAGS)}
 """
 
 START_HELP = """Start Ray; with RAY_ENABLE_HEAD_HA on and --head, campaign for the head.
 
 Every option not starting with --ha- goes to `ray start` untouched (see `ray start --help`).
-Without RAY_ENABLE_HEAD_HA or without --head this simply runs `ray start`. Durations accept
-15, 15s or 1500ms; the RAY_HA_*_MS environment names take milliseconds.
+Without RAY_ENABLE_HEAD_HA or without --head this simply runs `ray start`. With --block the
+supervisor stays in the foreground; without it (as under `ray up`) it detaches, and this
+command returns once this node leads (head serving) or stands by. Durations accept 15, 15s or
+1500ms; the RAY_HA_*_MS environment names take milliseconds.
 
-Exit codes: 0 clean stop, 1 runtime error, 2 usage/config error, 3 leadership lost,
-4 head processes died.
+Exit codes: 0 clean stop (or, without --block, leading/standing by), 1 runtime error,
+2 usage/config error, 3 leadership lost, 4 head processes died.
 """
 
 
@@ -78,6 +72,24 @@ def _timing_options(func):
         func = click.option(flag, field_name, metavar="DURATION",
                             help=f"{TIMING_HELP[field_name]} Env: {env_name}.")(func)
     return func
+
+
+def _reporting_options(func):
+    """One --ha-<reporting> option per Reporting field."""
+    for field_name, (flag, env_name) in reversed(list(REPORTING_SOURCES.items())):
+        metavar, text = REPORTING_HELP[field_name]
+        kind = click.Choice(["text", "json"]) if field_name == "log_format" else None
+        func = click.option(flag, field_name, metavar=metavar, type=kind,
+                            help=f"{text} Env: {env_name}.")(func)
+    return func
+
+
+def _redis_options(func):
+    """What status and switchover need to reach Redis, named as in `ray start`."""
+    func = click.option("--redis-password", metavar="PASSWORD", help="Redis password [RAY_REDIS_PASSWORD].")(func)
+    func = click.option("--redis-username", metavar="USER", help="Redis user name.")(func)
+    func = click.option("--ha-env-file", metavar="PATH", help="Read settings from this file [./.env if present].")(func)
+    return click.option("--ha-key", metavar="KEY", help="Lease key [ray-ha:<namespace>:leader].")(func)
 
 
 def _version_text() -> str:
@@ -101,126 +113,158 @@ def main() -> None:
     """The `ray-ha` command group."""
 
 
-@main.command("start", help=START_HELP,
-              context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]})
-@_timing_options
-@click.option("--ha-node-name", metavar="NAME", help="This candidate's name [host name]. Env: RAY_HA_NODE_NAME.")
-@click.option("--ha-key", metavar="KEY", help="Lease key [ray-ha:<namespace>:leader]. Env: RAY_HA_LEADER_KEY.")
-@click.option("--ha-env-file", metavar="PATH", help="Read settings from this file [./.env if present].")
-@click.argument("ray_args", nargs=-1, type=click.UNPROCESSED)
-def start(ray_args: tuple[str, ...], ha_node_name: Optional[str], ha_key: Optional[str],
-          ha_env_file: Optional[str], **timing_flags: Optional[str]) -> None:
-    """Parse, then either exec `ray start` or campaign; user mistakes end as one line and exit 2."""
-    try:
-        code = run_start(list(ray_args), ha_env_file, ha_node_name, ha_key, timing_flags)
-    except (ConfigError, LeaseStoreError) as exc:
-        fail(str(exc), EXIT_USAGE)
-    except RedisUnavailable as exc:
-        fail(str(exc), EXIT_RUNTIME)
-    sys.exit(code)
-
-
 def fail(message: str, code: int) -> NoReturn:
     """One line on stderr and the exit code; no traceback for anything a user can fix."""
     click.echo(f"ray-ha: error: {message}", err=True)
     sys.exit(code)
 
 
-def run_start(ray_args: list[str], env_file: Optional[str], node_flag: Optional[str],
-              key_flag: Optional[str], timing_flags: dict[str, Optional[str]]) -> int:
-    """Decide passthrough or HA, validate everything, then campaign."""
-    unknown = next((a for a in ray_args if a.startswith("--ha-")), None)
-    if unknown:
-        raise ConfigError(f"no such option: {unknown.split('=')[0]} (see ray-ha start --help)")
-    load_env_file(env_file)
-    enabled = parse_bool("RAY_ENABLE_HEAD_HA", os.environ.get("RAY_ENABLE_HEAD_HA"))
-    if not enabled or "--head" not in ray_args:
-        exec_ray(["start", *ray_args])
-    timing = timing_from(timing_flags, os.environ)
-    identity = identity_from(node_flag, key_flag, os.environ)
-    ray_exe = find_ray()
-    command = build_head_command(ray_exe, ray_args, ray_version(ray_exe),
-                                 timing.effective_reconnect_timeout, os.environ)
-    target = target_from(os.environ, option_value(ray_args, "--redis-username"),
-                         option_value(ray_args, "--redis-password"))
-    return campaign(command, target, identity, timing, option_value(ray_args, "--node-ip-address"))
+def guard(call: Callable[[], int], redis_down_code: int = EXIT_RUNTIME) -> NoReturn:
+    """Run a command body, mapping our exception types to one line and an exit code."""
+    from raylaunch.launcher import RuntimeProblem
+    from raylaunch.lease import LeaseStoreError, RedisUnavailable
+    from raylaunch.localstate import AlreadyRunning
 
-
-def find_ray() -> str:
-    """The `ray` executable on PATH, or a usage error saying how to get it."""
-    ray = shutil.which("ray")
-    if ray is None:
-        raise ConfigError("`ray` not found on PATH: install Ray (pip install 'ray[default]')")
-    return ray
-
-
-def exec_ray(args: Sequence[str]) -> NoReturn:
-    """Replace this process with `ray <args>`: same arguments, same exit code, no extra process."""
-    ray = find_ray()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(ray, ["ray", *args])
-
-
-def ray_version(ray_exe: str) -> tuple[int, int]:
-    """The installed Ray's version: from package metadata when `ray` is ours, else `ray --version`."""
-    if os.path.dirname(os.path.realpath(ray_exe)) == os.path.dirname(sys.executable):
-        try:
-            return parse_version(importlib.metadata.version("ray"))
-        except importlib.metadata.PackageNotFoundError:
-            pass
     try:
-        out = subprocess.run([ray_exe, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(f"could not run `{ray_exe} --version`: {exc}") from None
-    return parse_version(out.rsplit("version", 1)[-1])
+        code = call()
+    except (AlreadyRunning, RuntimeProblem) as exc:
+        fail(str(exc), EXIT_RUNTIME)
+    except (ConfigError, LeaseStoreError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    except RedisUnavailable as exc:
+        fail(str(exc), redis_down_code)
+    sys.exit(code)
 
 
-def campaign(command: HeadCommand, target: RedisTarget, identity: Identity, timing: Timing,
-             node_ip: Optional[str]) -> int:
-    """Connect, then run the campaign until leadership ends; returns the exit code."""
-    setup_logging()
-    stop = StopFlag()
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda *_: stop.set())
-    for warning in command.warnings:
-        log.warning("%s", warning)
-    if not become_subreaper():
-        log.warning("cannot become a child subreaper; orphaned head processes may escape supervision")
-    lease = connect_lease(target, identity, timing, stop)
-    log.info("campaigning as %s for %s on %s (lease %gs, renew deadline %gs, retry %gs)",
-             identity.node_name, identity.key, target.display, timing.lease_duration,
-             timing.renew_deadline, timing.retry_period)
-    log.info("head command: %s", " ".join(redact(command.argv)))
-    try:
-        outcome = Campaign(lease, RayHead(command, node_ip), timing, stop).run()
-    finally:
-        lease.close()
-    return OUTCOME_CODES[outcome]
+@main.command("start", help=START_HELP,
+              context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]})
+@_timing_options
+@_reporting_options
+@click.option("--ha-node-name", metavar="NAME", help="This candidate's name [host name]. Env: RAY_HA_NODE_NAME.")
+@click.option("--ha-key", metavar="KEY", help="Lease key [ray-ha:<namespace>:leader]. Env: RAY_HA_LEADER_KEY.")
+@click.option("--ha-env-file", metavar="PATH", help="Read settings from this file [./.env if present].")
+@click.argument("ray_args", nargs=-1, type=click.UNPROCESSED)
+def start(ray_args: tuple[str, ...], ha_node_name: Optional[str], ha_key: Optional[str],
+          ha_env_file: Optional[str], **flags: Optional[str]) -> None:
+    """Parse, then exec `ray start`, campaign in the foreground, or detach a supervisor."""
+    from raylaunch.launcher import StartRequest, run_start
+
+    timing = {k: v for k, v in flags.items() if k in TIMING_SOURCES}
+    reporting = {k: v for k, v in flags.items() if k in REPORTING_SOURCES}
+    sources = {**TIMING_SOURCES, **REPORTING_SOURCES}
+    ha_argv = [f"{sources[k][0]}={v}" for k, v in flags.items() if v is not None]
+    ha_argv += [f"{flag}={value}" for flag, value in zip(OTHER_HA_FLAGS, (ha_node_name, ha_key, ha_env_file))
+                if value is not None]
+    request = StartRequest(ray_args=list(ray_args), env_file=ha_env_file, node=ha_node_name, key=ha_key,
+                           timing=timing, reporting=reporting, ha_argv=ha_argv)
+    guard(lambda: run_start(request))
 
 
-def connect_lease(target: RedisTarget, identity: Identity, timing: Timing,
-                  stop: StopFlag) -> RedisLease:
-    """A checked lease handle; Redis gets a few quiet tries, one second apart, before we give up."""
-    me = Holder.me(identity.node_name, identity.host)
-    lease = RedisLease(connect(target, timing.redis_timeout), identity.key, me, timing.lease_duration)
-    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+@main.command("stop", context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]})
+@click.option("--ha-node-name", metavar="NAME", help="Stop only this node's supervisor [all on this machine].")
+@click.argument("ray_args", nargs=-1, type=click.UNPROCESSED)
+def stop(ha_node_name: Optional[str], ray_args: tuple[str, ...]) -> None:
+    """Step down gracefully, then run `ray stop [options]`.
+
+    Every ray-ha supervisor on this machine (leader or standby, foreground or detached) is asked to
+    stop: a leader stops its head and releases the lease. Then `ray stop` runs with the options given,
+    and its exit code is ours (1 if a supervisor did not stop in time).
+    """
+    from raylaunch.control import stop_supervisors
+    from raylaunch.launcher import exec_ray, find_ray
+    from raylaunch.localstate import run_dir
+
+    def body() -> int:
+        stopped, failed = stop_supervisors(run_dir(os.environ), ha_node_name)
+        for line in stopped:
+            click.echo(f"ray-ha: {line}")
+        for line in failed:
+            click.echo(f"ray-ha: error: {line}", err=True)
+        if not failed:
+            exec_ray(["stop", *ray_args])
+        import subprocess
+        subprocess.run([find_ray(), "stop", *ray_args])
+        return EXIT_RUNTIME
+
+    guard(body)
+
+
+@main.command("health", context_settings={"help_option_names": ["--help"]})
+@click.option("--role", type=click.Choice(["leader", "any"]), default="leader", show_default=True,
+              help="leader: this node leads and its GCS accepts connections (readiness); "
+                   "any: the supervisor is alive and its loop is not stuck (liveness).")
+@click.option("--ha-node-name", metavar="NAME", help="Probe this node's supervisor [the one on this machine].")
+def health(role: str, ha_node_name: Optional[str]) -> None:
+    """Probe this machine's supervisor: exit 0 if healthy, 1 if not. No Redis, no Ray."""
+    from raylaunch.control import health as probe
+    from raylaunch.localstate import run_dir
+
+    ok, why = probe(run_dir(os.environ), ha_node_name, role)
+    click.echo(why, err=not ok)
+    sys.exit(EXIT_OK if ok else EXIT_RUNTIME)
+
+
+def _redis_for(ha_key: Optional[str], ha_env_file: Optional[str], username: Optional[str],
+               password: Optional[str]):
+    """(client, keys, target) for the cluster named by the environment; nothing held."""
+    from raylaunch.config import identity_from
+    from raylaunch.lease import Keys
+    from raylaunch.redisconn import connect, target_from
+
+    load_env_file(ha_env_file)
+    target = target_from(os.environ, username, password)
+    key = identity_from(None, ha_key, os.environ).key
+    return connect(target, 2.0), Keys(key), target
+
+
+@main.command("status", context_settings={"help_option_names": ["--help"]})
+@click.option("--json", "as_json", is_flag=True, help="Print the view as JSON (schema in the README).")
+@_redis_options
+def status(as_json: bool, ha_key: Optional[str], ha_env_file: Optional[str], redis_username: Optional[str],
+           redis_password: Optional[str]) -> None:
+    """Who leads, who stands by, recent leaders, and this machine's supervisors.
+
+    Reads RAY_REDIS_ADDRESS like `ray-ha start`. Exit 0 when a leader exists, 1 otherwise.
+    """
+    from raylaunch.clusterview import read_view, render
+    from raylaunch.localstate import local_supervisors, run_dir
+
+    def body() -> int:
+        client, keys, target = _redis_for(ha_key, ha_env_file, redis_username, redis_password)
+        view = read_view(client, keys, target.display, local_supervisors(run_dir(os.environ)))
+        click.echo(json.dumps(view, indent=2, sort_keys=True) if as_json else render(view))
+        return EXIT_OK if view["leader"] else EXIT_RUNTIME
+
+    guard(body)
+
+
+@main.command("switchover", context_settings={"help_option_names": ["--help"]})
+@click.option("--to", "target", metavar="NODE", help="The standby to take over [any standby].")
+@click.option("--timeout", default=60.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for the new leader's GCS to serve.")
+@_redis_options
+def switchover(target: Optional[str], timeout: float, ha_key: Optional[str], ha_env_file: Optional[str],
+               redis_username: Optional[str], redis_password: Optional[str]) -> None:
+    """Planned handover: the leader steps down, a standby (or NODE) takes over.
+
+    The old leader stops its head gracefully, releases the lease and stands by again. Exit 0 once
+    the new leader's GCS serves, 1 if the switchover could not be asked for or did not finish in time.
+    """
+    from raylaunch.clusterview import SwitchoverError, await_switchover, request_switchover
+
+    def body() -> int:
+        client, keys, _ = _redis_for(ha_key, ha_env_file, redis_username, redis_password)
         try:
-            lease.check()
-            return lease
-        except RedisUnavailable as exc:
-            if attempt == CONNECT_ATTEMPTS or stop.is_set():
-                raise RedisUnavailable(f"cannot reach Redis at {target.display}: {exc}") from None
-            stop.wait(1.0)
-        except LeaseStoreError as exc:
-            raise LeaseStoreError(f"Redis at {target.display}: {exc}") from None
-    raise AssertionError("unreachable")
+            request = request_switchover(client, keys, target, ttl=timeout)
+        except SwitchoverError as exc:
+            fail(str(exc), EXIT_RUNTIME)
+        click.echo(f"ray-ha: asked {request.source} (epoch {request.epoch}) to hand over to "
+                   f"{request.target or 'any standby'}")
+        leader = await_switchover(client, keys, request, timeout)
+        if leader is None:
+            fail(f"no new leader serving within {timeout:g}s; the request was withdrawn", EXIT_RUNTIME)
+        click.echo(f"ray-ha: {leader['node']} leads (epoch {leader['epoch']}), GCS serving at "
+                   f"{leader['gcs_address']}")
+        return EXIT_OK
 
-
-def setup_logging() -> None:
-    """One line per event on stderr, stamped, with the launcher's pid."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s ray-ha[%(process)d] %(levelname)s %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    guard(body)

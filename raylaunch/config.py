@@ -139,9 +139,69 @@ def identity_from(node_flag: Optional[str], key_flag: Optional[str], env: Mappin
     node = node_flag or env.get("RAY_HA_NODE_NAME", "").strip() or socket.gethostname()
     namespace = env.get("RAY_external_storage_namespace", "").strip() or "default"
     key = key_flag or env.get("RAY_HA_LEADER_KEY", "").strip() or f"ray-ha:{namespace}:leader"
-    if not node.strip() or any(ch.isspace() for ch in node):
-        raise ConfigError(f"node name {node!r} must be non-empty and contain no spaces")
+    if not node.strip() or any(ch.isspace() or ch == "/" for ch in node):
+        raise ConfigError(f"node name {node!r} must be non-empty, without spaces or slashes")
     return Identity(node_name=node, key=key)
+
+
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class Reporting:
+    """How a launcher shows itself: log format, HTTP endpoint, notify hooks. Validated at construction."""
+
+    log_format: str = "text"
+    """`text` (one stamped line per event) or `json` (one object per line, for log shippers)."""
+    http_port: Optional[int] = None
+    """Port of the /healthz, /leader and /metrics endpoint; None (the default) means no endpoint."""
+    http_host: str = "0.0.0.0"
+    """Address the endpoint binds to. Default all interfaces, so probes and load balancers reach it."""
+    on_elected: Optional[str] = None
+    """Shell command run when this node's GCS starts serving as leader. Default none."""
+    on_demoted: Optional[str] = None
+    """Shell command run when this node stops leading (head stopped, lease released). Default none."""
+    hook_timeout: float = 30.0
+    """A hook still running after this long is killed (s). Default 30."""
+
+    def __post_init__(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log format {self.log_format!r} is not one of: {', '.join(LOG_FORMATS)}")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"HTTP port {self.http_port} is not in 0-65535")
+        if not self.hook_timeout > 0:
+            raise ConfigError(f"hook timeout must be > 0 (got {self.hook_timeout:g}s)")
+
+
+#: Reporting field -> (flag name, environment name).
+REPORTING_SOURCES: dict[str, tuple[str, str]] = {
+    "log_format": ("--ha-log-format", "RAY_HA_LOG_FORMAT"),
+    "http_port": ("--ha-http-port", "RAY_HA_HTTP_PORT"),
+    "http_host": ("--ha-http-host", "RAY_HA_HTTP_HOST"),
+    "on_elected": ("--ha-on-elected", "RAY_HA_ON_ELECTED"),
+    "on_demoted": ("--ha-on-demoted", "RAY_HA_ON_DEMOTED"),
+    "hook_timeout": ("--ha-hook-timeout", "RAY_HA_HOOK_TIMEOUT_MS"),
+}
+
+
+def reporting_from(flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -> Reporting:
+    """Build Reporting from flag values (keyed by field name, None when absent) and the environment."""
+    values: dict[str, object] = {}
+    for field_name, (flag_name, env_name) in REPORTING_SOURCES.items():
+        from_flag = flags.get(field_name)
+        text = from_flag if from_flag is not None else env.get(env_name, "").strip() or None
+        if text is None:
+            continue
+        name = flag_name if from_flag is not None else env_name
+        if field_name == "http_port":
+            if not text.isdigit():
+                raise ConfigError(f"{name}={text!r} is not a port number")
+            values[field_name] = int(text)
+        elif field_name == "hook_timeout":
+            values[field_name] = parse_duration(name, text, bare_unit="s" if from_flag is not None else "ms")
+        else:
+            values[field_name] = text.lower() if field_name == "log_format" else text
+    return Reporting(**values)  # type: ignore[arg-type]
 
 
 def load_env_file(path: Optional[str]) -> None:

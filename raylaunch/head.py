@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 import psutil
 
@@ -60,15 +60,18 @@ class RayHead:
     """Runs `ray start --head --block` under a ProcessTree and reports on its GCS."""
 
     def __init__(self, command: HeadCommand, node_ip: Optional[str],
-                 probe: Callable[[str], bool] = tcp_accepts) -> None:
-        self.command, self.node_ip, self.probe = command, node_ip, probe
+                 probe: Callable[[str], bool] = tcp_accepts,
+                 spare: Callable[[], Collection[int]] = frozenset) -> None:
+        self.command, self.node_ip, self.probe, self.spare = command, node_ip, probe, spare
         self.tree: Optional[ProcessTree] = None
         self._address: Optional[str] = None
 
     def start(self, epoch: int) -> None:
         """Start the head with RAY_HA_EPOCH and RAY_HA_LEADER=1 in its environment."""
         env = {**self.command.env, "RAY_HA_EPOCH": str(epoch), "RAY_HA_LEADER": "1"}
-        self.tree = ProcessTree(self.command.argv, env, watch_name=GCS_NAME, drain_name=RAYLET_NAME)
+        self._address = None  # a head started again (after a switchover) listens somewhere new
+        self.tree = ProcessTree(self.command.argv, env, watch_name=GCS_NAME, drain_name=RAYLET_NAME,
+                                spare=self.spare)
         self.tree.start()
 
     def failure(self) -> Optional[str]:

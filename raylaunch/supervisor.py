@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Collection, Mapping, Optional, Sequence
 
 import psutil
 
@@ -42,13 +42,15 @@ class ProcessTree:
     """A child started in its own session, plus everything it spawns, watched and stopped as one.
 
     `watch_name` names the process whose death means the tree has failed; `drain_name` the one a
-    graceful stop sends SIGTERM to and waits for (the top when there is none).
+    graceful stop sends SIGTERM to and waits for (the top when there is none). `spare` returns the
+    pids of other children of the launcher (hooks, each leading its own session) that are not part of
+    the tree: they and their sessions are never signalled or reaped by it.
     """
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], watch_name: str,
-                 drain_name: Optional[str] = None) -> None:
+                 drain_name: Optional[str] = None, spare: Callable[[], Collection[int]] = frozenset) -> None:
         self.argv, self.env = list(argv), dict(env)
-        self.watch_name, self.drain_name = watch_name, drain_name
+        self.watch_name, self.drain_name, self.spare = watch_name, drain_name, spare
         self.popen: Optional[subprocess.Popen] = None
         self._watched: Optional[psutil.Process] = None
         self._draining: Optional[psutil.Process] = None
@@ -78,8 +80,9 @@ class ProcessTree:
 
     def members(self) -> list[psutil.Process]:
         """Every living descendant of the launcher: the tree plus the orphans it re-parented to us."""
+        spare = set(self.spare())
         try:
-            return [p for p in self._me.children(recursive=True) if is_alive(p)]
+            return [p for p in self._me.children(recursive=True) if is_alive(p) and _session(p) not in spare]
         except psutil.Error:
             return []
 
@@ -133,8 +136,8 @@ class ProcessTree:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if info is None:
-                return
+            if info is None or info.si_pid in self.spare():
+                return  # a spare child is reaped by its owner
             if self.popen is not None and info.si_pid == self.popen.pid:
                 self.popen.poll()
             else:
@@ -151,6 +154,13 @@ def _named(proc: psutil.Process, name: str) -> bool:
         return proc.name() == name or os.path.basename(argv0) == name
     except psutil.Error:
         return False
+
+
+def _session(proc: psutil.Process) -> int:
+    try:
+        return os.getsid(proc.pid)
+    except OSError:
+        return -1
 
 
 def _signal(proc: psutil.Process, sig: int) -> None:

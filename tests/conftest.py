@@ -75,6 +75,7 @@ def fake_ray_env(tmp_path: Path, leak_guard: str) -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
         TAG_VAR: leak_guard,
         "FAKE_RAY_LOG": str(tmp_path / "fake-ray.log"),
+        "RAY_HA_RUN_DIR": str(tmp_path / "run"),
     })
     return env
 
@@ -148,10 +149,12 @@ class LaunchPad:
         self.started: list[Launcher] = []
 
     def __call__(self, name: str, *args: str, env: Optional[dict[str, str]] = None,
-                 timing: Optional[list[str]] = None) -> Launcher:
+                 timing: Optional[list[str]] = None, block: bool = True) -> Launcher:
+        """A launcher for node `name`; in the foreground (--block) unless `block` is False."""
         full_env = {**self.env, "RAY_ENABLE_HEAD_HA": "1", "RAY_REDIS_ADDRESS": self.redis_address,
                     "RAY_HA_TEST_NODE": name, **(env or {})}
-        argv = ["--head", f"--ha-node-name={name}", *(self.timing if timing is None else timing), *args]
+        argv = ["--head", f"--ha-node-name={name}", *(self.timing if timing is None else timing), *args,
+                *(["--block"] if block else [])]
         launcher = Launcher(name, argv, full_env, self.cwd)
         self.started.append(launcher)
         return launcher

@@ -125,7 +125,7 @@ def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured
 
 
 def test_ray_version_from_metadata_when_ray_is_ours(mocker, tmp_path):
-    from raylaunch import cli
+    from raylaunch import launcher as cli
 
     ours = tmp_path / "ray"
     mocker.patch.object(cli.sys, "executable", str(tmp_path / "python"))
@@ -136,7 +136,7 @@ def test_ray_version_from_metadata_when_ray_is_ours(mocker, tmp_path):
 
 
 def test_ray_version_asks_a_foreign_ray(mocker, tmp_path):
-    from raylaunch import cli
+    from raylaunch import launcher as cli
 
     mocker.patch.object(cli.sys, "executable", "/elsewhere/python")
     run_ray = mocker.patch.object(cli.subprocess, "run",
@@ -146,7 +146,7 @@ def test_ray_version_asks_a_foreign_ray(mocker, tmp_path):
 
 
 def test_unusable_ray_version_is_a_config_error(mocker, tmp_path):
-    from raylaunch import cli
+    from raylaunch import launcher as cli
     from raylaunch.config import ConfigError
 
     mocker.patch.object(cli.sys, "executable", "/elsewhere/python")

@@ -33,7 +33,7 @@ def ray_launch(redis_server, leak_guard, tmp_path):
         pytest.fail("real Ray is needed: pip install 'ray[default]==2.60.0'")
     short = Path(tempfile.mkdtemp(prefix="rha-", dir="/tmp"))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
-           TAG_VAR: leak_guard, "RAY_USAGE_STATS_ENABLED": "0",
+           TAG_VAR: leak_guard, "RAY_USAGE_STATS_ENABLED": "0", "RAY_HA_RUN_DIR": str(short / "run"),
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     timing = ["--ha-lease-duration=5", "--ha-renew-deadline=3", "--ha-retry-period=0.5",
               "--ha-redis-timeout=1"]

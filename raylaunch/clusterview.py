@@ -1,0 +1,167 @@
+"""The cluster as Redis sees it, for `ray-ha status` and `ray-ha switchover`: leader, standbys, history.
+
+Read-only except for the switchover request. The JSON view's layout is versioned by SCHEMA; fields
+are only ever added within a version.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Optional, TypeVar
+
+import redis
+
+from raylaunch.lease import Holder, Keys, LeaseStoreError, RedisUnavailable, Record, Switchover
+from raylaunch.localstate import LocalSupervisor
+
+SCHEMA = 1
+HISTORY_SHOWN = 10
+T = TypeVar("T")
+
+
+class SwitchoverError(Exception):
+    """A switchover that cannot be asked for: no leader, no such standby, one already pending."""
+
+
+def guarded(call: Callable[[], T]) -> T:
+    """Run Redis calls, mapping redis-py's errors to the lease module's two exception types."""
+    try:
+        return call()
+    except (redis.AuthenticationError, redis.exceptions.AuthorizationError,
+            redis.exceptions.NoPermissionError) as exc:
+        raise LeaseStoreError(f"Redis refused the request ({exc})") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise RedisUnavailable(f"Redis did not answer: {exc}") from None
+    except redis.ResponseError as exc:
+        raise LeaseStoreError(f"Redis error: {exc}") from None
+
+
+def read_view(client: redis.Redis, keys: Keys, redis_display: str,
+              local: list[LocalSupervisor]) -> dict[str, Any]:
+    """Everything `ray-ha status` shows, as a JSON-ready dict (schema documented in the README)."""
+    return guarded(lambda: _read_view(client, keys, redis_display, local))
+
+
+def _read_view(client: redis.Redis, keys: Keys, redis_display: str,
+               local: list[LocalSupervisor]) -> dict[str, Any]:
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.lease).pttl(keys.lease).get(keys.epoch).get(keys.record)
+    pipe.lrange(keys.history, 0, HISTORY_SHOWN - 1).get(keys.switchover)
+    value, pttl, epoch, record_text, history, switchover = pipe.execute()
+    record = Record.decode(record_text)
+    leader = None
+    if value:
+        holder = Holder.decode(value)
+        current = record if record and record.node == holder.node and str(record.epoch) == str(epoch) else None
+        leader = {"node": holder.node, "host": holder.host, "pid": holder.pid, "epoch": int(epoch or 0),
+                  "gcs_address": current.gcs_address if current else None,
+                  "since": current.since if current else None, "lease_left_s": max(0, pttl) / 1000}
+    request = Switchover.decode(switchover)
+    return {
+        "schema": SCHEMA, "key": keys.lease, "redis": redis_display, "epoch": int(epoch or 0),
+        "leader": leader,
+        "standbys": [c for c in _candidates(client, keys) if not leader or c["node"] != leader["node"]],
+        "history": [vars(r) for r in map(Record.decode, history) if r is not None],
+        "switchover": {"from": request.source, "to": request.target or None, "epoch": request.epoch}
+        if request else None,
+        "local": [_local(s) for s in local],
+    }
+
+
+def _candidates(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    """Standby heartbeats that have not expired, sorted by node."""
+    pattern = _glob_escape(keys.candidate("")) + "*"
+    names = sorted(client.scan_iter(match=pattern, count=1000))
+    found = []
+    for name in names:
+        text, ttl = client.get(name), client.pttl(name)
+        try:
+            data = json.loads(text or "")
+        except ValueError:
+            continue
+        if isinstance(data, dict) and ttl > 0:
+            found.append({"node": str(data.get("node")), "host": data.get("host"), "pid": data.get("pid"),
+                          "role": data.get("role", "standby"), "since": data.get("since"),
+                          "expires_in_s": ttl / 1000})
+    return found
+
+
+def _local(sup: LocalSupervisor) -> dict[str, Any]:
+    state = sup.state
+    role = state.get("role") if sup.running and sup.fresh() else ("stale" if sup.running else "gone")
+    return {"node": sup.node, "pid": sup.pid, "role": role, "epoch": state.get("epoch"),
+            "leader": state.get("leader"), "gcs_address": state.get("gcs_address"),
+            "serving": bool(state.get("serving")) and sup.running}
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
+
+
+def render(view: dict[str, Any]) -> str:
+    """The view as a readable table, like `patronictl list`."""
+    lines = [f"lease {view['key']} on {view['redis']}, epoch {view['epoch']}", ""]
+    rows = [("NODE", "ROLE", "HOST", "PID", "EPOCH", "GCS ADDRESS", "SINCE", "LEASE LEFT")]
+    if view["leader"]:
+        lead = view["leader"]
+        rows.append((lead["node"], "leader", lead["host"], str(lead["pid"]), str(lead["epoch"]),
+                     lead["gcs_address"] or "(starting)", _when(lead["since"]), f"{lead['lease_left_s']:.1f}s"))
+    for cand in view["standbys"]:
+        rows.append((cand["node"], cand["role"], str(cand["host"]), str(cand["pid"]), "-", "-",
+                     _when(cand["since"]), "-"))
+    lines += _table(rows)
+    if not view["leader"]:
+        lines.append("no leader: nobody holds the lease")
+    if view["switchover"]:
+        sw = view["switchover"]
+        lines.append(f"switchover pending: {sw['from']} -> {sw['to'] or 'any standby'}")
+    if view["history"]:
+        lines += ["", "recent leaders (newest first):"]
+        lines += _table([("EPOCH", "NODE", "GCS ADDRESS", "SINCE")] + [
+            (str(h["epoch"]), h["node"], h["gcs_address"], _when(h["since"])) for h in view["history"]])
+    for sup in view["local"]:
+        lines += ["", f"this machine: node {sup['node']} (pid {sup['pid']}) is {sup['role']}"
+                      + (f", epoch {sup['epoch']}" if sup["role"] == "leader" else "")]
+    return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _when(stamp: Optional[float]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
+def request_switchover(client: redis.Redis, keys: Keys, target: Optional[str], ttl: float) -> Switchover:
+    """Ask the current leader to hand over to `target` (any standby if None); checks it can happen."""
+    view = read_view(client, keys, "", [])
+    leader = view["leader"]
+    if not leader:
+        raise SwitchoverError("there is no leader to switch over from")
+    standbys = [c["node"] for c in view["standbys"]]
+    if target == leader["node"]:
+        raise SwitchoverError(f"{target} already leads")
+    if target and target not in standbys:
+        raise SwitchoverError(f"no live standby named {target} (standbys: {', '.join(standbys) or 'none'})")
+    if not standbys:
+        raise SwitchoverError("there is no standby to take over")
+    request = Switchover(source=leader["node"], target=target or "", epoch=leader["epoch"])
+    if not guarded(lambda: client.set(keys.switchover, request.encode(), nx=True, px=int(ttl * 1000))):
+        raise SwitchoverError("another switchover is already pending")
+    return request
+
+
+def await_switchover(client: redis.Redis, keys: Keys, request: Switchover,
+                     timeout: float) -> Optional[dict[str, Any]]:
+    """Wait for a new leader in a later epoch; returns its view entry, or None (request withdrawn)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leader = read_view(client, keys, "", [])["leader"]
+        if leader and leader["epoch"] > request.epoch and leader["gcs_address"]:
+            return leader
+        time.sleep(0.1)
+    guarded(lambda: client.delete(keys.switchover) if client.get(keys.switchover) == request.encode() else 0)
+    return None

@@ -1,0 +1,69 @@
+"""Local control, without Redis or Ray: stop this machine's supervisors, and the health probe."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+from raylaunch.head import tcp_accepts
+from raylaunch.localstate import LocalSupervisor, local_supervisors
+
+#: Extra time `stop` allows beyond a supervisor's own grace (s).
+STOP_SLACK = 10.0
+PROBE_TIMEOUT = 0.2
+
+
+def stop_supervisors(directory: Path, node: Optional[str]) -> tuple[list[str], list[str]]:
+    """SIGTERM every running supervisor here (or `node`'s) and wait for each; (stopped, failed) lines."""
+    running = [s for s in local_supervisors(directory, node) if s.running and s.pid]
+    for sup in running:
+        try:
+            os.kill(sup.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        except ProcessLookupError:
+            pass
+    stopped, failed = [], []
+    for sup in running:
+        bound = float(sup.state.get("stop_grace") or 10) + float(sup.state.get("lease_duration") or 15)
+        if _wait_gone(directory, sup.node, bound + STOP_SLACK):
+            stopped.append(f"stopped the ray-ha supervisor of node {sup.node} (pid {sup.pid})")
+        else:
+            failed.append(f"the ray-ha supervisor of node {sup.node} (pid {sup.pid}) did not stop "
+                          f"within {bound + STOP_SLACK:.0f}s")
+    return stopped, failed
+
+
+def _wait_gone(directory: Path, node: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(s.running for s in local_supervisors(directory, node)):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def health(directory: Path, node: Optional[str], role: str) -> tuple[bool, str]:
+    """Probe this machine's supervisor: `leader` needs a serving GCS, `any` a live, fresh supervisor."""
+    running = [s for s in local_supervisors(directory, node) if s.running]
+    if not running:
+        return False, "no ray-ha supervisor runs here" + (f" for node {node}" if node else "")
+    verdicts = [_probe(sup, role) for sup in running]
+    good = [why for ok, why in verdicts if ok]
+    return (True, good[0]) if good else (False, verdicts[0][1])
+
+
+def _probe(sup: LocalSupervisor, role: str) -> tuple[bool, str]:
+    state = sup.state
+    who = f"node {sup.node} (pid {sup.pid})"
+    if not sup.fresh():
+        return False, f"{who}: supervisor state is stale (loop stuck or frozen?)"
+    if role == "any":
+        return True, f"{who}: {state.get('role')}"
+    if state.get("role") != "leader" or not state.get("serving"):
+        return False, f"{who}: not the serving leader ({state.get('role')})"
+    address = str(state.get("gcs_address") or "")
+    if not tcp_accepts(address, timeout=PROBE_TIMEOUT):
+        return False, f"{who}: leader, but its GCS at {address} does not accept connections"
+    return True, f"{who}: leader, epoch {state.get('epoch')}, GCS at {address}"

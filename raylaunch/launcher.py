@@ -1,0 +1,304 @@
+"""`ray-ha start`: passthrough to `ray start`, or campaign for the head in the foreground or detached.
+
+Everything a user can get wrong is checked here before anything is held or started; the CLI maps
+the exceptions to exit codes.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, NoReturn, Optional, Sequence
+
+from raylaunch.campaign import Campaign, Outcome, Snapshot
+from raylaunch.config import (ConfigError, Identity, Reporting, Timing, identity_from, load_env_file, parse_bool,
+                              reporting_from, timing_from)
+from raylaunch.endpoint import Endpoint
+from raylaunch.head import RayHead
+from raylaunch.hooks import Hooks
+from raylaunch.lease import Holder, LeaseStoreError, RedisLease, RedisUnavailable
+from raylaunch.localstate import StateFile, local_supervisors, run_dir
+from raylaunch.logs import setup_logging
+from raylaunch.raycmd import HeadCommand, build_head_command, option_value, parse_version, redact
+from raylaunch.redisconn import RedisTarget, connect, target_from
+from raylaunch.stopflag import StopFlag
+from raylaunch.supervisor import become_subreaper
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_LOST, EXIT_HEAD_DIED = 0, 1, 2, 3, 4
+OUTCOME_CODES = {Outcome.STOPPED: EXIT_OK, Outcome.FAILED: EXIT_RUNTIME,
+                 Outcome.LOST: EXIT_LOST, Outcome.HEAD_DIED: EXIT_HEAD_DIED}
+CONNECT_ATTEMPTS = 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: How long a non-block start waits to learn whether it leads or stands by (s).
+DETACH_WAIT = 180.0
+DEFAULT_RAY_TEMP_DIR = "/tmp/ray"
+
+log = logging.getLogger("ray-ha")
+
+
+class RuntimeProblem(Exception):
+    """Something outside the user's input went wrong before the campaign (exit 1)."""
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """A parsed `ray-ha start`: Ray's arguments, ray-ha's flags by field name, and the flags as typed."""
+
+    ray_args: list[str]
+    env_file: Optional[str] = None
+    node: Optional[str] = None
+    key: Optional[str] = None
+    timing: Mapping[str, Optional[str]] = field(default_factory=dict)
+    reporting: Mapping[str, Optional[str]] = field(default_factory=dict)
+    ha_argv: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the campaign needs, validated."""
+
+    command: HeadCommand
+    target: RedisTarget
+    identity: Identity
+    timing: Timing
+    reporting: Reporting
+    node_ip: Optional[str]
+    state_dir: Path
+    log_path: Path
+
+
+def run_start(request: StartRequest) -> int:
+    """Decide passthrough or HA, validate everything, then campaign here or in a detached supervisor."""
+    unknown = next((a for a in request.ray_args if a.startswith("--ha-")), None)
+    if unknown:
+        raise ConfigError(f"no such option: {unknown.split('=')[0]} (see ray-ha start --help)")
+    load_env_file(request.env_file)
+    enabled = parse_bool("RAY_ENABLE_HEAD_HA", os.environ.get("RAY_ENABLE_HEAD_HA"))
+    if not enabled or "--head" not in request.ray_args:
+        exec_ray(["start", *request.ray_args])
+    plan = make_plan(request)
+    if "--block" in request.ray_args:
+        return campaign(plan)
+    return detach(plan, request)
+
+
+def make_plan(request: StartRequest) -> Plan:
+    """Validate flags, environment, Ray and Redis settings into a Plan (ConfigError on any mistake)."""
+    timing = timing_from(request.timing, os.environ)
+    identity = identity_from(request.node, request.key, os.environ)
+    reporting = reporting_from(request.reporting, os.environ)
+    ray_exe = find_ray()
+    args = request.ray_args
+    command = build_head_command(ray_exe, args, ray_version(ray_exe), timing.effective_reconnect_timeout,
+                                 os.environ)
+    target = target_from(os.environ, option_value(args, "--redis-username"),
+                         option_value(args, "--redis-password"))
+    temp_dir = Path(option_value(args, "--temp-dir") or DEFAULT_RAY_TEMP_DIR)
+    return Plan(command=command, target=target, identity=identity, timing=timing, reporting=reporting,
+                node_ip=option_value(args, "--node-ip-address"), state_dir=run_dir(os.environ),
+                log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log")
+
+
+def find_ray() -> str:
+    """The `ray` executable on PATH, or a usage error saying how to get it."""
+    ray = shutil.which("ray")
+    if ray is None:
+        raise ConfigError("`ray` not found on PATH: install Ray (pip install 'ray[default]')")
+    return ray
+
+
+def exec_ray(args: Sequence[str]) -> NoReturn:
+    """Replace this process with `ray <args>`: same arguments, same exit code, no extra process."""
+    ray = find_ray()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(ray, ["ray", *args])
+
+
+def ray_version(ray_exe: str) -> tuple[int, int]:
+    """The installed Ray's version: from package metadata when `ray` is ours, else `ray --version`."""
+    if os.path.dirname(os.path.realpath(ray_exe)) == os.path.dirname(sys.executable):
+        try:
+            return parse_version(importlib.metadata.version("ray"))
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        out = subprocess.run([ray_exe, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"could not run `{ray_exe} --version`: {exc}") from None
+    return parse_version(out.rsplit("version", 1)[-1])
+
+
+class LiveContext:
+    """Role, epoch and leader for every log line, read from the campaign at the moment of logging."""
+
+    def __init__(self) -> None:
+        self.campaign: Optional[Campaign] = None
+
+    def __call__(self) -> dict[str, object]:
+        c = self.campaign
+        return {} if c is None else {"role": c.role.value, "epoch": c.epoch, "leader": c.leader}
+
+
+def state_of(snapshot: Snapshot) -> dict[str, object]:
+    """The state-file fields that describe a campaign."""
+    return {"role": snapshot.role.value, "epoch": snapshot.epoch, "leader": snapshot.leader,
+            "gcs_address": snapshot.gcs_address, "serving": snapshot.serving,
+            "transitions": snapshot.transitions, "renew_failures": snapshot.renew_failures,
+            "takeover_seconds": snapshot.takeover_seconds}
+
+
+def campaign(plan: Plan) -> int:
+    """Run the campaign in this process until leadership ends; returns the exit code."""
+    context = LiveContext()
+    setup_logging(plan.reporting.log_format, plan.identity.node_name, context)
+    stop = StopFlag()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: stop.set())
+    state = claim_state(plan)
+    try:
+        return _campaign(plan, state, context, stop)
+    finally:
+        state.close()
+
+
+def claim_state(plan: Plan) -> StateFile:
+    """This node's local state file, locked for our life (one supervisor per node and machine)."""
+    r = plan.reporting
+    static = {"node": plan.identity.node_name, "key": plan.identity.key, "redis": plan.target.display,
+              "lease_duration": plan.timing.lease_duration, "retry_period": plan.timing.retry_period,
+              "stop_grace": plan.timing.stop_grace, "started": time.time(),
+              "http": f"{r.http_host}:{r.http_port}" if r.http_port is not None else None}
+    state = StateFile(plan.state_dir, plan.identity.node_name, static, heartbeat=plan.timing.retry_period)
+    state.claim()
+    return state
+
+
+def _campaign(plan: Plan, state: StateFile, context: LiveContext, stop: StopFlag) -> int:
+    for warning in plan.command.warnings:
+        log.warning("%s", warning)
+    if not become_subreaper():
+        log.warning("cannot become a child subreaper; orphaned head processes may escape supervision")
+    endpoint = start_endpoint(plan)
+    hooks = Hooks(plan.reporting.on_elected, plan.reporting.on_demoted, plan.reporting.hook_timeout,
+                  plan.command.env)
+    lease = None
+    try:
+        lease = connect_lease(plan.target, plan.identity, plan.timing, stop)
+        log.info("campaigning as %s for %s on %s (lease %gs, renew deadline %gs, retry %gs)",
+                 plan.identity.node_name, plan.identity.key, plan.target.display, plan.timing.lease_duration,
+                 plan.timing.renew_deadline, plan.timing.retry_period)
+        log.info("head command: %s", " ".join(redact(plan.command.argv)))
+        watchers = [lambda snap: state.update(state_of(snap)), hooks] + ([endpoint] if endpoint else [])
+        context.campaign = Campaign(lease, RayHead(plan.command, plan.node_ip, spare=hooks.pids), plan.timing,
+                                    stop, name=plan.identity.node_name, watchers=watchers)
+        return OUTCOME_CODES[context.campaign.run()]
+    finally:
+        hooks.close()
+        if endpoint:
+            endpoint.close()
+        if lease:
+            lease.close()
+
+
+def start_endpoint(plan: Plan) -> Optional[Endpoint]:
+    """The HTTP endpoint if asked for; a port that cannot be bound is a runtime problem (exit 1)."""
+    r = plan.reporting
+    if r.http_port is None:
+        return None
+    try:
+        endpoint = Endpoint(r.http_host, r.http_port, stale_after=plan.timing.lease_duration)
+    except OSError as exc:
+        raise RuntimeProblem(f"cannot serve HTTP on {r.http_host}:{r.http_port}: {exc.strerror or exc}") from None
+    log.info("HTTP endpoint on %s:%d (/healthz, /leader, /metrics)", r.http_host, endpoint.port)
+    return endpoint
+
+
+def connect_lease(target: RedisTarget, identity: Identity, timing: Timing, stop: StopFlag) -> RedisLease:
+    """A checked lease handle; Redis gets a few quiet tries, one second apart, before we give up."""
+    me = Holder.me(identity.node_name, identity.host)
+    lease = RedisLease(connect(target, timing.redis_timeout), identity.key, me, timing.lease_duration)
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            lease.check()
+            return lease
+        except RedisUnavailable as exc:
+            if attempt == CONNECT_ATTEMPTS or stop.is_set():
+                raise RedisUnavailable(f"cannot reach Redis at {target.display}: {exc}") from None
+            stop.wait(1.0)
+        except LeaseStoreError as exc:
+            raise LeaseStoreError(f"Redis at {target.display}: {exc}") from None
+    raise AssertionError("unreachable")
+
+
+def detach(plan: Plan, request: StartRequest) -> int:
+    """Non-block mode, for `ray up`: start the supervisor in its own session and report how it went."""
+    check_redis(plan)
+    claim_state(plan).close()  # fails now, in the foreground, if this node already has a supervisor
+    plan.log_path.parent.mkdir(parents=True, exist_ok=True)
+    offset = plan.log_path.stat().st_size if plan.log_path.exists() else 0
+    argv = [sys.executable, "-m", "raylaunch", "start", *request.ha_argv, *request.ray_args, "--block"]
+    with open(plan.log_path, "ab") as out:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    return follow_detached(plan, child, offset)
+
+
+def check_redis(plan: Plan) -> None:
+    """Reach Redis once before detaching, so a wrong address or password fails in the foreground."""
+    lease = connect_lease(plan.target, plan.identity, plan.timing, StopFlag())
+    lease.close()
+
+
+def follow_detached(plan: Plan, child: subprocess.Popen, offset: int) -> int:
+    """Echo the supervisor's log until it leads, stands by or exits; never wait longer than DETACH_WAIT."""
+    deadline = time.monotonic() + DETACH_WAIT
+    node = plan.identity.node_name
+    with open(plan.log_path, "rb") as log_file:
+        log_file.seek(offset)
+        while True:
+            time.sleep(0.1)
+            _echo(log_file)
+            code = child.poll()
+            if code is not None:
+                _echo(log_file)
+                print(f"ray-ha: the supervisor exited with code {code}; see {plan.log_path}", file=sys.stderr)
+                return code or EXIT_RUNTIME
+            found = [s for s in local_supervisors(plan.state_dir, node) if s.pid == child.pid]
+            verdict = _verdict(found[0].state) if found else None
+            if verdict:
+                print(f"ray-ha: {verdict}")
+                print(f"ray-ha: supervisor pid {child.pid}, log {plan.log_path}; stop it with: ray-ha stop")
+                return EXIT_OK
+            if time.monotonic() > deadline:
+                print(f"ray-ha: error: no outcome after {DETACH_WAIT:.0f}s; the supervisor (pid {child.pid}) "
+                      f"keeps trying, see {plan.log_path}", file=sys.stderr)
+                return EXIT_RUNTIME
+
+
+def _verdict(state: Mapping[str, object]) -> Optional[str]:
+    """A line for a settled supervisor state, or None while it is still on its way."""
+    role, epoch, leader = state.get("role"), state.get("epoch"), state.get("leader")
+    if role == "leader" and state.get("serving"):
+        return f"leading as {state.get('node')} (epoch {epoch}); GCS serving at {state.get('gcs_address')}"
+    if role == "standby" and leader:
+        return f"standing by; leader is {leader} (epoch {epoch})"
+    if role == "waiting":
+        return (f"elected (epoch {epoch}) but waiting for the previous GCS to go away before starting "
+                "the head; the supervisor carries on")
+    return None
+
+
+def _echo(log_file) -> None:
+    data = log_file.read()
+    if data:
+        sys.stdout.write(data.decode(errors="replace"))
+        sys.stdout.flush()
