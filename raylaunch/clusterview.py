@@ -110,7 +110,8 @@ def render(view: dict[str, Any]) -> str:
     for cand in view["standbys"]:
         rows.append((cand["node"], cand["role"], str(cand["host"]), str(cand["pid"]), "-", "-",
                      _when(cand["since"]), "-"))
-    lines += _table(rows)
+    if len(rows) > 1:
+        lines += _table(rows)
     if not view["leader"]:
         lines.append("no leader: nobody holds the lease")
     if view["switchover"]:
@@ -120,9 +121,10 @@ def render(view: dict[str, Any]) -> str:
         lines += ["", "recent leaders (newest first):"]
         lines += _table([("EPOCH", "NODE", "GCS ADDRESS", "SINCE")] + [
             (str(h["epoch"]), h["node"], h["gcs_address"], _when(h["since"])) for h in view["history"]])
-    for sup in view["local"]:
-        lines += ["", f"this machine: node {sup['node']} (pid {sup['pid']}) is {sup['role']}"
-                      + (f", epoch {sup['epoch']}" if sup["role"] == "leader" else "")]
+    if view["local"]:
+        lines += ["", "supervisors on this machine:"]
+        lines += [f"  {s['node']} (pid {s['pid']}): {s['role']}"
+                  + (f", epoch {s['epoch']}" if s["role"] == "leader" else "") for s in view["local"]]
     return "\n".join(lines)
 
 

@@ -1,0 +1,186 @@
+"""Operating a cluster through the CLI, against a real Redis with the fake `ray`: non-block start
+(for `ray up`), stop, health, status, switchover."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import FAST_TIMING, fake_ray_events, tagged_processes
+
+KEY = "ray-ha:default:leader"
+
+
+def ray_ha(*args, env, cwd, timeout=60):
+    return subprocess.run([sys.executable, "-m", "raylaunch", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def ha_env(fake_ray_env, redis_server, tmp_path):
+    return {**fake_ray_env, "RAY_ENABLE_HEAD_HA": "1", "RAY_REDIS_ADDRESS": redis_server.address}
+
+
+def start_detached(name, env, cwd, *extra):
+    return ray_ha("start", "--head", "--port=0", f"--temp-dir={cwd / 'ray'}", f"--ha-node-name={name}",
+                  *FAST_TIMING, *extra, env={**env, "RAY_HA_TEST_NODE": name}, cwd=cwd)
+
+
+@pytest.fixture
+def detached(ha_env, tmp_path, leak_guard):
+    """Start detached supervisors; `ray-ha stop` (then the leak guard) cleans up even if a test fails."""
+    yield lambda name, *extra: start_detached(name, ha_env, tmp_path, *extra)
+    ray_ha("stop", env=ha_env, cwd=tmp_path)
+
+
+def test_non_block_start_returns_as_leader_with_rays_guidance(detached, redis_server, tmp_path):
+    result = detached("a")
+    assert result.returncode == 0, result.stderr
+    assert "Ray runtime started." in result.stdout, "ray start's own output is shown"
+    assert "ray-ha: leading as a (epoch 1); GCS serving at 127.0.0.1:" in result.stdout
+    assert (tmp_path / "ray" / "ray-ha" / "a.log").exists(), "the supervisor logs under the Ray temp dir"
+    record = json.loads(redis_server.client().get(f"{KEY}:record"))
+    assert record["node"] == "a" and record["epoch"] == 1, "the supervisor lives on after the command returns"
+
+
+def test_non_block_start_returns_as_standby(detached):
+    assert detached("a").returncode == 0
+    result = detached("b")
+    assert result.returncode == 0, result.stderr
+    assert "ray-ha: standing by; leader is a (epoch 1)" in result.stdout
+
+
+def test_non_block_head_that_fails_to_start_returns_non_zero_and_leaves_nothing(ha_env, tmp_path, redis_server,
+                                                                             leak_guard):
+    result = start_detached("a", {**ha_env, "FAKE_RAY_START_EXIT": "1"}, tmp_path)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "head failed to start" in result.stdout, "the head's own error is shown"
+    assert "supervisor exited with code 4" in result.stderr
+    assert redis_server.client().get(KEY) is None
+    assert tagged_processes(leak_guard) == []
+
+
+def test_second_supervisor_for_the_same_node_is_refused(detached, ha_env, tmp_path):
+    assert detached("a").returncode == 0
+    again = start_detached("a", ha_env, tmp_path)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [again.stderr.strip()]
+    assert "already runs here" in again.stderr and "ray-ha stop" in again.stderr
+
+
+def test_stop_steps_down_releases_then_runs_ray_stop(detached, ha_env, tmp_path, redis_server, leak_guard):
+    assert detached("a").returncode == 0
+    assert detached("b").returncode == 0
+    result = ray_ha("stop", "--force", env=ha_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "stopped the ray-ha supervisor of node a" in result.stdout
+    assert "stopped the ray-ha supervisor of node b" in result.stdout
+    assert json.loads(result.stdout.strip().splitlines()[-1])["argv"] == ["stop", "--force"], "then ray stop"
+    assert redis_server.client().get(KEY) is None, "the lease was released"
+    assert tagged_processes(leak_guard) == []
+    log = (tmp_path / "ray" / "ray-ha" / "a.log").read_text()
+    assert "stop requested; stopping the head" in log and "head stopped; lease released" in log
+
+
+def test_stop_exit_code_is_ray_stops(ha_env, tmp_path):
+    result = ray_ha("stop", env={**ha_env, "FAKE_RAY_EXIT": "3"}, cwd=tmp_path)
+    assert result.returncode == 3
+
+
+def health(env, cwd, *args):
+    return ray_ha("health", *args, env=env, cwd=cwd, timeout=10)
+
+
+def test_health_is_ready_only_on_the_serving_leader_and_live_on_both(detached, ha_env, tmp_path):
+    assert health(ha_env, tmp_path).returncode == 1, "nothing runs yet"
+    assert detached("a").returncode == 0
+    assert detached("b").returncode == 0
+    leader = health(ha_env, tmp_path, "--ha-node-name=a")
+    assert leader.returncode == 0 and "leader, epoch 1" in leader.stdout
+    standby = health(ha_env, tmp_path, "--ha-node-name=b")
+    assert standby.returncode == 1 and "not the serving leader (standby)" in standby.stderr
+    assert health(ha_env, tmp_path, "--ha-node-name=b", "--role=any").returncode == 0
+
+
+def test_liveness_fails_when_the_supervisor_is_frozen(detached, ha_env, tmp_path):
+    assert detached("a").returncode == 0
+    pid = int(json.loads((tmp_path / "run" / "a.json").read_text())["pid"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(3.5)  # longer than the 3 s lease: the supervisor's state goes stale
+        result = health(ha_env, tmp_path, "--role=any")
+        assert result.returncode == 1 and "stale" in result.stderr
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_health_imports_neither_redis_nor_ray(detached, ha_env, tmp_path):
+    assert detached("a").returncode == 0
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "raylaunch", "health"], env=ha_env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0, result.stderr
+    modules = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "raylaunch.control" in modules, "the probe ran"
+    assert not {m for m in modules if m.split(".")[0] in ("redis", "ray")}
+
+
+def test_status_shows_leader_standbys_history_and_local_roles(detached, ha_env, tmp_path):
+    assert detached("a").returncode == 0
+    assert detached("b").returncode == 0
+    table = ray_ha("status", env=ha_env, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert any(line.split()[:2] == ["a", "leader"] for line in lines)
+    assert any(line.split()[:2] == ["b", "standby"] for line in lines)
+    assert "recent leaders" in table.stdout and "a (pid" in table.stdout
+    view = json.loads(ray_ha("status", "--json", env=ha_env, cwd=tmp_path).stdout)
+    assert view["schema"] == 1 and view["key"] == KEY and view["epoch"] == 1
+    assert view["leader"]["node"] == "a" and view["leader"]["gcs_address"].startswith("127.0.0.1:")
+    assert 0 < view["leader"]["lease_left_s"] <= 3
+    assert [s["node"] for s in view["standbys"]] == ["b"]
+    assert [h["epoch"] for h in view["history"]] == [1]
+    assert {s["node"]: s["role"] for s in view["local"]} == {"a": "leader", "b": "standby"}
+
+
+def test_status_without_a_leader_exits_1(ha_env, tmp_path):
+    result = ray_ha("status", env=ha_env, cwd=tmp_path)
+    assert result.returncode == 1 and "no leader" in result.stdout
+
+
+def test_status_with_redis_down_is_one_line(ha_env, tmp_path):
+    from raylaunch.localredis import free_port
+
+    result = ray_ha("status", env={**ha_env, "RAY_REDIS_ADDRESS": f"127.0.0.1:{free_port()}"}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "ray-ha: error:" in result.stderr
+
+
+def test_switchover_hands_over_to_the_named_standby_and_the_old_leader_stands_by(detached, ha_env, tmp_path,
+                                                                               redis_server):
+    for name in "abc":
+        assert detached(name).returncode == 0
+    result = ray_ha("switchover", "--to", "c", "--timeout", "20", env=ha_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "c leads (epoch 2)" in result.stdout
+    view = json.loads(ray_ha("status", "--json", env=ha_env, cwd=tmp_path).stdout)
+    assert view["leader"]["node"] == "c" and view["switchover"] is None
+    assert {s["node"]: s["role"] for s in view["local"]} == {"a": "standby", "b": "standby", "c": "leader"}
+    starts = [e for e in fake_ray_events(ha_env) if e["event"] == "start"]
+    assert [(e["node"], e["epoch"]) for e in starts] == [("a", "1"), ("c", "2")]
+    assert all(e["others"] == [] for e in starts), "the old head was gone before the new one started"
+
+
+@pytest.mark.parametrize("args, phrase", [(["--to", "nobody"], "no live standby named nobody"),
+                                          (["--to", "a"], "a already leads"),
+                                          ([], "no standby to take over")])
+def test_switchover_that_cannot_happen_is_refused_and_changes_nothing(detached, ha_env, tmp_path, redis_server,
+                                                                     args, phrase):
+    assert detached("a").returncode == 0
+    result = ray_ha("switchover", *args, env=ha_env, cwd=tmp_path)
+    assert result.returncode == 1 and phrase in result.stderr
+    assert redis_server.client().get(f"{KEY}:switchover") is None
+    assert json.loads(redis_server.client().get(f"{KEY}:record"))["node"] == "a"
