@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,6 @@ CONNECT_ATTEMPTS = 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: How long a non-block start waits to learn whether it leads or stands by (s).
 DETACH_WAIT = 180.0
-DEFAULT_RAY_TEMP_DIR = "/tmp/ray"
 
 log = logging.getLogger("ray-ha")
 
@@ -101,10 +101,15 @@ def make_plan(request: StartRequest) -> Plan:
                                  os.environ)
     target = target_from(os.environ, option_value(args, "--redis-username"),
                          option_value(args, "--redis-password"))
-    temp_dir = Path(option_value(args, "--temp-dir") or DEFAULT_RAY_TEMP_DIR)
+    temp_dir = Path(option_value(args, "--temp-dir") or ray_temp_dir(os.environ))
     return Plan(command=command, target=target, identity=identity, timing=timing, reporting=reporting,
                 node_ip=option_value(args, "--node-ip-address"), state_dir=run_dir(os.environ),
                 log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log")
+
+
+def ray_temp_dir(env: Mapping[str, str]) -> str:
+    """Ray's default --temp-dir: $RAY_TMPDIR/ray, else <system temp dir>/ray, as Ray chooses it."""
+    return os.path.join(env.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
 
 
 def find_ray() -> str:
