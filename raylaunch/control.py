@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import psutil
+
 from raylaunch.head import tcp_accepts
 from raylaunch.localstate import LocalSupervisor, local_supervisors
 
@@ -27,7 +29,7 @@ def stop_supervisors(directory: Path, node: Optional[str]) -> tuple[list[str], l
     stopped, failed = [], []
     for sup in running:
         bound = float(sup.state.get("stop_grace") or 10) + float(sup.state.get("lease_duration") or 15)
-        if _wait_gone(directory, sup.node, bound + STOP_SLACK):
+        if _wait_gone(directory, sup, bound + STOP_SLACK):
             stopped.append(f"stopped the ray-ha supervisor of node {sup.node} (pid {sup.pid})")
         else:
             failed.append(f"the ray-ha supervisor of node {sup.node} (pid {sup.pid}) did not stop "
@@ -35,13 +37,21 @@ def stop_supervisors(directory: Path, node: Optional[str]) -> tuple[list[str], l
     return stopped, failed
 
 
-def _wait_gone(directory: Path, node: str, timeout: float) -> bool:
+def _wait_gone(directory: Path, sup: LocalSupervisor, timeout: float) -> bool:
+    """Wait until the supervisor has let go of its lock and its process has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(s.running for s in local_supervisors(directory, node)):
+        if not any(s.running for s in local_supervisors(directory, sup.node)) and not _alive(sup.pid):
             return True
         time.sleep(0.05)
     return False
+
+
+def _alive(pid: Optional[int]) -> bool:
+    try:
+        return pid is not None and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def health(directory: Path, node: Optional[str], role: str) -> tuple[bool, str]:

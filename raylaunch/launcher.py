@@ -40,6 +40,8 @@ CONNECT_ATTEMPTS = 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: How long a non-block start waits to learn whether it leads or stands by (s).
 DETACH_WAIT = 180.0
+#: What `ray start` prints once everything is up; a detached leader is reported after it.
+RAY_STARTED = "Ray runtime started"
 
 log = logging.getLogger("ray-ha")
 
@@ -264,46 +266,53 @@ def check_redis(plan: Plan) -> None:
 
 
 def follow_detached(plan: Plan, child: subprocess.Popen, offset: int) -> int:
-    """Echo the supervisor's log until it leads, stands by or exits; never wait longer than DETACH_WAIT."""
+    """Echo the supervisor's log until it leads, stands by or exits; never wait longer than DETACH_WAIT.
+
+    A leader is reported once its GCS serves and `ray start` has said it is done (or the wait is up),
+    so the user sees Ray's own guidance as with `ray start`.
+    """
     deadline = time.monotonic() + DETACH_WAIT
-    node = plan.identity.node_name
+    node, shown = plan.identity.node_name, ""
     with open(plan.log_path, "rb") as log_file:
         log_file.seek(offset)
         while True:
             time.sleep(0.1)
-            _echo(log_file)
+            shown += _echo(log_file)
             code = child.poll()
             if code is not None:
                 _echo(log_file)
                 print(f"ray-ha: the supervisor exited with code {code}; see {plan.log_path}", file=sys.stderr)
                 return code or EXIT_RUNTIME
             found = [s for s in local_supervisors(plan.state_dir, node) if s.pid == child.pid]
-            verdict = _verdict(found[0].state) if found else None
-            if verdict:
+            verdict, leading = _verdict(found[0].state) if found else (None, False)
+            timed_out = time.monotonic() > deadline
+            if verdict and (not leading or RAY_STARTED in shown or timed_out):
                 print(f"ray-ha: {verdict}")
                 print(f"ray-ha: supervisor pid {child.pid}, log {plan.log_path}; stop it with: ray-ha stop")
                 return EXIT_OK
-            if time.monotonic() > deadline:
+            if timed_out:
                 print(f"ray-ha: error: no outcome after {DETACH_WAIT:.0f}s; the supervisor (pid {child.pid}) "
                       f"keeps trying, see {plan.log_path}", file=sys.stderr)
                 return EXIT_RUNTIME
 
 
-def _verdict(state: Mapping[str, object]) -> Optional[str]:
-    """A line for a settled supervisor state, or None while it is still on its way."""
+def _verdict(state: Mapping[str, object]) -> tuple[Optional[str], bool]:
+    """A line for a settled supervisor state (None while it is on its way), and whether it leads."""
     role, epoch, leader = state.get("role"), state.get("epoch"), state.get("leader")
     if role == "leader" and state.get("serving"):
-        return f"leading as {state.get('node')} (epoch {epoch}); GCS serving at {state.get('gcs_address')}"
+        return f"leading as {state.get('node')} (epoch {epoch}); GCS serving at {state.get('gcs_address')}", True
     if role == "standby" and leader:
-        return f"standing by; leader is {leader} (epoch {epoch})"
+        return f"standing by; leader is {leader} (epoch {epoch})", False
     if role == "waiting":
         return (f"elected (epoch {epoch}) but waiting for the previous GCS to go away before starting "
-                "the head; the supervisor carries on")
-    return None
+                "the head; the supervisor carries on"), False
+    return None, False
 
 
-def _echo(log_file) -> None:
-    data = log_file.read()
-    if data:
-        sys.stdout.write(data.decode(errors="replace"))
+def _echo(log_file) -> str:
+    """Copy what the supervisor logged since last time to our stdout; returns it."""
+    text = log_file.read().decode(errors="replace")
+    if text:
+        sys.stdout.write(text)
         sys.stdout.flush()
+    return text
