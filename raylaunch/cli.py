@@ -119,7 +119,7 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def guard(call: Callable[[], int], redis_down_code: int = EXIT_RUNTIME) -> NoReturn:
+def guard(call: Callable[[], int]) -> NoReturn:
     """Run a command body, mapping our exception types to one line and an exit code."""
     from raylaunch.launcher import RuntimeProblem
     from raylaunch.lease import LeaseStoreError, RedisUnavailable
@@ -132,7 +132,7 @@ def guard(call: Callable[[], int], redis_down_code: int = EXIT_RUNTIME) -> NoRet
     except (ConfigError, LeaseStoreError) as exc:
         fail(str(exc), EXIT_USAGE)
     except RedisUnavailable as exc:
-        fail(str(exc), redis_down_code)
+        fail(str(exc), EXIT_RUNTIME)
     sys.exit(code)
 
 
@@ -175,6 +175,7 @@ def stop(ha_node_name: Optional[str], ray_args: tuple[str, ...]) -> None:
     from raylaunch.localstate import run_dir
 
     def body() -> int:
+        load_env_file(None)
         stopped, failed = stop_supervisors(run_dir(os.environ), ha_node_name)
         for line in stopped:
             click.echo(f"ray-ha: {line}")
@@ -199,6 +200,7 @@ def health(role: str, ha_node_name: Optional[str]) -> None:
     from raylaunch.control import health as probe
     from raylaunch.localstate import run_dir
 
+    load_env_file(None)  # RAY_HA_RUN_DIR may come from ./.env, as for start
     ok, why = probe(run_dir(os.environ), ha_node_name, role)
     click.echo(why, err=not ok)
     sys.exit(EXIT_OK if ok else EXIT_RUNTIME)

@@ -185,7 +185,11 @@ def claim_state(plan: Plan) -> StateFile:
               "stop_grace": plan.timing.stop_grace, "started": time.time(),
               "http": f"{r.http_host}:{r.http_port}" if r.http_port is not None else None}
     state = StateFile(plan.state_dir, plan.identity.node_name, static, heartbeat=plan.timing.retry_period)
-    state.claim()
+    try:
+        state.claim()
+    except OSError as exc:
+        raise RuntimeProblem(f"cannot keep state in {plan.state_dir} (set RAY_HA_RUN_DIR): "
+                             f"{exc.strerror or exc}") from None
     return state
 
 

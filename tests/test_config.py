@@ -104,3 +104,26 @@ def test_dot_env_in_the_working_directory_is_read(tmp_path, monkeypatch):
 def test_missing_env_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="env file not found"):
         load_env_file(str(tmp_path / "nope.env"))
+
+
+def test_reporting_from_flags_env_and_defaults():
+    from raylaunch.config import Reporting, reporting_from
+
+    assert reporting_from({}, {}) == Reporting()
+    env = {"RAY_HA_HTTP_PORT": "8008", "RAY_HA_LOG_FORMAT": "JSON", "RAY_HA_HOOK_TIMEOUT_MS": "1500",
+           "RAY_HA_ON_ELECTED": "vip-up"}
+    got = reporting_from({"http_port": "9000"}, env)
+    assert (got.http_port, got.log_format, got.hook_timeout, got.on_elected) == (9000, "json", 1.5, "vip-up")
+
+
+@pytest.mark.parametrize("flags, env, phrase", [
+    ({"http_port": "80x"}, {}, "not a port number"),
+    ({}, {"RAY_HA_HTTP_PORT": "70000"}, "not in 0-65535"),
+    ({}, {"RAY_HA_LOG_FORMAT": "xml"}, "not one of: text, json"),
+    ({"hook_timeout": "0"}, {}, "hook timeout must be > 0"),
+])
+def test_bad_reporting_settings_are_refused(flags, env, phrase):
+    from raylaunch.config import reporting_from
+
+    with pytest.raises(ConfigError, match=phrase):
+        reporting_from(flags, env)
