@@ -46,9 +46,11 @@ def read_view(client: redis.Redis, keys: Keys, redis_display: str,
 def _read_view(client: redis.Redis, keys: Keys, redis_display: str,
                local: list[LocalSupervisor]) -> dict[str, Any]:
     pipe = client.pipeline(transaction=False)
-    pipe.get(keys.lease).pttl(keys.lease).get(keys.epoch).get(keys.record)
-    pipe.lrange(keys.history, 0, HISTORY_SHOWN - 1).get(keys.switchover)
-    value, pttl, epoch, record_text, history, switchover = pipe.execute()
+    for name in (keys.lease, keys.epoch, keys.record, keys.switchover):
+        pipe.get(name)
+    pipe.pttl(keys.lease)
+    pipe.lrange(keys.history, 0, HISTORY_SHOWN - 1)
+    value, epoch, record_text, switchover, pttl, history = pipe.execute()
     record = Record.decode(record_text)
     leader = None
     if value:
@@ -102,7 +104,7 @@ def _glob_escape(text: str) -> str:
 def render(view: dict[str, Any]) -> str:
     """The view as a readable table, like `patronictl list`."""
     lines = [f"lease {view['key']} on {view['redis']}, epoch {view['epoch']}", ""]
-    rows = [("NODE", "ROLE", "HOST", "PID", "EPOCH", "GCS ADDRESS", "SINCE", "LEASE LEFT")]
+    rows: list[tuple[str, ...]] = [("NODE", "ROLE", "HOST", "PID", "EPOCH", "GCS ADDRESS", "SINCE", "LEASE LEFT")]
     if view["leader"]:
         lead = view["leader"]
         rows.append((lead["node"], "leader", lead["host"], str(lead["pid"]), str(lead["epoch"]),

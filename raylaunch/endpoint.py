@@ -22,7 +22,7 @@ def render_metrics(snapshot: Optional[Snapshot]) -> str:
     if snapshot is None:
         return ""
     label = '{node="%s"}' % snapshot.node.replace("\\", "\\\\").replace('"', '\\"')
-    rows = [
+    rows: list[tuple[str, str, str, float]] = [
         ("ray_ha_is_leader", "gauge", "1 while this node leads and its GCS serves.", int(snapshot.serving)),
         ("ray_ha_epoch", "gauge", "Fencing epoch this node leads in, or last saw.", snapshot.epoch),
         ("ray_ha_leader_transitions_total", "counter", "Leader changes seen by this node.",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NoReturn, Optional, Sequence
 
-from raylaunch.campaign import Campaign, Outcome, Snapshot
+from raylaunch.campaign import Campaign, Outcome, Snapshot, Watcher
 from raylaunch.config import (ConfigError, Identity, Reporting, Timing, identity_from, load_env_file, parse_bool,
                               reporting_from, timing_from)
 from raylaunch.endpoint import Endpoint
@@ -208,7 +208,8 @@ def _campaign(plan: Plan, state: StateFile, context: LiveContext, stop: StopFlag
                  plan.identity.node_name, plan.identity.key, plan.target.display, plan.timing.lease_duration,
                  plan.timing.renew_deadline, plan.timing.retry_period)
         log.info("head command: %s", " ".join(redact(plan.command.argv)))
-        watchers = [lambda snap: state.update(state_of(snap)), hooks] + ([endpoint] if endpoint else [])
+        watchers: list[Watcher] = [lambda snap: state.update(state_of(snap)), hooks]
+        watchers += [endpoint] if endpoint else []
         context.campaign = Campaign(lease, RayHead(plan.command, plan.node_ip, spare=hooks.pids), plan.timing,
                                     stop, name=plan.identity.node_name, watchers=watchers)
         return OUTCOME_CODES[context.campaign.run()]
