@@ -8,39 +8,25 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional
 
 import redis
 
-from raylaunch.lease import Holder, Keys, LeaseStoreError, RedisUnavailable, Record, Switchover
+from raylaunch.lease import Holder, Keys, Record, Switchover, guarded
 from raylaunch.localstate import LocalSupervisor
 
 SCHEMA = 1
 HISTORY_SHOWN = 10
-T = TypeVar("T")
 
 
 class SwitchoverError(Exception):
     """A switchover that cannot be asked for: no leader, no such standby, one already pending."""
 
 
-def guarded(call: Callable[[], T]) -> T:
-    """Run Redis calls, mapping redis-py's errors to the lease module's two exception types."""
-    try:
-        return call()
-    except (redis.AuthenticationError, redis.exceptions.AuthorizationError,
-            redis.exceptions.NoPermissionError) as exc:
-        raise LeaseStoreError(f"Redis refused the request ({exc})") from None
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise RedisUnavailable(f"Redis did not answer: {exc}") from None
-    except redis.ResponseError as exc:
-        raise LeaseStoreError(f"Redis error: {exc}") from None
-
-
 def read_view(client: redis.Redis, keys: Keys, redis_display: str,
               local: list[LocalSupervisor]) -> dict[str, Any]:
     """Everything `ray-ha status` shows, as a JSON-ready dict (schema documented in the README)."""
-    return guarded(lambda: _read_view(client, keys, redis_display, local))
+    return guarded(lambda: _read_view(client, keys, redis_display, local), keys.lease)
 
 
 def _read_view(client: redis.Redis, keys: Keys, redis_display: str,
@@ -153,7 +139,7 @@ def request_switchover(client: redis.Redis, keys: Keys, target: Optional[str], t
     if not standbys:
         raise SwitchoverError("there is no standby to take over")
     request = Switchover(source=leader["node"], target=target or "", epoch=leader["epoch"])
-    if not guarded(lambda: client.set(keys.switchover, request.encode(), nx=True, px=int(ttl * 1000))):
+    if not guarded(lambda: client.set(keys.switchover, request.encode(), nx=True, px=int(ttl * 1000)), keys.lease):
         raise SwitchoverError("another switchover is already pending")
     return request
 
@@ -167,5 +153,6 @@ def await_switchover(client: redis.Redis, keys: Keys, request: Switchover,
         if leader and leader["epoch"] > request.epoch and leader["gcs_address"]:
             return leader
         time.sleep(0.1)
-    guarded(lambda: client.delete(keys.switchover) if client.get(keys.switchover) == request.encode() else 0)
+    guarded(lambda: client.delete(keys.switchover) if client.get(keys.switchover) == request.encode() else 0,
+            keys.lease)
     return None

@@ -217,7 +217,6 @@ class RedisLease:
     def __init__(self, client: redis.Redis, key: str, me: Holder, lease_duration: float) -> None:
         self.client, self.key, self.me = client, key, me
         self.keys = Keys(key)
-        self.epoch_key, self.record_key, self.channel = self.keys.epoch, self.keys.record, self.keys.channel
         self.ttl_ms = max(1, int(lease_duration * 1000))
         self.started = time.time()
         self._acquire = client.register_script(ACQUIRE)
@@ -241,25 +240,25 @@ class RedisLease:
 
         A higher epoch than ours means Redis had lost the key and we took it again.
         """
-        return self._guard(lambda: int(self._renew(keys=[self.key, self.epoch_key],
+        return self._guard(lambda: int(self._renew(keys=[self.key, self.keys.epoch],
                                                    args=[self.me.value, self.ttl_ms, epoch])))
 
     def release(self) -> bool:
         """Delete our lease and notify standbys; False if it was not ours (nothing is touched)."""
         return self._guard(
-            lambda: self._release(keys=[self.key], args=[self.me.value, self.channel]) == 1)
+            lambda: self._release(keys=[self.key], args=[self.me.value, self.keys.channel]) == 1)
 
     def write_record(self, gcs_address: str, epoch: int, since: float) -> bool:
         """Publish our GCS address and epoch next to the lease; False if the lease is not ours."""
         record = Record(node=self.me.node, host=self.me.host, gcs_address=gcs_address,
                         epoch=epoch, since=since)
         text = json.dumps(asdict(record), sort_keys=True)
-        return self._guard(lambda: self._write_record(keys=[self.key, self.record_key, self.keys.history],
+        return self._guard(lambda: self._write_record(keys=[self.key, self.keys.record, self.keys.history],
                                                       args=[self.me.value, text, HISTORY_LENGTH]) == 1)
 
     def read_record(self) -> Optional[Record]:
         """The last leader's record, or None if none was written."""
-        return Record.decode(self._guard(lambda: cast(Optional[str], self.client.get(self.record_key))))
+        return Record.decode(self._guard(lambda: cast(Optional[str], self.client.get(self.keys.record))))
 
     def switchover_request(self) -> Optional[Switchover]:
         """The pending planned handover, if any (the leader checks it once per renewal)."""
@@ -300,7 +299,7 @@ class RedisLease:
     def _do_try_acquire(self) -> Attempt:
         candidate = json.dumps({"node": self.me.node, "host": self.me.host, "pid": self.me.pid,
                                 "role": "standby", "since": self.started}, sort_keys=True)
-        reply = self._acquire(keys=[self.key, self.epoch_key, self.keys.candidate(self.me.node),
+        reply = self._acquire(keys=[self.key, self.keys.epoch, self.keys.candidate(self.me.node),
                                     self.keys.switchover],
                               args=[self.me.value, self.ttl_ms, self.me.node, candidate])
         if int(reply[0]) == 1:
@@ -313,7 +312,7 @@ class RedisLease:
         try:
             if self._pubsub is None:
                 self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                self._pubsub.subscribe(self.channel)
+                self._pubsub.subscribe(self.keys.channel)
             message = self._pubsub.get_message(timeout=timeout)
             return bool(message and message.get("type") == "message")
         except (redis.RedisError, OSError):
@@ -330,17 +329,21 @@ class RedisLease:
             self._pubsub = None
 
     def _guard(self, call: Callable[[], T]) -> T:
-        """Run one Redis exchange, turning redis-py's errors into this module's two."""
-        try:
-            return call()
-        except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
-            raise LeaseStoreError(f"Redis refused the credentials ({exc})") from None
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise RedisUnavailable(f"Redis did not answer: {exc}") from None
-        except redis.exceptions.NoPermissionError as exc:
-            raise LeaseStoreError(f"the Redis user may not run what ray-ha needs ({exc})") from None
-        except redis.ResponseError as exc:
-            raise LeaseStoreError(_explain(str(exc), self.key)) from None
+        return guarded(call, self.key)
+
+
+def guarded(call: Callable[[], T], key: str) -> T:
+    """Run one Redis exchange, turning redis-py's errors into this module's two exception types."""
+    try:
+        return call()
+    except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+        raise LeaseStoreError(f"Redis refused the credentials ({exc})") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise RedisUnavailable(f"Redis did not answer: {exc}") from None
+    except redis.exceptions.NoPermissionError as exc:
+        raise LeaseStoreError(f"the Redis user may not run what ray-ha needs ({exc})") from None
+    except redis.ResponseError as exc:
+        raise LeaseStoreError(_explain(str(exc), key)) from None
 
 
 def _explain(message: str, key: str) -> str:

@@ -71,7 +71,7 @@ def test_release_is_compare_and_set_and_notifies(redis_server):
     a, b = make_lease(redis_server, "a"), make_lease(redis_server, "b")
     assert a.try_acquire().won
     sub = redis_server.client().pubsub(ignore_subscribe_messages=True)
-    sub.subscribe(a.channel)
+    sub.subscribe(a.keys.channel)
     assert not b.release()
     assert redis_server.client().get(KEY) == a.me.value
     assert a.release()
