@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NoReturn, Optional, Sequence
 
-from raylaunch.campaign import Campaign, Outcome, Snapshot, Watcher
+from raylaunch.campaign import Campaign, Outcome, Snapshot, Step, Watcher
 from raylaunch.config import (ConfigError, Identity, Reporting, Timing, identity_from, load_env_file, parse_bool,
                               reporting_from, timing_from)
 from raylaunch.endpoint import Endpoint
@@ -160,7 +160,8 @@ def state_of(snapshot: Snapshot) -> dict[str, object]:
     return {"role": snapshot.role.value, "epoch": snapshot.epoch, "leader": snapshot.leader,
             "gcs_address": snapshot.gcs_address, "serving": snapshot.serving,
             "transitions": snapshot.transitions, "renew_failures": snapshot.renew_failures,
-            "takeover_seconds": snapshot.takeover_seconds}
+            "takeover_seconds": snapshot.takeover_seconds,
+            "waiting_old_gcs": snapshot.step is Step.WAITING_OLD_GCS}
 
 
 def campaign(plan: Plan) -> int:
@@ -308,7 +309,7 @@ def _verdict(state: Mapping[str, object]) -> tuple[Optional[str], bool]:
         return f"leading as {state.get('node')} (epoch {epoch}); GCS serving at {state.get('gcs_address')}", True
     if role == "standby" and leader:
         return f"standing by; leader is {leader} (epoch {epoch})", False
-    if role == "waiting":
+    if role == "waiting" and state.get("waiting_old_gcs"):
         return (f"elected (epoch {epoch}) but waiting for the previous GCS to go away before starting "
                 "the head; the supervisor carries on"), False
     return None, False

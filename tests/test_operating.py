@@ -47,6 +47,20 @@ def test_non_block_start_returns_as_leader_with_rays_guidance(detached, redis_se
     assert record["node"] == "a" and record["epoch"] == 1, "the supervisor lives on after the command returns"
 
 
+@pytest.mark.parametrize("state, verdict", [
+    ({"role": "waiting", "epoch": 1, "waiting_old_gcs": False}, None),  # just elected: the head starts next
+    ({"role": "waiting", "epoch": 1, "waiting_old_gcs": True}, "elected (epoch 1) but waiting"),
+    ({"role": "leader", "node": "a", "epoch": 1, "serving": False}, None),
+    ({"role": "leader", "node": "a", "epoch": 1, "serving": True, "gcs_address": "h:1"}, "leading as a (epoch 1)"),
+    ({"role": "standby", "epoch": 0, "leader": None}, None),
+    ({"role": "standby", "epoch": 2, "leader": "b"}, "standing by; leader is b (epoch 2)"),
+])
+def test_detached_start_reports_only_settled_states(state, verdict):
+    from raylaunch.launcher import _verdict
+    line, _ = _verdict(state)
+    assert (line is None) if verdict is None else line.startswith(verdict)
+
+
 def test_non_block_start_returns_as_standby(detached):
     assert detached("a").returncode == 0
     result = detached("b")
