@@ -64,6 +64,10 @@ class Role(enum.Enum):
     DONE = "done"
 
 
+#: The roles in which this candidate holds the lease (and may run a head).
+HOLDING = frozenset({Role.WAITING, Role.LEADER, Role.STEPPING_DOWN})
+
+
 class Step(enum.Enum):
     """What one tick did."""
 
@@ -109,6 +113,7 @@ class Snapshot:
     transitions: int               # leader changes seen by this candidate
     renew_failures: int
     takeover_seconds: Optional[float]  # our last lease acquisition -> GCS serving
+    lease_confirmed_at: Optional[float]  # while we hold the lease: when its last confirmation was sent
     step: Step
     outcome: Optional[Outcome]
 
@@ -174,7 +179,8 @@ class Campaign:
         return Snapshot(node=self.name, role=self.role, epoch=self.epoch, leader=self.leader,
                         gcs_address=self.gcs_address, serving=self.serving and self.role is Role.LEADER,
                         transitions=self.transitions, renew_failures=self.renew_failures,
-                        takeover_seconds=self.takeover_seconds, step=step, outcome=self.outcome)
+                        takeover_seconds=self.takeover_seconds, step=step, outcome=self.outcome,
+                        lease_confirmed_at=self.renewed_at if self.role in HOLDING else None)
 
     def _report(self, step: Step) -> None:
         """Tell the watchers; a failing watcher is logged and never stops the campaign."""

@@ -74,6 +74,10 @@ class RayHead:
                                 spare=self.spare)
         self.tree.start()
 
+    def session(self) -> Optional[int]:
+        """The session the head's tree runs in (its top's pid), once started."""
+        return self.tree.popen.pid if self.tree and self.tree.popen else None
+
     def failure(self) -> Optional[str]:
         """Why the head is gone (ray start exited, gcs_server died), or None while it runs."""
         return self.tree.failure() if self.tree else None

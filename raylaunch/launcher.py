@@ -32,6 +32,7 @@ from raylaunch.raycmd import HeadCommand, build_head_command, option_value, pars
 from raylaunch.redisconn import RedisTarget, connect, target_from
 from raylaunch.stopflag import StopFlag
 from raylaunch.supervisor import become_subreaper
+from raylaunch.watchdog import Watchdog
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_LOST, EXIT_HEAD_DIED = 0, 1, 2, 3, 4
 OUTCOME_CODES = {Outcome.STOPPED: EXIT_OK, Outcome.FAILED: EXIT_RUNTIME,
@@ -202,19 +203,23 @@ def _campaign(plan: Plan, state: StateFile, context: LiveContext, stop: StopFlag
     endpoint = start_endpoint(plan)
     hooks = Hooks(plan.reporting.on_elected, plan.reporting.on_demoted, plan.reporting.hook_timeout,
                   plan.command.env)
-    lease = None
+    lease = watchdog = None
     try:
         lease = connect_lease(plan.target, plan.identity, plan.timing, stop)
         log.info("campaigning as %s for %s on %s (lease %gs, renew deadline %gs, retry %gs)",
                  plan.identity.node_name, plan.identity.key, plan.target.display, plan.timing.lease_duration,
                  plan.timing.renew_deadline, plan.timing.retry_period)
         log.info("head command: %s", " ".join(redact(plan.command.argv)))
-        watchers: list[Watcher] = [lambda snap: state.update(state_of(snap)), hooks]
+        watchdog = dog = Watchdog(plan.timing.renew_deadline, plan.timing.lease_duration, lambda: head.session())
+        head = RayHead(plan.command, plan.node_ip, spare=lambda: hooks.pids() | dog.pids())
+        watchers: list[Watcher] = [dog, lambda snap: state.update(state_of(snap)), hooks]
         watchers += [endpoint] if endpoint else []
-        context.campaign = Campaign(lease, RayHead(plan.command, plan.node_ip, spare=hooks.pids), plan.timing,
-                                    stop, name=plan.identity.node_name, watchers=watchers)
+        context.campaign = Campaign(lease, head, plan.timing, stop, name=plan.identity.node_name,
+                                    watchers=watchers)
         return OUTCOME_CODES[context.campaign.run()]
     finally:
+        if watchdog:
+            watchdog.close()  # the campaign has stopped the tree by now
         hooks.close()
         if endpoint:
             endpoint.close()

@@ -14,7 +14,8 @@ from raylaunch.localredis import free_port
 
 def snapshot(role=Role.LEADER, serving=True, **kw):
     fields = dict(node="a", role=role, epoch=3, leader="a", gcs_address="127.0.0.1:6379", serving=serving,
-                  transitions=2, renew_failures=1, takeover_seconds=1.25, step=Step.LEADING, outcome=None)
+                  transitions=2, renew_failures=1, takeover_seconds=1.25, step=Step.LEADING, outcome=None,
+                  lease_confirmed_at=None)
     return Snapshot(**{**fields, **kw})
 
 
