@@ -22,8 +22,10 @@ from raylaunch.stopflag import StopSignal
 T = TypeVar("T")
 
 # KEYS[1] lease key, KEYS[2] epoch key, KEYS[3] our candidate key, KEYS[4] switchover request;
-# ARGV[1] our value, ARGV[2] lease in ms, ARGV[3] our node name, ARGV[4] our candidate record.
-# Takes the lease if nobody holds it and bumps the fencing epoch in the same step. A pending
+# ARGV[1] our value, ARGV[2] lease in ms, ARGV[3] our node name, ARGV[4] our candidate record,
+# ARGV[5] the highest epoch we have seen.
+# Takes the lease if nobody holds it and bumps the fencing epoch in the same step, above every epoch
+# we have seen, so epochs keep rising even if Redis lost the epoch key (a restart without it). A pending
 # switchover holds back the leader that asked to step down and every node it did not name.
 # A loser refreshes its candidate record (TTL = lease), so standbys cost one command per try.
 # Returns {1, new epoch} when won, else {0, holder value, current epoch, lease ms left}.
@@ -36,7 +38,12 @@ if request then
 end
 if not held_back and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('DEL', KEYS[3], KEYS[4])
-  return {1, redis.call('INCR', KEYS[2])}
+  local epoch = redis.call('INCR', KEYS[2])
+  if epoch <= tonumber(ARGV[5]) then
+    epoch = tonumber(ARGV[5]) + 1
+    redis.call('SET', KEYS[2], epoch)
+  end
+  return {1, epoch}
 end
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
 local epoch = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
@@ -224,6 +231,7 @@ class RedisLease:
         self._release = client.register_script(RELEASE)
         self._write_record = client.register_script(WRITE_RECORD)
         self._pubsub: Optional[redis.client.PubSub] = None
+        self.seen_epoch = 0  # the highest epoch any reply has shown us: a floor for the next one we take
 
     # Public methods translate Redis errors; their _do_ twins talk to Redis.
 
@@ -240,8 +248,8 @@ class RedisLease:
 
         A higher epoch than ours means Redis had lost the key and we took it again.
         """
-        return self._guard(lambda: int(self._renew(keys=[self.key, self.keys.epoch],
-                                                   args=[self.me.value, self.ttl_ms, epoch])))
+        return self._guard(lambda: self._saw(int(self._renew(keys=[self.key, self.keys.epoch],
+                                                             args=[self.me.value, self.ttl_ms, epoch]))))
 
     def release(self) -> bool:
         """Delete our lease and notify standbys; False if it was not ours (nothing is touched)."""
@@ -301,12 +309,17 @@ class RedisLease:
                                 "role": "standby", "since": self.started}, sort_keys=True)
         reply = self._acquire(keys=[self.key, self.keys.epoch, self.keys.candidate(self.me.node),
                                     self.keys.switchover],
-                              args=[self.me.value, self.ttl_ms, self.me.node, candidate])
+                              args=[self.me.value, self.ttl_ms, self.me.node, candidate, self.seen_epoch])
         if int(reply[0]) == 1:
             self._drop_pubsub()  # a leader has no use for release notifications
-            return Attempt(won=True, epoch=int(reply[1]), holder=self.me, ttl_ms=self.ttl_ms)
+            return Attempt(won=True, epoch=self._saw(int(reply[1])), holder=self.me, ttl_ms=self.ttl_ms)
         holder = Holder.decode(reply[1]) if reply[1] else None
-        return Attempt(won=False, epoch=int(reply[2]), holder=holder, ttl_ms=int(reply[3]))
+        return Attempt(won=False, epoch=self._saw(int(reply[2])), holder=holder, ttl_ms=int(reply[3]))
+
+    def _saw(self, epoch: int) -> int:
+        """Remember the highest epoch seen; returns `epoch`."""
+        self.seen_epoch = max(self.seen_epoch, epoch)
+        return epoch
 
     def _do_wait_message(self, timeout: float, stop: StopSignal) -> bool:
         try:

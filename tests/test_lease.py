@@ -95,6 +95,20 @@ def test_renew_takes_back_a_key_redis_lost_with_a_higher_epoch(redis_server):
     assert a.renew(2) == 2, "a plain renewal keeps the epoch"
 
 
+def test_a_standby_takes_an_epoch_above_every_one_it_saw_after_redis_lost_them(redis_server):
+    a, b = make_lease(redis_server, "a"), make_lease(redis_server, "b")
+    for _ in range(3):
+        assert a.try_acquire().won
+        assert not b.try_acquire().won  # b sees the epoch
+        assert a.release()
+    assert a.try_acquire().epoch == 4
+    assert not b.try_acquire().won
+    redis_server.client().flushall()  # lease and epoch counter gone with a Redis that kept no data
+    attempt = b.try_acquire()
+    assert attempt.won and attempt.epoch == 5, "the fencing epoch never goes back"
+    assert int(redis_server.client().get(f"{KEY}:epoch")) == 5
+
+
 def test_lease_expires_without_renewal(redis_server):
     a, b = make_lease(redis_server, "a", lease=0.2), make_lease(redis_server, "b", lease=0.2)
     assert a.try_acquire().won
