@@ -36,10 +36,11 @@ def redis_server_binary() -> str:
 
 
 class LocalRedis:
-    """A real redis-server bound to 127.0.0.1 on a free port, without persistence."""
+    """A real redis-server bound to 127.0.0.1 on a free port; with `persist`, an fsync-always AOF so a
+    restart (even after kill -9) keeps every acknowledged write."""
 
-    def __init__(self, workdir: Path, password: Optional[str] = None) -> None:
-        self.workdir, self.password = Path(workdir), password
+    def __init__(self, workdir: Path, password: Optional[str] = None, persist: bool = False) -> None:
+        self.workdir, self.password, self.persist = Path(workdir), password, persist
         self.port = free_port()
         self.proc: Optional[subprocess.Popen] = None
 
@@ -50,7 +51,8 @@ class LocalRedis:
     def start(self, timeout: float = 10.0) -> "LocalRedis":
         """Start the server and wait until it answers PING."""
         args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+                "--save", "", "--dir", str(self.workdir)]
+        args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
