@@ -299,10 +299,13 @@ class RedisLease:
         self.client.ping()
         for script in (self._acquire, self._renew, self._release, self._write_record):
             self.client.script_load(script.script)  # fails here, not mid-campaign, without Lua
-        kind = str(self.client.type(self.key))
-        if kind not in ("none", "string"):
-            raise LeaseStoreError(f"lease key {self.key!r} holds a {kind}, not a lease; "
-                                  "delete it or choose another --ha-key")
+        expected = {self.key: "string", self.keys.epoch: "string", self.keys.record: "string",
+                    self.keys.history: "list", self.keys.switchover: "string"}
+        for key, wanted in expected.items():
+            kind = str(self.client.type(key))
+            if kind not in ("none", wanted):
+                raise LeaseStoreError(f"{'lease key' if key == self.key else 'key'} {key!r} holds a {kind}, "
+                                      f"not what ray-ha keeps there; delete it or choose another --ha-key")
 
     def _do_try_acquire(self) -> Attempt:
         candidate = json.dumps({"node": self.me.node, "host": self.me.host, "pid": self.me.pid,

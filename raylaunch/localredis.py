@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import redis
 
@@ -39,8 +39,10 @@ class LocalRedis:
     """A real redis-server bound to 127.0.0.1 on a free port; with `persist`, an fsync-always AOF so a
     restart (even after kill -9) keeps every acknowledged write."""
 
-    def __init__(self, workdir: Path, password: Optional[str] = None, persist: bool = False) -> None:
+    def __init__(self, workdir: Path, password: Optional[str] = None, persist: bool = False,
+                 extra_args: Sequence[str] = ()) -> None:
         self.workdir, self.password, self.persist = Path(workdir), password, persist
+        self.extra_args = list(extra_args)  # more redis-server options, e.g. --rename-command
         self.port = free_port()
         self.proc: Optional[subprocess.Popen] = None
 
@@ -55,6 +57,7 @@ class LocalRedis:
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -91,6 +91,18 @@ BAD_INPUTS = {
     "env file missing": ({}, ["--ha-env-file=/nonexistent/.env"], 2, "env file not found"),
     "wrong key type": ({}, ["--ha-key=not-a-string"], 2, "holds a list"),
     "node name": ({}, ["--ha-node-name=a b"], 2, "node name"),
+    "redis without lua": ({"RAY_REDIS_ADDRESS": "{no_lua}"}, [], 2, "does not run Lua scripts"),
+    "wrong username": ({}, ["--redis-username=nobody"], 2, "credentials"),
+    "credentials in address": ({"RAY_REDIS_ADDRESS": "redis://admin:s3cret-pw@127.0.0.1:1"}, [], 2,
+                               "must not carry credentials"),
+    "tls dir missing": ({"RAY_REDIS_ADDRESS": "rediss://127.0.0.1:1", "RAY_REDIS_CA_PATH": "/nonexistent"}, [], 2,
+                        "TLS directory not found"),
+    "epoch key wrong type": ({}, ["--ha-key=bad-epoch"], 2, "holds a list"),
+    "hook timeout env": ({"RAY_HA_HOOK_TIMEOUT_MS": "soon"}, [], 2, "not a duration"),
+    "http port env": ({"RAY_HA_HTTP_PORT": "http"}, [], 2, "not a port number"),
+    "log format": ({}, ["--ha-log-format=xml"], 2, "xml"),
+    "wait old gcs zero": ({}, ["--ha-wait-old-gcs=0"], 2, "must be > 0"),
+    "reconnect timeout env": ({"RAY_HA_RECONNECT_TIMEOUT_MS": "-5"}, [], 2, "not a duration"),
 }
 
 
@@ -98,13 +110,25 @@ BAD_INPUTS = {
 def secured_redis(tmp_path):
     server = RedisServer(tmp_path, password="s3cret-pw").start()
     server.client().rpush("not-a-string", "x")
+    server.client().rpush("bad-epoch:epoch", "x")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_without_lua(tmp_path):
+    """A Redis whose scripting commands are renamed away, as some managed offerings do."""
+    (tmp_path / "no-lua").mkdir()
+    server = RedisServer(tmp_path / "no-lua", password="s3cret-pw",
+                         extra_args=[arg for cmd in ("EVAL", "EVALSHA", "SCRIPT")
+                                     for arg in ("--rename-command", cmd, "")]).start()
     yield server
     server.stop()
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
-def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured_redis, fake_ray_env,
-                                                                    tmp_path, leak_guard):
+def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured_redis, redis_without_lua,
+                                                                    fake_ray_env, tmp_path, leak_guard):
     extra_env, extra_args, code, phrase = BAD_INPUTS[case]
     env = {**fake_ray_env, "RAY_ENABLE_HEAD_HA": "1", "RAY_REDIS_ADDRESS": secured_redis.address,
            "RAY_REDIS_PASSWORD": "s3cret-pw"}
@@ -112,7 +136,7 @@ def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured
         if value is None:
             env.pop(name, None)
         else:
-            env[name] = value.format(dead_port=free_port())
+            env[name] = value.format(dead_port=free_port(), no_lua=redis_without_lua.address)
     argv = [sys.executable, "-m", "raylaunch", "start", "--head", "--port=0", *extra_args]
     result = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     lines = result.stderr.strip().splitlines()
@@ -120,7 +144,7 @@ def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured
     assert len(lines) == 1, f"expected one line, got:\n{result.stderr}"
     assert lines[0].startswith("ray-ha: error: ") and phrase in lines[0]
     assert "Traceback" not in result.stderr and "s3cret-pw" not in result.stderr
-    assert secured_redis.client().get(KEY) is None
+    assert secured_redis.client().get(KEY) is None and redis_without_lua.client().get(KEY) is None
     assert tagged_processes(leak_guard) == []
 
 
