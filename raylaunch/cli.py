@@ -17,7 +17,7 @@ from typing import Any, Callable, NoReturn, Optional
 import click
 
 from raylaunch import __version__
-from raylaunch.config import REPORTING_SOURCES, TIMING_SOURCES, ConfigError, load_env_file
+from raylaunch.config import REPORTING_SOURCES, SAFETY_SOURCES, TIMING_SOURCES, ConfigError, load_env_file
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -38,6 +38,10 @@ REPORTING_HELP = {
     "on_demoted": ("CMD", "Shell command run when this node stops leading."),
     "hook_timeout": ("DURATION", "Kill a hook still running after this long [30s]."),
 }
+SAFETY_HELP = {
+    "min_replicas": ("N", "A lease write counts once Redis WAIT confirms it on N replicas [0]."),
+    "fence": ("none|acl", "acl: a Redis ACL user per epoch for the GCS; a new leader locks out the old one [none]."),
+}
 OTHER_HA_FLAGS = ("--ha-node-name", "--ha-key", "--ha-env-file")
 
 MAIN_HELP = f"""Hot-standby Ray heads behind a Redis lease; a drop-in for `ray start`.
@@ -49,7 +53,8 @@ RAY_REDIS_ADDRESS set: one wins the lease and runs the real head, the others sta
 (details: ray-ha start --help):
 
 \b
-{chr(10).join("  " + flag for flag, _ in [*TIMING_SOURCES.values(), *REPORTING_SOURCES.values()])}
+{chr(10).join("  " + flag for flag, _ in [*TIMING_SOURCES.values(), *REPORTING_SOURCES.values(),
+                                          *SAFETY_SOURCES.values()])}
 {chr(10).join("  " + flag for flag in OTHER_HA_FLAGS)}
 """
 
@@ -81,6 +86,14 @@ def _reporting_options(func):
         kind = click.Choice(["text", "json"]) if field_name == "log_format" else None
         func = click.option(flag, field_name, metavar=metavar, type=kind,
                             help=f"{text} Env: {env_name}.")(func)
+    return func
+
+
+def _safety_options(func):
+    """One --ha-<safety> option per Safety field."""
+    for field_name, (flag, env_name) in reversed(list(SAFETY_SOURCES.items())):
+        metavar, text = SAFETY_HELP[field_name]
+        func = click.option(flag, field_name, metavar=metavar, help=f"{text} Env: {env_name}.")(func)
     return func
 
 
@@ -160,6 +173,7 @@ def guard(call: Callable[[], int]) -> NoReturn:
               context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]})
 @_timing_options
 @_reporting_options
+@_safety_options
 @click.option("--ha-node-name", metavar="NAME", help="This candidate's name [host name]. Env: RAY_HA_NODE_NAME.")
 @click.option("--ha-key", metavar="KEY", help="Lease key [ray-ha:<namespace>:leader]. Env: RAY_HA_LEADER_KEY.")
 @click.option("--ha-env-file", metavar="PATH", help="Read settings from this file [./.env if present].")
@@ -171,12 +185,13 @@ def start(ray_args: tuple[str, ...], ha_node_name: Optional[str], ha_key: Option
 
     timing = {k: v for k, v in flags.items() if k in TIMING_SOURCES}
     reporting = {k: v for k, v in flags.items() if k in REPORTING_SOURCES}
-    sources = {**TIMING_SOURCES, **REPORTING_SOURCES}
+    safety = {k: v for k, v in flags.items() if k in SAFETY_SOURCES}
+    sources = {**TIMING_SOURCES, **REPORTING_SOURCES, **SAFETY_SOURCES}
     ha_argv = [f"{sources[k][0]}={v}" for k, v in flags.items() if v is not None]
     ha_argv += [f"{flag}={value}" for flag, value in zip(OTHER_HA_FLAGS, (ha_node_name, ha_key, ha_env_file))
                 if value is not None]
     request = StartRequest(ray_args=list(ray_args), env_file=ha_env_file, node=ha_node_name, key=ha_key,
-                           timing=timing, reporting=reporting, ha_argv=ha_argv)
+                           timing=timing, reporting=reporting, safety=safety, ha_argv=ha_argv)
     guard(lambda: run_start(request))
 
 
@@ -230,13 +245,13 @@ def _redis_for(ha_key: Optional[str], ha_env_file: Optional[str], username: Opti
                password: Optional[str]):
     """(client, keys, target) for the cluster named by the environment; nothing held."""
     from raylaunch.config import identity_from
-    from raylaunch.lease import Keys
+    from raylaunch.lease import Keys, guarded
     from raylaunch.redisconn import connect, target_from
 
     load_env_file(ha_env_file)
     target = target_from(os.environ, username, password)
     key = identity_from(None, ha_key, os.environ).key
-    return connect(target, 2.0), Keys(key), target
+    return guarded(lambda: connect(target, 2.0), key), Keys(key), target
 
 
 @main.command("status", context_settings={"help_option_names": ["--help"]})

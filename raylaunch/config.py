@@ -204,6 +204,52 @@ def reporting_from(flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -
     return Reporting(**values)  # type: ignore[arg-type]
 
 
+FENCES = ("none", "acl")
+
+
+@dataclass(frozen=True)
+class Safety:
+    """Extra guarantees bought with Redis features: replica confirmation and storage fencing."""
+
+    min_replicas: int = 0
+    """A lease write counts only once Redis WAIT confirms it on this many replicas, so a Redis
+    failover cannot lose a lease the leader believes it holds. Default 0 (no waiting)."""
+    fence: str = "none"
+    """`acl`: each epoch's GCS gets its own Redis ACL user, and a new leader disables the previous
+    epoch's user and kills its connections, so a stale GCS cannot write Ray's state. Default `none`."""
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0:
+            raise ConfigError(f"minimum replicas must be >= 0 (got {self.min_replicas})")
+        if self.fence not in FENCES:
+            raise ConfigError(f"fence {self.fence!r} is not one of: {', '.join(FENCES)}")
+
+
+#: Safety field -> (flag name, environment name).
+SAFETY_SOURCES: dict[str, tuple[str, str]] = {
+    "min_replicas": ("--ha-min-replicas", "RAY_HA_MIN_REPLICAS"),
+    "fence": ("--ha-fence", "RAY_HA_FENCE"),
+}
+
+
+def safety_from(flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -> Safety:
+    """Build Safety from flag values (keyed by field name, None when absent) and the environment."""
+    values: dict[str, object] = {}
+    for field_name, (flag_name, env_name) in SAFETY_SOURCES.items():
+        from_flag = flags.get(field_name)
+        text = from_flag if from_flag is not None else env.get(env_name, "").strip() or None
+        if text is None:
+            continue
+        name = flag_name if from_flag is not None else env_name
+        if field_name == "min_replicas":
+            if not text.isdigit():
+                raise ConfigError(f"{name}={text!r} is not a number of replicas")
+            values[field_name] = int(text)
+        else:
+            values[field_name] = text.lower()
+    return Safety(**values)  # type: ignore[arg-type]
+
+
 def load_env_file(path: Optional[str]) -> None:
     """Load `path` (or ./.env if present) into os.environ without overriding what is already set."""
     if path is not None and not os.path.isfile(path):

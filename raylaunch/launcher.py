@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Mapping, NoReturn, Optional, Sequence
 
 from raylaunch.campaign import Campaign, Outcome, Snapshot, Step, Watcher
-from raylaunch.config import (ConfigError, Identity, Reporting, Timing, identity_from, load_env_file, parse_bool,
-                              reporting_from, timing_from)
+from raylaunch.config import (ConfigError, Identity, Reporting, Safety, Timing, identity_from, load_env_file,
+                              parse_bool, reporting_from, safety_from, timing_from)
 from raylaunch.endpoint import Endpoint
 from raylaunch.head import RayHead
 from raylaunch.hooks import Hooks
-from raylaunch.lease import Holder, LeaseStoreError, RedisLease, RedisUnavailable
+from raylaunch.lease import Holder, LeaseStoreError, RedisLease, RedisUnavailable, guarded
 from raylaunch.localstate import StateFile, local_supervisors, run_dir
 from raylaunch.logs import setup_logging
 from raylaunch.raycmd import HeadCommand, build_head_command, option_value, parse_version, redact
@@ -61,6 +61,7 @@ class StartRequest:
     key: Optional[str] = None
     timing: Mapping[str, Optional[str]] = field(default_factory=dict)
     reporting: Mapping[str, Optional[str]] = field(default_factory=dict)
+    safety: Mapping[str, Optional[str]] = field(default_factory=dict)
     ha_argv: list[str] = field(default_factory=list)
 
 
@@ -73,6 +74,7 @@ class Plan:
     identity: Identity
     timing: Timing
     reporting: Reporting
+    safety: Safety
     node_ip: Optional[str]
     state_dir: Path
     log_path: Path
@@ -98,6 +100,7 @@ def make_plan(request: StartRequest) -> Plan:
     timing = timing_from(request.timing, os.environ)
     identity = identity_from(request.node, request.key, os.environ)
     reporting = reporting_from(request.reporting, os.environ)
+    safety = safety_from(request.safety, os.environ)
     ray_exe = find_ray()
     args = request.ray_args
     command = build_head_command(ray_exe, args, ray_version(ray_exe), timing.effective_reconnect_timeout,
@@ -106,7 +109,7 @@ def make_plan(request: StartRequest) -> Plan:
                          option_value(args, "--redis-password"))
     temp_dir = Path(option_value(args, "--temp-dir") or ray_temp_dir(os.environ))
     return Plan(command=command, target=target, identity=identity, timing=timing, reporting=reporting,
-                node_ip=option_value(args, "--node-ip-address"), state_dir=run_dir(os.environ),
+                safety=safety, node_ip=option_value(args, "--node-ip-address"), state_dir=run_dir(os.environ),
                 log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log")
 
 
@@ -205,7 +208,7 @@ def _campaign(plan: Plan, state: StateFile, context: LiveContext, stop: StopFlag
                   plan.command.env)
     lease = watchdog = None
     try:
-        lease = connect_lease(plan.target, plan.identity, plan.timing, stop)
+        lease = connect_lease(plan, stop)
         log.info("campaigning as %s for %s on %s (lease %gs, renew deadline %gs, retry %gs)",
                  plan.identity.node_name, plan.identity.key, plan.target.display, plan.timing.lease_duration,
                  plan.timing.renew_deadline, plan.timing.retry_period)
@@ -240,12 +243,15 @@ def start_endpoint(plan: Plan) -> Optional[Endpoint]:
     return endpoint
 
 
-def connect_lease(target: RedisTarget, identity: Identity, timing: Timing, stop: StopFlag) -> RedisLease:
+def connect_lease(plan: Plan, stop: StopFlag) -> RedisLease:
     """A checked lease handle; Redis gets a few quiet tries, one second apart, before we give up."""
+    target, identity, timing = plan.target, plan.identity, plan.timing
     me = Holder.me(identity.node_name, identity.host)
-    lease = RedisLease(connect(target, timing.redis_timeout), identity.key, me, timing.lease_duration)
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         try:
+            client = guarded(lambda: connect(target, timing.redis_timeout), identity.key)
+            lease = RedisLease(client, identity.key, me, timing.lease_duration,
+                               min_replicas=plan.safety.min_replicas, wait_timeout=timing.redis_timeout / 2)
             lease.check()
             return lease
         except RedisUnavailable as exc:
@@ -272,7 +278,7 @@ def detach(plan: Plan, request: StartRequest) -> int:
 
 def check_redis(plan: Plan) -> None:
     """Reach Redis once before detaching, so a wrong address or password fails in the foreground."""
-    lease = connect_lease(plan.target, plan.identity, plan.timing, StopFlag())
+    lease = connect_lease(plan, StopFlag())
     lease.close()
 
 

@@ -102,6 +102,10 @@ class RedisUnavailable(Exception):
     """Redis could not be reached or did not answer within the Redis timeout."""
 
 
+class ReplicasBehind(RedisUnavailable):
+    """Redis took a lease write, but fewer replicas than required confirmed it in time."""
+
+
 class LeaseStoreError(Exception):
     """Redis answered but refused: wrong credentials, a key of the wrong type, no Lua scripting."""
 
@@ -221,8 +225,10 @@ class Switchover:
 class RedisLease:
     """One candidate's view of the lease key `key` (epoch, record and channel live beside it)."""
 
-    def __init__(self, client: redis.Redis, key: str, me: Holder, lease_duration: float) -> None:
+    def __init__(self, client: redis.Redis, key: str, me: Holder, lease_duration: float,
+                 min_replicas: int = 0, wait_timeout: float = 1.0) -> None:
         self.client, self.key, self.me = client, key, me
+        self.min_replicas, self.wait_ms = min_replicas, max(1, int(wait_timeout * 1000))
         self.keys = Keys(key)
         self.ttl_ms = max(1, int(lease_duration * 1000))
         self.started = time.time()
@@ -248,8 +254,8 @@ class RedisLease:
 
         A higher epoch than ours means Redis had lost the key and we took it again.
         """
-        return self._guard(lambda: self._saw(int(self._renew(keys=[self.key, self.keys.epoch],
-                                                             args=[self.me.value, self.ttl_ms, epoch]))))
+        return self._guard(lambda: self._replicated(self._saw(int(self._renew(
+            keys=[self.key, self.keys.epoch], args=[self.me.value, self.ttl_ms, epoch])))))
 
     def release(self) -> bool:
         """Delete our lease and notify standbys; False if it was not ours (nothing is touched)."""
@@ -315,9 +321,27 @@ class RedisLease:
                               args=[self.me.value, self.ttl_ms, self.me.node, candidate, self.seen_epoch])
         if int(reply[0]) == 1:
             self._drop_pubsub()  # a leader has no use for release notifications
+            try:
+                self._replicated(True)
+            except ReplicasBehind:
+                self._release(keys=[self.key], args=[self.me.value, self.keys.channel])
+                raise
             return Attempt(won=True, epoch=self._saw(int(reply[1])), holder=self.me, ttl_ms=self.ttl_ms)
         holder = Holder.decode(reply[1]) if reply[1] else None
         return Attempt(won=False, epoch=self._saw(int(reply[2])), holder=holder, ttl_ms=int(reply[3]))
+
+    def _replicated(self, result: T) -> T:
+        """With min_replicas, `result` stands only once WAIT confirms our writes on that many replicas.
+
+        A lease write that a Redis failover could lose is no lease: ReplicasBehind, like no answer.
+        WAIT gets half the Redis timeout so it returns before the socket gives up.
+        """
+        if self.min_replicas and result:
+            confirmed = int(self.client.wait(self.min_replicas, self.wait_ms))
+            if confirmed < self.min_replicas:
+                raise ReplicasBehind(f"only {confirmed} of {self.min_replicas} required replica(s) confirmed "
+                                     f"the lease write within {self.wait_ms} ms")
+        return result
 
     def _saw(self, epoch: int) -> int:
         """Remember the highest epoch seen; returns `epoch`."""

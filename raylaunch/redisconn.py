@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from raylaunch.config import ConfigError
 
@@ -32,6 +33,8 @@ class RedisTarget:
     ca_path: Optional[str] = None
     client_cert: Optional[str] = None
     client_key: Optional[str] = None
+    others: tuple[tuple[str, int], ...] = ()
+    """The rest of a comma-separated RAY_REDIS_ADDRESS: more sentinels when the first is one."""
 
     @property
     def display(self) -> str:
@@ -93,19 +96,54 @@ def target_from(env: Mapping[str, str], username: Optional[str], password: Optio
     """The Redis to campaign on: RAY_REDIS_ADDRESS, with credentials from ray's flags or RAY_REDIS_PASSWORD."""
     if "RAY_REDIS_ADDRESS" not in env:
         raise ConfigError("RAY_REDIS_ADDRESS is not set: head HA needs the Redis that backs the GCS")
-    host, port, tls = parse_address(env["RAY_REDIS_ADDRESS"])
+    entries = env["RAY_REDIS_ADDRESS"].split(",")
+    host, port, tls = parse_address(entries[0])
+    others = tuple(parse_address(entry)[:2] for entry in entries[1:] if entry.strip())
     files = _tls_files(env) if tls else {}
     return RedisTarget(host=host, port=port, tls=tls, username=username or None,
-                       password=password or env.get("RAY_REDIS_PASSWORD") or None, **files)
+                       password=password or env.get("RAY_REDIS_PASSWORD") or None, others=others, **files)
 
 
 def connect(target: RedisTarget, timeout: float) -> redis.Redis:
-    """A client whose connect and every call time out after `timeout` s and never retry by themselves."""
-    kwargs: dict = dict(host=target.host, port=target.port, username=target.username,
-                        password=target.password, socket_timeout=timeout,
-                        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
-                        decode_responses=True)
+    """A client whose connect and every call time out after `timeout` s and never retry by themselves.
+
+    If the address is a Redis Sentinel (as Ray's GCS also recognises), the client follows the one
+    master it watches: each new connection asks the sentinels where the master is now. That costs a
+    round trip here; a Redis that cannot be reached raises redis-py's own errors, to be mapped by the
+    caller.
+    """
+    kwargs = _client_kwargs(target, timeout)
+    client = redis.Redis(host=target.host, port=target.port, **kwargs)
+    master = sentinel_master(client)
+    if master is None:
+        return client
+    sentinels = [(target.host, target.port), *target.others]
+    watcher = Sentinel(sentinels, sentinel_kwargs=kwargs, **kwargs)
+    return watcher.master_for(master, **kwargs)
+
+
+def _client_kwargs(target: RedisTarget, timeout: float) -> dict:
+    kwargs: dict = dict(username=target.username, password=target.password, socket_timeout=timeout,
+                        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), decode_responses=True)
     if target.tls:
         kwargs.update(ssl=True, ssl_ca_certs=target.ca_cert, ssl_ca_path=target.ca_path,
                       ssl_certfile=target.client_cert, ssl_keyfile=target.client_key)
-    return redis.Redis(**kwargs)
+    return kwargs
+
+
+def sentinel_master(client: redis.Redis) -> Optional[str]:
+    """The name of the master a Sentinel at `client` watches, or None if it is a plain Redis.
+
+    Like Ray's GCS, a sentinel must watch exactly one master.
+    """
+    try:
+        if client.info("server").get("redis_mode") != "sentinel":
+            return None
+    except redis.exceptions.NoPermissionError:
+        return None  # an ACL user denied INFO: treat the address as the Redis itself
+    masters = client.sentinel_masters()
+    if len(masters) != 1:
+        raise ConfigError(f"the Redis Sentinel at {client.connection_pool.connection_kwargs.get('host')}:"
+                          f"{client.connection_pool.connection_kwargs.get('port')} watches {len(masters)} "
+                          "masters; Ray (and ray-ha) need exactly one")
+    return next(iter(masters))

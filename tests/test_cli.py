@@ -103,6 +103,8 @@ BAD_INPUTS = {
     "log format": ({}, ["--ha-log-format=xml"], 2, "xml"),
     "wait old gcs zero": ({}, ["--ha-wait-old-gcs=0"], 2, "must be > 0"),
     "reconnect timeout env": ({"RAY_HA_RECONNECT_TIMEOUT_MS": "-5"}, [], 2, "not a duration"),
+    "min replicas": ({}, ["--ha-min-replicas=some"], 2, "not a number of replicas"),
+    "fence": ({"RAY_HA_FENCE": "zfs"}, [], 2, "fence 'zfs' is not one of"),
 }
 
 

@@ -7,7 +7,8 @@ import pytest
 
 import json
 
-from raylaunch.lease import HISTORY_LENGTH, Holder, LeaseStoreError, RedisLease, RedisUnavailable, Switchover
+from raylaunch.lease import (HISTORY_LENGTH, Holder, LeaseStoreError, RedisLease, RedisUnavailable, Switchover,
+                             guarded)
 from raylaunch.redisconn import RedisTarget, connect
 
 KEY = "ray-ha:test:leader"
@@ -15,7 +16,7 @@ KEY = "ray-ha:test:leader"
 
 def make_lease(server, node="n1", lease=5.0, timeout=1.0, key=KEY, password=None):
     target = RedisTarget(host="127.0.0.1", port=server.port, password=password or server.password)
-    return RedisLease(connect(target, timeout), key, Holder.me(node, "host"), lease)
+    return RedisLease(guarded(lambda: connect(target, timeout), key), key, Holder.me(node, "host"), lease)
 
 
 def test_acquire_sets_value_ttl_and_first_epoch(redis_server):
