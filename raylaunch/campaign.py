@@ -56,6 +56,12 @@ class Head(Protocol):
     def stop(self, grace: float) -> list[int]: ...
 
 
+class Fence(Protocol):
+    """Locks older epochs out of Ray's storage (fence.AclFence)."""
+
+    def lock_out(self, epoch: int) -> list[str]: ...
+
+
 class Role(enum.Enum):
     STANDBY = "standby"
     WAITING = "waiting"  # leader, waiting for the previous leader's GCS to go away
@@ -74,6 +80,7 @@ class Step(enum.Enum):
     STANDING_BY = "standing-by"
     REDIS_DOWN = "redis-down"
     ACQUIRED = "acquired"
+    FENCING = "fencing"
     WAITING_OLD_GCS = "waiting-old-gcs"
     HEAD_STARTED = "head-started"
     LEADING = "leading"
@@ -127,10 +134,11 @@ class Campaign:
     def __init__(self, store: LeaseStore, head: Head, timing: Timing, stop: StopSignal,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  old_gcs_alive: Callable[[str], bool] = tcp_accepts, name: str = "",
-                 watchers: Sequence[Watcher] = ()) -> None:
+                 watchers: Sequence[Watcher] = (), fence: Optional[Fence] = None) -> None:
         self.store, self.head, self.timing, self.stop = store, head, timing, stop
         self.clock, self.wall, self.old_gcs_alive = clock, wall, old_gcs_alive
-        self.name, self.watchers = name, list(watchers)
+        self.name, self.watchers, self.fence = name, list(watchers), fence
+        self.fenced_epoch = 0   # the epoch whose fence is up (older epochs locked out of Ray's storage)
         self.leader: Optional[str] = None
         self.gcs_address: Optional[str] = None
         self.transitions = self.renew_failures = 0
@@ -243,15 +251,29 @@ class Campaign:
         kept = self._keep_lease()
         if kept in (Step.LEASE_LOST, Step.DEADLINE_PASSED):
             return self._lose(kept)
-        # 3. Wait (bounded) for the previous leader's GCS to stop accepting connections.
+        # 3. With a fence, lock older epochs out of Ray's storage before anything of ours starts.
+        if self.fence is not None and self.fenced_epoch != self.epoch and not self._lock_out():
+            return Step.FENCING
+        # 4. Wait (bounded) for the previous leader's GCS to stop accepting connections.
         if self.old_gcs and self.old_gcs_alive(self.old_gcs):
             if self.clock() < self.wait_until:
                 self._log_waiting()
                 return Step.WAITING_OLD_GCS
             log.warning("previous GCS %s still accepts connections after %.0fs; starting anyway",
                         self.old_gcs, self.timing.wait_old_gcs)
-        # 4. Start the head.
+        # 5. Start the head.
         return self._start_head()
+
+    def _lock_out(self) -> bool:
+        """Raise the fence for our epoch; False on a Redis error, to try again next tick (lease kept)."""
+        try:
+            removed = self.fence.lock_out(self.epoch) if self.fence else []
+        except STORE_ERRORS as exc:
+            log.warning("leader epoch %d: could not fence older epochs yet: %s", self.epoch, exc)
+            return False
+        self.fenced_epoch = self.epoch
+        log.info("leader epoch %d: fenced; older GCS users removed: %s", self.epoch, ", ".join(removed) or "none")
+        return True
 
     def _leading_step(self) -> Step:
         # 1. A stop request begins a graceful stop; the lease is kept until the tree is gone.

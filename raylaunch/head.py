@@ -7,7 +7,8 @@ from typing import Callable, Collection, Optional
 
 import psutil
 
-from raylaunch.raycmd import HeadCommand
+from raylaunch.fence import Credentials
+from raylaunch.raycmd import HeadCommand, with_redis_credentials
 from raylaunch.supervisor import ProcessTree
 
 GCS_NAME = "gcs_server"
@@ -61,8 +62,10 @@ class RayHead:
 
     def __init__(self, command: HeadCommand, node_ip: Optional[str],
                  probe: Callable[[str], bool] = tcp_accepts,
-                 spare: Callable[[], Collection[int]] = frozenset) -> None:
+                 spare: Callable[[], Collection[int]] = frozenset,
+                 credentials: Optional[Callable[[int], Credentials]] = None) -> None:
         self.command, self.node_ip, self.probe, self.spare = command, node_ip, probe, spare
+        self.credentials = credentials  # per-epoch Redis credentials for the GCS (--ha-fence acl)
         self.tree: Optional[ProcessTree] = None
         self._address: Optional[str] = None
 
@@ -70,7 +73,11 @@ class RayHead:
         """Start the head with RAY_HA_EPOCH and RAY_HA_LEADER=1 in its environment."""
         env = {**self.command.env, "RAY_HA_EPOCH": str(epoch), "RAY_HA_LEADER": "1"}
         self._address = None  # a head started again (after a switchover) listens somewhere new
-        self.tree = ProcessTree(self.command.argv, env, watch_name=GCS_NAME, drain_name=RAYLET_NAME,
+        argv = self.command.argv
+        if self.credentials is not None:
+            issued = self.credentials(epoch)
+            argv = with_redis_credentials(argv, issued.username, issued.password)
+        self.tree = ProcessTree(argv, env, watch_name=GCS_NAME, drain_name=RAYLET_NAME,
                                 spare=self.spare)
         self.tree.start()
 

@@ -23,6 +23,7 @@ from raylaunch.campaign import Campaign, Outcome, Snapshot, Step, Watcher
 from raylaunch.config import (ConfigError, Identity, Reporting, Safety, Timing, identity_from, load_env_file,
                               parse_bool, reporting_from, safety_from, timing_from)
 from raylaunch.endpoint import Endpoint
+from raylaunch.fence import AclFence
 from raylaunch.head import RayHead
 from raylaunch.hooks import Hooks
 from raylaunch.lease import Holder, LeaseStoreError, RedisLease, RedisUnavailable, guarded
@@ -214,11 +215,13 @@ def _campaign(plan: Plan, state: StateFile, context: LiveContext, stop: StopFlag
                  plan.timing.renew_deadline, plan.timing.retry_period)
         log.info("head command: %s", " ".join(redact(plan.command.argv)))
         watchdog = dog = Watchdog(plan.timing.renew_deadline, plan.timing.lease_duration, lambda: head.session())
-        head = RayHead(plan.command, plan.node_ip, spare=lambda: hooks.pids() | dog.pids())
+        fence = make_fence(plan, lease)
+        head = RayHead(plan.command, plan.node_ip, spare=lambda: hooks.pids() | dog.pids(),
+                       credentials=fence.credentials if fence else None)
         watchers: list[Watcher] = [dog, lambda snap: state.update(state_of(snap)), hooks]
         watchers += [endpoint] if endpoint else []
         context.campaign = Campaign(lease, head, plan.timing, stop, name=plan.identity.node_name,
-                                    watchers=watchers)
+                                    watchers=watchers, fence=fence)
         return OUTCOME_CODES[context.campaign.run()]
     finally:
         if watchdog:
@@ -279,7 +282,19 @@ def detach(plan: Plan, request: StartRequest) -> int:
 def check_redis(plan: Plan) -> None:
     """Reach Redis once before detaching, so a wrong address or password fails in the foreground."""
     lease = connect_lease(plan, StopFlag())
-    lease.close()
+    try:
+        make_fence(plan, lease)
+    finally:
+        lease.close()
+
+
+def make_fence(plan: Plan, lease: RedisLease) -> Optional[AclFence]:
+    """The storage fence asked for, checked (LeaseStoreError if our user may not manage ACLs)."""
+    if plan.safety.fence != "acl":
+        return None
+    fence = AclFence(lease.client, plan.identity.key)
+    fence.check()
+    return fence
 
 
 def follow_detached(plan: Plan, child: subprocess.Popen, offset: int) -> int:

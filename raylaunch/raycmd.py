@@ -141,6 +141,12 @@ def build_head_command(ray_exe: str, user_args: Sequence[str], version: tuple[in
     return HeadCommand(argv=argv, env=env, warnings=tuple(warnings + env_warnings))
 
 
+def with_redis_credentials(argv: Sequence[str], username: str, password: str) -> list[str]:
+    """`argv` with any Redis user name and password replaced by these (for a fenced GCS)."""
+    args = without_option(without_option(argv, "--redis-username"), "--redis-password")
+    return [*args, f"--redis-username={username}", f"--redis-password={password}"]
+
+
 def redact(argv: Sequence[str]) -> list[str]:
     """argv with secret option values replaced by `***`, fit for a log line."""
     out, hide_next = [], False

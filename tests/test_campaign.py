@@ -494,3 +494,45 @@ def test_lease_key_lost_by_redis_is_taken_back_and_the_record_republished(world,
     assert events[-2:] == ["renew", ("record", "10.0.0.1:6379", 5)]
     assert not any(e == "kill" or (isinstance(e, tuple) and e[0] == "stop") for e in events)
     assert "was gone from Redis" in caplog.text
+
+
+class FakeFence:
+    """Records lock-outs; fails while `error` is set."""
+
+    def __init__(self, events: list) -> None:
+        self.events, self.error = events, None
+
+    def lock_out(self, epoch: int) -> list:
+        if self.error:
+            raise self.error
+        self.events.append(("fence", epoch))
+        return []
+
+
+def test_fence_goes_up_before_the_head_starts_and_a_failure_holds_the_start(world):
+    campaign, store, head, clock, stop, events = world
+    campaign.fence = fence = FakeFence(events)
+    fence.error = RedisUnavailable("down")
+    assert campaign.tick() is Step.ACQUIRED
+    assert campaign.tick() is Step.FENCING
+    clock.advance(1)
+    assert campaign.tick() is Step.FENCING
+    assert not [e for e in events if e[0] == "start"], "no head without the fence"
+    fence.error = None
+    assert campaign.tick() is Step.HEAD_STARTED
+    assert events.index(("fence", 1)) < events.index(("start", 1))
+
+
+def test_a_fence_that_never_goes_up_ends_in_losing_the_lease_not_a_head(world):
+    campaign, store, head, clock, stop, events = world
+    campaign.fence = fence = FakeFence(events)
+    fence.error = RedisUnavailable("down")
+    store.renew_result = RedisUnavailable("down")
+    assert campaign.tick() is Step.ACQUIRED
+    for _ in range(20):
+        clock.advance(1)
+        step = campaign.tick()
+        if step is Step.DEADLINE_PASSED:
+            break
+    assert step is Step.DEADLINE_PASSED and campaign.outcome is Outcome.LOST
+    assert not [e for e in events if isinstance(e, tuple) and e[0] == "start"]

@@ -39,9 +39,10 @@ def ray_launch(redis_server, leak_guard, tmp_path):
               "--ha-redis-timeout=1"]
     pad = LaunchPad(env, tmp_path, redis_server.address, timing)
 
-    def start(name, **kw):
+    def start(name, *args, **kw):
         return pad(name, "--port=0", "--num-cpus=1", "--include-dashboard=false",
-                   "--node-ip-address=127.0.0.1", f"--temp-dir={short / name}", "--disable-usage-stats", **kw)
+                   "--node-ip-address=127.0.0.1", f"--temp-dir={short / name}", "--disable-usage-stats", *args,
+                   **kw)
 
     start.env = env
     yield start
@@ -133,3 +134,37 @@ def test_non_block_start_health_and_stop_with_real_ray(redis_server, leak_guard,
     finally:
         subprocess.run([*ray_ha, "stop"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_acl_fence_locks_a_stale_gcs_out_of_redis(ray_launch, redis_server, leak_guard):
+    """A leader whose launcher and watchdog are frozen leaves a live GCS of epoch 1 behind; the next
+    leader's fence cuts it off Redis for good, so it exits, and the new head serves."""
+    import psutil
+
+    old = ray_launch("a", "--ha-fence=acl")
+    old.wait_log("GCS serving", timeout=90)
+    clients = redis_server.client().execute_command("CLIENT", "LIST")
+    assert f"user={KEY}:gcs:e1" in clients, "the GCS talks to Redis as its epoch's user"
+    stale_gcs = next(p for p in old.descendants() if p.name() == "gcs_server")
+    dog = next(p for p in old.descendants() if any(a.endswith("watchdog.py") for a in p.cmdline()))
+    frozen = [dog, psutil.Process(old.pid)]
+    for proc in frozen:
+        proc.suspend()
+    try:
+        new = ray_launch("b", "--ha-fence=acl")
+        new.wait_log(f"older GCS users removed: {KEY}:gcs:e1", timeout=60)
+        fenced_at = time.monotonic()
+        psutil.wait_procs([stale_gcs], timeout=30)
+        assert not stale_gcs.is_running() or stale_gcs.status() == psutil.STATUS_ZOMBIE, \
+            "the fenced GCS could not reach Redis and exited"
+        print(f"stale GCS exited {time.monotonic() - fenced_at:.1f}s after the fence went up")
+        assert f"user={KEY}:gcs:e1" not in redis_server.client().execute_command("CLIENT", "LIST")
+        new.wait_log("GCS serving", timeout=90)
+        assert f"user={KEY}:gcs:e2" in redis_server.client().execute_command("CLIENT", "LIST")
+    finally:
+        for proc in frozen:
+            proc.resume()
+    assert old.wait(60) in (3, 4), "thawed, the old leader finds its head gone and gives up"
+    new.proc.terminate()
+    assert new.wait(60) == 0
+    assert tagged_processes(leak_guard) == []

@@ -1,0 +1,53 @@
+"""The ACL fence against a real Redis: per-epoch GCS users, and an older epoch locked out for good."""
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from raylaunch.fence import AclFence
+from raylaunch.lease import LeaseStoreError
+
+KEY = "ray-ha:test:leader"
+
+
+def login(server, credentials):
+    client = redis.Redis(port=server.port, username=credentials.username, password=credentials.password,
+                         decode_responses=True, socket_timeout=2, retry=Retry(NoBackoff(), 0))
+    client.ping()
+    return client
+
+
+def test_each_epoch_gets_a_user_that_can_use_redis(redis_server):
+    fence = AclFence(redis_server.client(), KEY)
+    assert fence.lock_out(1) == []
+    gcs = login(redis_server, fence.credentials(1))
+    gcs.set("ray-state", "x")
+    assert gcs.acl_whoami() == f"{KEY}:gcs:e1"
+
+
+def test_a_new_epoch_locks_the_old_one_out_and_drops_its_connections(redis_server):
+    old, new = AclFence(redis_server.client(), KEY), AclFence(redis_server.client(), KEY)
+    old.lock_out(1)
+    stale = login(redis_server, old.credentials(1))
+    assert new.lock_out(2) == [f"{KEY}:gcs:e1"]
+    with pytest.raises(redis.ConnectionError):
+        stale.set("ray-state", "written by a zombie")  # its connection was killed
+    with pytest.raises(redis.AuthenticationError):
+        login(redis_server, old.credentials(1))  # and it cannot log in again
+    assert redis_server.client().get("ray-state") is None
+    login(redis_server, new.credentials(2)).ping()
+    assert new.lock_out(2) == [], "raising the same fence again changes nothing"
+
+
+def test_other_clusters_users_are_left_alone(redis_server):
+    AclFence(redis_server.client(), "ray-ha:other:leader").lock_out(1)
+    assert AclFence(redis_server.client(), KEY).lock_out(5) == []
+    assert "ray-ha:other:leader:gcs:e1" in redis_server.client().acl_users()
+
+
+def test_a_user_without_acl_rights_is_refused_at_start(redis_server):
+    redis_server.client().execute_command("ACL", "SETUSER", "plain", "on", ">pw", "~*", "&*", "+@all", "-@admin")
+    client = redis.Redis(port=redis_server.port, username="plain", password="pw", decode_responses=True)
+    with pytest.raises(LeaseStoreError, match="may not run"):
+        AclFence(client, KEY).check()
