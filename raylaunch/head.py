@@ -73,7 +73,7 @@ class RayHead:
         """Start the head with RAY_HA_EPOCH and RAY_HA_LEADER=1 in its environment."""
         env = {**self.command.env, "RAY_HA_EPOCH": str(epoch), "RAY_HA_LEADER": "1"}
         self._address = None  # a head started again (after a switchover) listens somewhere new
-        argv = self.command.argv
+        argv = list(self.command.argv)
         if self.credentials is not None:
             issued = self.credentials(epoch)
             argv = with_redis_credentials(argv, issued.username, issued.password)

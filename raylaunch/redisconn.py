@@ -146,4 +146,4 @@ def sentinel_master(client: redis.Redis) -> Optional[str]:
         raise ConfigError(f"the Redis Sentinel at {client.connection_pool.connection_kwargs.get('host')}:"
                           f"{client.connection_pool.connection_kwargs.get('port')} watches {len(masters)} "
                           "masters; Ray (and ray-ha) need exactly one")
-    return next(iter(masters))
+    return str(next(iter(masters)))

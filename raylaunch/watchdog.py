@@ -154,6 +154,7 @@ class Watchdog:
         """Write one line; a watchdog that died is replaced (and told the same line) at once."""
         for _ in range(2):
             try:
+                assert self.proc.stdin is not None  # always a pipe
                 self.proc.stdin.write(line)
                 self.proc.stdin.flush()
                 self._sent = line
@@ -169,7 +170,8 @@ class Watchdog:
         """Disarm, close the pipe (the watchdog exits on EOF) and wait for it."""
         try:
             self._send(b"disarm\n")
-            self.proc.stdin.close()
+            if self.proc.stdin:
+                self.proc.stdin.close()
             self.proc.wait(5)
         except (RuntimeError, OSError, subprocess.TimeoutExpired):
             self.proc.kill()

@@ -116,6 +116,21 @@ def test_fire_after_sits_between_the_renew_deadline_and_the_lease():
     assert dog.proc.returncode == 0
 
 
+def test_a_dead_watchdog_is_replaced_at_the_next_report():
+    from types import SimpleNamespace
+
+    dog = watchdog.Watchdog(renew_deadline=10, lease_duration=15, head_session=lambda: None)
+    try:
+        first = dog.proc
+        first.kill()
+        first.wait()
+        dog(SimpleNamespace(lease_confirmed_at=None))  # disarmed: nothing can fire during the test
+        assert dog.proc is not first and dog.proc.poll() is None
+    finally:
+        dog.close()
+    assert dog.proc.returncode == 0
+
+
 # -- with real launchers ---------------------------------------------------------------------------
 
 def starts(env):
