@@ -21,7 +21,8 @@ from raylaunch.stopflag import StopSignal
 
 T = TypeVar("T")
 
-# KEYS[1] lease key, KEYS[2] epoch key, KEYS[3] our candidate key, KEYS[4] switchover request;
+# KEYS[1] lease key, KEYS[2] epoch key, KEYS[3] our candidate key, KEYS[4] switchover request,
+# KEYS[5] the last grant (a hash: the holder's value and Redis's time in ms);
 # ARGV[1] our value, ARGV[2] lease in ms, ARGV[3] our node name, ARGV[4] our candidate record,
 # ARGV[5] the highest epoch we have seen.
 # Takes the lease if nobody holds it and bumps the fencing epoch in the same step, above every epoch
@@ -43,6 +44,8 @@ if not held_back and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) th
     epoch = tonumber(ARGV[5]) + 1
     redis.call('SET', KEYS[2], epoch)
   end
+  local now = redis.call('TIME')
+  redis.call('HSET', KEYS[5], 'value', ARGV[1], 'at', now[1] * 1000 + math.floor(now[2] / 1000))
   return {1, epoch}
 end
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
@@ -50,31 +53,44 @@ local epoch = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 return {0, redis.call('GET', KEYS[1]) or '', epoch, redis.call('PTTL', KEYS[1])}
 """
 
-# KEYS[1] lease key, KEYS[2] epoch key; ARGV[1] our value, ARGV[2] lease in ms, ARGV[3] our epoch.
-# Extends the lease while it holds our value. If the key is gone, Redis lost it (a leader renewing
-# within its deadline never lets it expire): take it again with an epoch above both the stored one
-# and ours, so epochs keep rising even if the epoch key was lost too.
-# Returns the epoch we hold, or 0 if someone else holds the lease.
+# KEYS[1] lease key, KEYS[2] epoch key, KEYS[3] the last grant; ARGV[1] our value, ARGV[2] lease in ms,
+# ARGV[3] our epoch.
+# Extends the lease while it holds our value, noting the grant's time (Redis's clock). If the key is
+# gone while our last grant should still run, Redis lost it (a restart, a failover, a flush): take it
+# again with an epoch above both the stored one and ours. If our grant simply ran out, or the last
+# grant was someone else's or released, this is a late or stale renewal: it takes nothing.
+# Returns the epoch we hold, or 0 if the lease is not ours.
 RENEW = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('HSET', KEYS[3], 'value', ARGV[1], 'at', now)
   return tonumber(ARGV[3])
 end
-if not holder then
-  local epoch = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') or 0, tonumber(ARGV[3])) + 1
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  redis.call('SET', KEYS[2], epoch)
-  return epoch
+if holder then
+  return 0
 end
-return 0
+local last = redis.call('HMGET', KEYS[3], 'value', 'at')
+local lost = (not last[1]) or (last[1] == ARGV[1] and now - tonumber(last[2]) < tonumber(ARGV[2]))
+if not lost then
+  return 0
+end
+local epoch = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') or 0, tonumber(ARGV[3])) + 1
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[2], epoch)
+redis.call('HSET', KEYS[3], 'value', ARGV[1], 'at', now)
+return epoch
 """
 
-# KEYS[1] lease key; ARGV[1] our value, ARGV[2] release channel.
-# Deletes the lease only if ours and wakes the standbys. Returns 1 if released, 0 if not ours.
+# KEYS[1] lease key, KEYS[2] the last grant; ARGV[1] our value, ARGV[2] release channel.
+# Deletes the lease only if ours, marks the grant released (so a late renewal cannot take it back)
+# and wakes the standbys. Returns 1 if released, 0 if not ours.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'value', '', 'at', 0)
   redis.call('PUBLISH', ARGV[2], ARGV[1])
   return 1
 end
@@ -195,6 +211,10 @@ class Keys:
         return f"{self.lease}:switchover"
 
     @property
+    def grant(self) -> str:
+        return f"{self.lease}:grant"
+
+    @property
     def channel(self) -> str:
         return f"{self.lease}:released"
 
@@ -255,12 +275,12 @@ class RedisLease:
         A higher epoch than ours means Redis had lost the key and we took it again.
         """
         return self._guard(lambda: self._replicated(self._saw(int(self._renew(
-            keys=[self.key, self.keys.epoch], args=[self.me.value, self.ttl_ms, epoch])))))
+            keys=[self.key, self.keys.epoch, self.keys.grant], args=[self.me.value, self.ttl_ms, epoch])))))
 
     def release(self) -> bool:
         """Delete our lease and notify standbys; False if it was not ours (nothing is touched)."""
         return self._guard(
-            lambda: self._release(keys=[self.key], args=[self.me.value, self.keys.channel]) == 1)
+            lambda: self._release(keys=[self.key, self.keys.grant], args=[self.me.value, self.keys.channel]) == 1)
 
     def write_record(self, gcs_address: str, epoch: int, since: float) -> bool:
         """Publish our GCS address and epoch next to the lease; False if the lease is not ours."""
@@ -306,7 +326,7 @@ class RedisLease:
         for script in (self._acquire, self._renew, self._release, self._write_record):
             self.client.script_load(script.script)  # fails here, not mid-campaign, without Lua
         expected = {self.key: "string", self.keys.epoch: "string", self.keys.record: "string",
-                    self.keys.history: "list", self.keys.switchover: "string"}
+                    self.keys.history: "list", self.keys.switchover: "string", self.keys.grant: "hash"}
         for key, wanted in expected.items():
             kind = str(self.client.type(key))
             if kind not in ("none", wanted):
@@ -317,14 +337,14 @@ class RedisLease:
         candidate = json.dumps({"node": self.me.node, "host": self.me.host, "pid": self.me.pid,
                                 "role": "standby", "since": self.started}, sort_keys=True)
         reply = self._acquire(keys=[self.key, self.keys.epoch, self.keys.candidate(self.me.node),
-                                    self.keys.switchover],
+                                    self.keys.switchover, self.keys.grant],
                               args=[self.me.value, self.ttl_ms, self.me.node, candidate, self.seen_epoch])
         if int(reply[0]) == 1:
             self._drop_pubsub()  # a leader has no use for release notifications
             try:
                 self._replicated(True)
             except ReplicasBehind:
-                self._release(keys=[self.key], args=[self.me.value, self.keys.channel])
+                self._release(keys=[self.key, self.keys.grant], args=[self.me.value, self.keys.channel])
                 raise
             return Attempt(won=True, epoch=self._saw(int(reply[1])), holder=self.me, ttl_ms=self.ttl_ms)
         holder = Holder.decode(reply[1]) if reply[1] else None

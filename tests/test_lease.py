@@ -96,6 +96,33 @@ def test_renew_takes_back_a_key_redis_lost_with_a_higher_epoch(redis_server):
     assert a.renew(2) == 2, "a plain renewal keeps the epoch"
 
 
+def test_a_renewal_after_our_lease_ran_out_takes_nothing(redis_server):
+    """A renewal delayed past the lease (a frozen leader, a request held in a partition) is no re-take."""
+    a = make_lease(redis_server, "a", lease=0.2)
+    assert a.try_acquire().won
+    time.sleep(0.3)
+    assert a.renew(1) == 0
+    assert redis_server.client().get(KEY) is None
+
+
+def test_a_late_renewal_after_a_release_takes_nothing(redis_server):
+    a = make_lease(redis_server, "a")
+    assert a.try_acquire().won
+    assert a.release()
+    assert a.renew(1) == 0
+    assert redis_server.client().get(KEY) is None
+
+
+def test_a_stale_renewal_after_another_leaders_lease_ran_out_takes_nothing(redis_server):
+    a, b = make_lease(redis_server, "a", lease=0.2), make_lease(redis_server, "b", lease=0.2)
+    assert a.try_acquire().won
+    time.sleep(0.3)
+    assert b.try_acquire().won
+    time.sleep(0.3)
+    assert a.renew(1) == 0
+    assert redis_server.client().get(KEY) is None
+
+
 def test_a_standby_takes_an_epoch_above_every_one_it_saw_after_redis_lost_them(redis_server):
     a, b = make_lease(redis_server, "a"), make_lease(redis_server, "b")
     for _ in range(3):

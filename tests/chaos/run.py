@@ -27,10 +27,13 @@ def main() -> int:
         print(f"seed {run.seed}, {args.launchers} launchers, {args.minutes:g} min, lease {LEASE:g}s, "
               f"bound lease + {BOUND:g}s")
         report = run.run()
-    kinds: dict[str, int] = {}
-    for fault in run.faults:
-        kinds[fault.kind] = kinds.get(fault.kind, 0) + 1
-    print("faults by kind: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    by_kind: dict[str, list[float]] = {}
+    for fault, recovery in zip(run.faults, report.recoveries):
+        by_kind.setdefault(fault.kind, []).append(recovery)
+    print("| fault | injected | worst recovery after its end (s) |")
+    print("|---|---|---|")
+    for kind, recoveries in sorted(by_kind.items()):
+        print(f"| {kind} | {len(recoveries)} | {max(recoveries):.2f} |")
     for problem in report.problems():
         print("PROBLEM:", problem)
     median = statistics.median(report.recoveries) if report.recoveries else 0.0
