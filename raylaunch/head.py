@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import socket
-from typing import Callable, Collection, Optional
+from typing import TYPE_CHECKING, Callable, Collection, Optional
 
 import psutil
 
-from raylaunch.fence import Credentials
 from raylaunch.raycmd import HeadCommand, with_redis_credentials
 from raylaunch.supervisor import ProcessTree
+
+if TYPE_CHECKING:  # fence needs redis; `ray-ha health` imports this module and must not load it
+    from raylaunch.fence import Credentials
 
 GCS_NAME = "gcs_server"
 #: On a graceful stop the raylet goes first: it unregisters the node and stops its workers and agents.
