@@ -1,0 +1,94 @@
+"""ray-ha's benchmark: `python -m bench [--rounds 5] [--lease 5]` from the repository root.
+
+Alternates rounds of each scenario (plain `ray start` first in every round, so all share the machine's
+state), then prints median / min / max per scenario and its ratio to plain `ray start` measured in
+the same run, with the target and whether it is met. Times are wall seconds to a GCS that answers a
+call made through Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+from typing import Callable, Union
+
+from bench import scenarios
+from bench.rig import Poller, Round
+
+Figure = Union[float, dict]
+SCENARIOS: dict[str, Callable[[Round], Figure]] = {
+    "baseline": scenarios.baseline,
+    "crash-failover": scenarios.crash_failover,
+    "graceful-handover": scenarios.graceful_handover,
+    "gcs-crash": scenarios.gcs_crash,
+}
+#: scenario -> its allowance over 1.10 x baseline (s), given the lease: the issue's targets.
+TARGETS: dict[str, Callable[[float], float]] = {
+    "crash-failover": lambda lease: lease,
+    "graceful-handover": lambda lease: 0.5,
+    "gcs-crash": lambda lease: 1.0,
+}
+
+
+def run(rounds: int, lease: float, only: list[str], log: Callable[[str], None]) -> dict[str, list[dict]]:
+    """Every scenario `rounds` times, alternating; the figures of each round."""
+    results: dict[str, list[dict]] = {name: [] for name in only}
+    poller = Poller()
+    try:
+        for i in range(rounds):
+            for name in only:
+                rnd = Round(poller, lease)
+                try:
+                    figure = SCENARIOS[name](rnd)
+                finally:
+                    rnd.close()
+                figures = figure if isinstance(figure, dict) else {"total": figure}
+                results[name].append(figures)
+                log(f"round {i + 1} {name:18} " + " ".join(f"{k} {v:.2f}s" for k, v in figures.items()))
+    finally:
+        poller.close()
+    return results
+
+
+def table(results: dict[str, list[dict]], lease: float) -> list[str]:
+    """Markdown rows: median / min / max, ratio to the baseline's median, target and verdict."""
+    base = statistics.median(r["total"] for r in results["baseline"]) if results.get("baseline") else None
+    rows = ["| scenario | median (s) | min (s) | max (s) | × baseline | target (s) | met |", "|---|---|---|---|---|---|---|"]
+    for name, figures in results.items():
+        totals = [f["total"] for f in figures]
+        median = statistics.median(totals)
+        ratio = f"{median / base:.2f}" if base else "-"
+        allowance = TARGETS.get(name)
+        if allowance is None or base is None:
+            target, met = "-", "-"
+        else:
+            limit = allowance(lease) + 1.10 * base
+            target, met = f"≤ {limit:.2f}", "yes" if median <= limit else "no"
+        rows.append(f"| {name} | {median:.2f} | {min(totals):.2f} | {max(totals):.2f} | {ratio} | {target} | {met} |")
+        for part in [k for k in figures[0] if k != "total"]:
+            values = [f[part] for f in figures]
+            rows.append(f"| — {part} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} "
+                        "| | | |")
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--lease", type=float, default=5.0)
+    parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    args = parser.parse_args()
+    only = args.only if "baseline" in args.only else ["baseline", *args.only]
+    import ray
+
+    print(f"# {platform.node()}: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+          f"Ray {ray.__version__}, lease {args.lease:g}s, {args.rounds} rounds", flush=True)
+    results = run(args.rounds, args.lease, only, lambda line: print(line, flush=True))
+    print("\n".join(table(results, args.lease)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The bench's test bed: a fresh loopback Redis per round, real Ray heads, ray-ha launchers, a GCS poller.
+
+Every head gets its own port, temp dir, one CPU, no dashboard and --node-ip-address=127.0.0.1, so
+all traffic stays on loopback. Everything a round starts is killed when the round ends.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import psutil
+
+from raylaunch.localredis import LocalRedis, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def now() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+class Poller:
+    """The long-lived `bench/poller.py` process (Ray already imported)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "poller.py")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout and self.proc.stdout.readline().strip() == "ready"
+
+    def answered(self, address: str) -> float:
+        """Block until the GCS at `address` answers; the monotonic time it did."""
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(address + "\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Round:
+    """One round's Redis, processes and logs; `close()` kills all of it."""
+
+    def __init__(self, poller: Poller, lease: float) -> None:
+        self.poller, self.lease = poller, lease
+        self.dir = Path(tempfile.mkdtemp(prefix="rhb-", dir="/tmp"))
+        self.redis = LocalRedis(self.dir).start()
+        self.procs: list[subprocess.Popen] = []
+        # Ray settings of the caller's shell would skew the figures; a test's leak-guard tag is kept.
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_HA_TEST_TAG"},
+                    "RAY_REDIS_ADDRESS": self.redis.address, "RAY_USAGE_STATS_ENABLED": "0",
+                    "RAY_HA_RUN_DIR": str(self.dir / "run"), "PYTHONPATH": str(ROOT)}
+
+    def head_flags(self, name: str, port: int) -> list[str]:
+        return ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                "--node-ip-address=127.0.0.1", f"--temp-dir={self.dir / name}", "--disable-usage-stats"]
+
+    def timing(self) -> list[str]:
+        renew = self.lease * 0.6
+        return [f"--ha-lease-duration={self.lease:g}", f"--ha-renew-deadline={renew:g}",
+                "--ha-retry-period=0.5", f"--ha-redis-timeout={min(1.0, (self.lease - renew) / 2):g}"]
+
+    def plain_head(self, port: int) -> subprocess.Popen:
+        """`ray start --head --block` on this round's Redis (GCS fault tolerance on, as for ray-ha)."""
+        return self._spawn(["ray", "start", *self.head_flags("plain", port), "--block"], "plain")
+
+    def launcher(self, name: str, port: int, *extra: str) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "raylaunch", "start", *self.head_flags(name, port), "--block",
+                f"--ha-node-name={name}", *self.timing(), *extra]
+        return self._spawn(argv, name, RAY_ENABLE_HEAD_HA="1")
+
+    def _spawn(self, argv: list[str], name: str, **env: str) -> subprocess.Popen:
+        with open(self.dir / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(argv, env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.dir / f"{name}.log").read_text(errors="replace")
+
+    def wait_log(self, name: str, text: str, timeout: float = 120) -> None:
+        deadline = now() + timeout
+        while text not in self.log(name):
+            if now() > deadline:
+                raise RuntimeError(f"{name} never logged {text!r}:\n{self.log(name)[-2000:]}")
+            time.sleep(0.02)
+
+    def logged_at(self, name: str, text: str, after: float) -> Optional[float]:
+        """Wall-clock time of the first line of `name`'s log containing `text` stamped after `after`."""
+        for line in self.log(name).splitlines():
+            match = STAMP.match(line)
+            if match and text in line:
+                stamp = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                if stamp >= after:
+                    return stamp
+        return None
+
+    def answered(self, port: int) -> float:
+        return self.poller.answered(f"127.0.0.1:{port}")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            kill_tree(proc.pid)
+            proc.wait()
+        self.redis.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def kill_tree(pid: int) -> None:
+    """kill -9 of `pid` and every descendant, at once."""
+    try:
+        top = psutil.Process(pid)
+        victims = [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in victims:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(victims, timeout=10)
+
+
+def ports(n: int) -> list[int]:
+    return [free_port() for _ in range(n)]

@@ -1,0 +1,31 @@
+"""The benchmark command: its table logic, and one real round that must run end to end."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.__main__ import table
+from conftest import ROOT
+
+
+def test_table_compares_each_scenario_with_the_baseline_of_the_same_run():
+    results = {"baseline": [{"total": 2.0}, {"total": 1.0}, {"total": 3.0}],
+               "gcs-crash": [{"total": 3.0}], "graceful-handover": [{"total": 3.0}],
+               "crash-failover": [{"total": 7.0, "detection": 4.5, "takeover": 0.1, "start": 2.4}]}
+    rows = {row.split(" | ")[0].lstrip("| "): row for row in table(results, lease=5.0)[2:]}
+    assert "| 2.00 | 1.00 | 3.00 | 1.00 |" in rows["baseline"]
+    assert "≤ 3.20 | yes" in rows["gcs-crash"], "1 s + 1.10 x the 2.0 s median"
+    assert "≤ 2.70 | no" in rows["graceful-handover"], "0.5 s + 1.10 x 2.0 s"
+    assert "≤ 7.20 | yes" in rows["crash-failover"] and "| 3.50 |" in rows["crash-failover"]
+    assert "| 4.50 |" in rows["— detection"]
+
+
+@pytest.mark.ray
+def test_one_round_runs_and_leaves_nothing(leak_guard):
+    result = subprocess.run([sys.executable, "-m", "bench", "--rounds", "1", "--only", "gcs-crash"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "RAY_HA_TEST_TAG": leak_guard})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| gcs-crash |" in result.stdout and "| baseline |" in result.stdout
