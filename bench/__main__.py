@@ -18,11 +18,14 @@ from bench import scenarios
 from bench.rig import Poller, Round
 
 Figure = Union[float, dict]
+#: passthrough's target is a ratio to `ray start` in the same round, not an allowance.
+PASSTHROUGH_TARGET = 1.02
 SCENARIOS: dict[str, Callable[[Round], Figure]] = {
     "baseline": scenarios.baseline,
     "crash-failover": scenarios.crash_failover,
     "graceful-handover": scenarios.graceful_handover,
     "gcs-crash": scenarios.gcs_crash,
+    "passthrough": scenarios.passthrough,
 }
 #: scenario -> its allowance over 1.10 x baseline (s), given the lease: the issue's targets.
 TARGETS: dict[str, Callable[[float], float]] = {
@@ -79,6 +82,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--lease", type=float, default=5.0)
     parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--cost-seconds", type=float, default=60.0,
+                        help="how long to watch the launchers' and Redis's cost (0: skip) [60]")
     args = parser.parse_args()
     only = args.only if "baseline" in args.only else ["baseline", *args.only]
     import ray
@@ -87,7 +92,32 @@ def main() -> int:
           f"Ray {ray.__version__}, lease {args.lease:g}s, {args.rounds} rounds", flush=True)
     results = run(args.rounds, args.lease, only, lambda line: print(line, flush=True))
     print("\n".join(table(results, args.lease)))
+    if args.cost_seconds > 0:
+        print("\n".join(costs(args.lease, args.cost_seconds)))
     return 0
+
+
+def costs(lease: float, seconds: float) -> list[str]:
+    """The launchers' RSS and CPU (leader and standby) and a standby's Redis commands, as table rows."""
+    poller = Poller()
+    figures: dict[str, float] = {}
+    try:
+        for measure in (scenarios.supervisor_cost, scenarios.redis_cost):
+            rnd = Round(poller, lease)
+            try:
+                figures.update(measure(rnd, seconds))
+            finally:
+                rnd.close()
+    finally:
+        poller.close()
+    targets = {"leader RSS MiB": 40, "standby RSS MiB": 40, "leader CPU %": 1, "standby CPU %": 1,
+               "sent per retry period": 1}
+    rows = [f"\n| cost over {seconds:g} s | value | target | met |", "|---|---|---|---|"]
+    for name, value in figures.items():
+        limit = targets.get(name)
+        verdict = ("yes" if value <= limit else "no") if limit is not None else "-"
+        rows.append(f"| {name} | {value:.2f} | {'≤ ' + str(limit) if limit is not None else '-'} | {verdict} |")
+    return rows
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import psutil
 from raylaunch.localredis import LocalRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+RETRY = 0.5  # the launchers' retry period (s)
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
@@ -69,11 +70,16 @@ class Round:
     def timing(self) -> list[str]:
         renew = self.lease * 0.6
         return [f"--ha-lease-duration={self.lease:g}", f"--ha-renew-deadline={renew:g}",
-                "--ha-retry-period=0.5", f"--ha-redis-timeout={min(1.0, (self.lease - renew) / 2):g}"]
+                f"--ha-retry-period={RETRY:g}", f"--ha-redis-timeout={min(1.0, (self.lease - renew) / 2):g}"]
 
     def plain_head(self, port: int) -> subprocess.Popen:
         """`ray start --head --block` on this round's Redis (GCS fault tolerance on, as for ray-ha)."""
         return self._spawn(["ray", "start", *self.head_flags("plain", port), "--block"], "plain")
+
+    def passthrough_head(self, port: int) -> subprocess.Popen:
+        """`ray-ha start --head --block` with HA off: ray-ha only execs `ray start`."""
+        argv = [sys.executable, "-m", "raylaunch", "start", *self.head_flags("passthrough", port), "--block"]
+        return self._spawn(argv, "passthrough")
 
     def launcher(self, name: str, port: int, *extra: str) -> subprocess.Popen:
         argv = [sys.executable, "-m", "raylaunch", "start", *self.head_flags(name, port), "--block",

@@ -152,6 +152,14 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def guard_light(call: Callable[[], None]) -> None:
+    """Run a step that can only fail on the user's input, mapping ConfigError to one line (exit 2)."""
+    try:
+        call()
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
 def guard(call: Callable[[], int]) -> NoReturn:
     """Run a command body, mapping our exception types to one line and an exit code."""
     from raylaunch.launcher import RuntimeProblem
@@ -181,6 +189,9 @@ def guard(call: Callable[[], int]) -> NoReturn:
 def start(ray_args: tuple[str, ...], ha_node_name: Optional[str], ha_key: Optional[str],
           ha_env_file: Optional[str], **flags: Optional[str]) -> None:
     """Parse, then exec `ray start`, campaign in the foreground, or detach a supervisor."""
+    from raylaunch.passthrough import pass_through_unless_ha
+
+    guard_light(lambda: pass_through_unless_ha(ray_args, ha_env_file))  # before the heavy imports
     from raylaunch.launcher import StartRequest, run_start
 
     timing = {k: v for k, v in flags.items() if k in TIMING_SOURCES}
@@ -206,7 +217,7 @@ def stop(ha_node_name: Optional[str], ray_args: tuple[str, ...]) -> None:
     and its exit code is ours (1 if a supervisor did not stop in time).
     """
     from raylaunch.control import stop_supervisors
-    from raylaunch.launcher import exec_ray, find_ray
+    from raylaunch.passthrough import exec_ray, find_ray
     from raylaunch.localstate import run_dir
 
     def body() -> int:

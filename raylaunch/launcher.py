@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Mapping, NoReturn, Optional, Sequence
 
 from raylaunch.campaign import Campaign, Outcome, Snapshot, Step, Watcher
-from raylaunch.config import (ConfigError, Identity, Reporting, Safety, Timing, identity_from, load_env_file,
-                              parse_bool, reporting_from, safety_from, timing_from)
+from raylaunch.config import (ConfigError, Identity, Reporting, Safety, Timing, identity_from, reporting_from,
+                              safety_from, timing_from)
 from raylaunch.endpoint import Endpoint
 from raylaunch.fence import AclFence
 from raylaunch.head import RayHead
@@ -29,6 +29,7 @@ from raylaunch.hooks import Hooks
 from raylaunch.lease import Holder, LeaseStoreError, RedisLease, RedisUnavailable, guarded
 from raylaunch.localstate import StateFile, local_supervisors, run_dir
 from raylaunch.logs import setup_logging
+from raylaunch.passthrough import find_ray, pass_through_unless_ha
 from raylaunch.raycmd import HeadCommand, build_head_command, option_value, parse_version, redact
 from raylaunch.redisconn import RedisTarget, connect, target_from
 from raylaunch.stopflag import StopFlag
@@ -83,13 +84,7 @@ class Plan:
 
 def run_start(request: StartRequest) -> int:
     """Decide passthrough or HA, validate everything, then campaign here or in a detached supervisor."""
-    unknown = next((a for a in request.ray_args if a.startswith("--ha-")), None)
-    if unknown:
-        raise ConfigError(f"no such option: {unknown.split('=')[0]} (see ray-ha start --help)")
-    load_env_file(request.env_file)
-    enabled = parse_bool("RAY_ENABLE_HEAD_HA", os.environ.get("RAY_ENABLE_HEAD_HA"))
-    if not enabled or "--head" not in request.ray_args:
-        exec_ray(["start", *request.ray_args])
+    pass_through_unless_ha(request.ray_args, request.env_file)
     plan = make_plan(request)
     if "--block" in request.ray_args:
         return campaign(plan)
@@ -117,22 +112,6 @@ def make_plan(request: StartRequest) -> Plan:
 def ray_temp_dir(env: Mapping[str, str]) -> str:
     """Ray's default --temp-dir: $RAY_TMPDIR/ray, else <system temp dir>/ray, as Ray chooses it."""
     return os.path.join(env.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
-
-
-def find_ray() -> str:
-    """The `ray` executable on PATH, or a usage error saying how to get it."""
-    ray = shutil.which("ray")
-    if ray is None:
-        raise ConfigError("`ray` not found on PATH: install Ray (pip install 'ray[default]')")
-    return ray
-
-
-def exec_ray(args: Sequence[str]) -> NoReturn:
-    """Replace this process with `ray <args>`: same arguments, same exit code, no extra process."""
-    ray = find_ray()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(ray, ["ray", *args])
 
 
 def ray_version(ray_exe: str) -> tuple[int, int]:

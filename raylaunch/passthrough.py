@@ -1,0 +1,43 @@
+"""When ray-ha is just `ray start`: HA off or no --head. Kept light (no Redis, no Ray, no psutil), so
+`ray-ha start` costs next to nothing over `ray start` when it only hands over to it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import NoReturn, Optional, Sequence
+
+from raylaunch.config import ConfigError, load_env_file, parse_bool
+
+
+def check_no_ha_typos(ray_args: Sequence[str]) -> None:
+    """A misspelt --ha- option is an error, never something passed on to Ray."""
+    unknown = next((a for a in ray_args if a.startswith("--ha-")), None)
+    if unknown:
+        raise ConfigError(f"no such option: {unknown.split('=')[0]} (see ray-ha start --help)")
+
+
+def pass_through_unless_ha(ray_args: Sequence[str], env_file: Optional[str]) -> None:
+    """Exec `ray start` unless RAY_ENABLE_HEAD_HA is on and --head given; returns only in HA mode."""
+    check_no_ha_typos(ray_args)
+    load_env_file(env_file)
+    enabled = parse_bool("RAY_ENABLE_HEAD_HA", os.environ.get("RAY_ENABLE_HEAD_HA"))
+    if not enabled or "--head" not in ray_args:
+        exec_ray(["start", *ray_args])
+
+
+def find_ray() -> str:
+    """The `ray` executable on PATH, or a usage error saying how to get it."""
+    ray = shutil.which("ray")
+    if ray is None:
+        raise ConfigError("`ray` not found on PATH: install Ray (pip install 'ray[default]')")
+    return ray
+
+
+def exec_ray(args: Sequence[str]) -> NoReturn:
+    """Replace this process with `ray <args>`: same arguments, same exit code, no extra process."""
+    ray = find_ray()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(ray, ["ray", *args])
