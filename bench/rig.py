@@ -22,6 +22,7 @@ import psutil
 from raylaunch.localredis import LocalRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+FAKE_RAY = ROOT / "tests" / "fakeray"  # a `ray` whose head starts in milliseconds, for the scale test
 RETRY = 0.5  # the launchers' retry period (s)
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
@@ -56,7 +57,9 @@ class Round:
     def __init__(self, poller: Poller, lease: float) -> None:
         self.poller, self.lease = poller, lease
         self.dir = Path(tempfile.mkdtemp(prefix="rhb-", dir="/tmp"))
-        self.redis = LocalRedis(self.dir).start()
+        # 127.0.0.2 too, for ant-ray (it rewrites exactly 127.0.0.1); still loopback only.
+        self.redis = LocalRedis(self.dir, extra_args=["--bind", "127.0.0.1", "127.0.0.2",
+                                                      "--protected-mode", "no"]).start()
         self.procs: list[subprocess.Popen] = []
         # Ray settings of the caller's shell would skew the figures; a test's leak-guard tag is kept.
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_HA_TEST_TAG"},
@@ -85,6 +88,16 @@ class Round:
         argv = [sys.executable, "-m", "raylaunch", "start", *self.head_flags(name, port), "--block",
                 f"--ha-node-name={name}", *self.timing(), *extra]
         return self._spawn(argv, name, RAY_ENABLE_HEAD_HA="1")
+
+    def peer_head(self, name: str, port: int, env: dict[str, str]) -> subprocess.Popen:
+        """`ray start --head --block` of the peer (ant-ray, from env's PATH) with its own Head HA."""
+        return self._spawn(["ray", "start", *self.head_flags(name, port), "--block"], name, **env)
+
+    def fake_launcher(self, name: str, env: dict[str, str]) -> subprocess.Popen:
+        """A launcher whose `ray` is the fake (env puts it first on PATH)."""
+        argv = [sys.executable, "-m", "raylaunch", "start", "--head", "--port=0", "--block",
+                f"--temp-dir={self.dir / name}", f"--ha-node-name={name}", *self.timing()]
+        return self._spawn(argv, name, RAY_ENABLE_HEAD_HA="1", RAY_HA_TEST_NODE=name, **env)
 
     def _spawn(self, argv: list[str], name: str, **env: str) -> subprocess.Popen:
         with open(self.dir / f"{name}.log", "ab") as out:

@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from bench.rig import RETRY, Round, kill_tree, now, ports
+from bench.rig import FAKE_RAY, RETRY, Round, kill_tree, now, ports
 
 
 def baseline(rnd: Round) -> float:
@@ -131,3 +131,70 @@ def _monitor(rnd: Round, seconds: float) -> list[float]:
             if command.get("client_type") != "lua" and "MONITOR" not in command.get("command", ""):
                 stamps.append(float(command["time"]))
     return stamps
+
+
+def scale(rnd: Round, standbys: int = 100) -> dict[str, float]:
+    """`standbys` + 1 candidates (fake `ray`) on one Redis: after kill -9 of the leader, how long until
+    the next head starts, whether two ever ran at once, and what Redis spent."""
+    import sys
+
+    sys.path.insert(0, str(FAKE_RAY.parent / "chaos"))
+    from checker import check  # type: ignore[import-not-found]  # the chaos harness's checker
+    from tenures import TenureRecorder  # type: ignore[import-not-found]
+
+    recorder = TenureRecorder(str(rnd.dir / "tenures.sock"))
+    redis_proc = psutil.Process(rnd.redis.proc.pid)  # type: ignore[union-attr]
+    cpu_before, started = _cpu(redis_proc), now()
+    fake = {"PATH": f"{FAKE_RAY}:{rnd.env['PATH']}", "FAKE_RAY_TENURE_SOCKET": recorder.path}
+    try:
+        leader = rnd.fake_launcher("c0", fake)
+        _wait(lambda: recorder.active() is not None, 60)
+        for i in range(1, standbys + 1):
+            rnd.fake_launcher(f"c{i}", fake)
+        _wait(lambda: all("standing by" in rnd.log(f"c{i}") for i in range(1, standbys + 1)), 300)
+        killed = now()
+        kill_tree(leader.pid)
+        _wait(lambda: getattr(recorder.active(), "node", "c0") != "c0", 60)
+        next_head = recorder.active().start - killed  # type: ignore[union-attr]
+        time.sleep(2 * RETRY)
+        report = check(recorder.tenures(), [], rnd.lease, 0, now())
+        elapsed = now() - started
+        return {"total": next_head, "overlaps": float(len(report.overlaps)),
+                "Redis CPU % (whole run)": 100 * (_cpu(redis_proc) - cpu_before) / elapsed}
+    finally:
+        recorder.close()
+
+
+def _wait(predicate, timeout: float) -> None:
+    deadline = now() + timeout
+    while not predicate():
+        if now() > deadline:
+            raise RuntimeError("timed out")
+        time.sleep(0.05)
+
+
+#: ant-ray's Head HA settings: "tuned" matches our lease (5 s expiry, 0.5 s checks, no wait after
+#: winning); "defaults" leaves ant-ray's own (60 s expiry, 3 s checks).
+PEER_SETTINGS = {
+    "tuned": {"RAY_HA_KEY_EXPIRE_TIME_MS": "{lease_ms}", "RAY_HA_CHECK_INTERVAL_MS": "500",
+              "RAY_HA_WAIT_TIME_AFTER_BE_ACTIVE_MS": "0"},
+    "defaults": {},
+}
+
+
+def peer_failover(rnd: Round, venv: str, settings: str) -> float:
+    """ant-ray's built-in Head HA: kill -9 of the active head's whole tree -> the standby's GCS answers.
+
+    Its Redis address is 127.0.0.2 because ant-ray rewrites exactly 127.0.0.1 to the outward IP.
+    """
+    env = {k: v.format(lease_ms=int(rnd.lease * 1000)) for k, v in PEER_SETTINGS[settings].items()}
+    env.update(RAY_ENABLE_HEAD_HA="true", RAY_REDIS_ADDRESS=f"127.0.0.2:{rnd.redis.port}",
+               PATH=f"{venv}/bin:{rnd.env['PATH']}")
+    port_a, port_b = ports(2)
+    first = rnd.peer_head("pa", port_a, env)
+    rnd.answered(port_a)
+    rnd.peer_head("pb", port_b, env)
+    time.sleep(3.0)  # the standby is campaigning
+    killed = now()
+    kill_tree(first.pid)
+    return rnd.answered(port_b) - killed

@@ -24,8 +24,18 @@ def test_table_compares_each_scenario_with_the_baseline_of_the_same_run():
 
 @pytest.mark.ray
 def test_one_round_runs_and_leaves_nothing(leak_guard):
-    result = subprocess.run([sys.executable, "-m", "bench", "--rounds", "1", "--only", "gcs-crash"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "bench", "--rounds", "1", "--only", "gcs-crash",
+                             "--cost-seconds", "2", "--scale", "5"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "RAY_HA_TEST_TAG": leak_guard})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| gcs-crash |" in result.stdout and "| baseline |" in result.stdout
+    assert "| standby RSS MiB |" in result.stdout and "| heads at once (overlaps) | 0 | 0 | yes |" in result.stdout
+
+
+def test_the_plot_draws_the_median_round_not_the_best():
+    from bench.plot import typical
+
+    rounds = [{"total": t} for t in (6.9, 6.1, 6.5, 6.3)]
+    assert typical(rounds)["total"] == 6.3, "the lower middle of an even count"
+    assert typical(rounds[:3])["total"] == 6.5
