@@ -207,9 +207,13 @@ def reporting_from(flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -
 FENCES = ("none", "acl")
 
 
+SWITCHES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 @dataclass(frozen=True)
 class Safety:
-    """Extra guarantees bought with Redis features: replica confirmation and storage fencing."""
+    """What a candidate buys with extra resources: replica confirmation and storage fencing (Redis
+    features), and a faster takeover (memory)."""
 
     min_replicas: int = 0
     """A lease write counts only once Redis WAIT confirms it on this many replicas, so a Redis
@@ -217,6 +221,9 @@ class Safety:
     fence: str = "none"
     """`acl`: each epoch's GCS gets its own Redis ACL user, and a new leader disables the previous
     epoch's user and kills its connections, so a stale GCS cannot write Ray's state. Default `none`."""
+    prewarm: bool = False
+    """A standby keeps Ray's `ray start` imported in a waiting interpreter (about 150 MiB) and hands it
+    the head command on takeover, saving Ray's import time (~1.5 s) on the failover path. Default off."""
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
@@ -229,6 +236,7 @@ class Safety:
 SAFETY_SOURCES: dict[str, tuple[str, str]] = {
     "min_replicas": ("--ha-min-replicas", "RAY_HA_MIN_REPLICAS"),
     "fence": ("--ha-fence", "RAY_HA_FENCE"),
+    "prewarm": ("--ha-prewarm", "RAY_HA_PREWARM"),
 }
 
 
@@ -245,6 +253,10 @@ def safety_from(flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -> S
             if not text.isdigit():
                 raise ConfigError(f"{name}={text!r} is not a number of replicas")
             values[field_name] = int(text)
+        elif field_name == "prewarm":
+            if text.lower() not in SWITCHES:
+                raise ConfigError(f"{name}={text!r} is not on or off")
+            values[field_name] = SWITCHES[text.lower()]
         else:
             values[field_name] = text.lower()
     return Safety(**values)  # type: ignore[arg-type]

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import TYPE_CHECKING, Callable, Collection, Optional
 
 import psutil
 
 from raylaunch.raycmd import HeadCommand, with_redis_credentials
+from raylaunch.prewarm import WarmStart
 from raylaunch.supervisor import ProcessTree
 
 if TYPE_CHECKING:  # fence needs redis; `ray-ha health` imports this module and must not load it
     from raylaunch.fence import Credentials
+
+log = logging.getLogger("ray-ha")
 
 GCS_NAME = "gcs_server"
 #: On a graceful stop the raylet goes first: it unregisters the node and stops its workers and agents.
@@ -65,9 +69,11 @@ class RayHead:
     def __init__(self, command: HeadCommand, node_ip: Optional[str],
                  probe: Callable[[str], bool] = tcp_accepts,
                  spare: Callable[[], Collection[int]] = frozenset,
-                 credentials: Optional[Callable[[int], Credentials]] = None) -> None:
+                 credentials: Optional[Callable[[int], Credentials]] = None,
+                 warm: Optional[WarmStart] = None) -> None:
         self.command, self.node_ip, self.probe, self.spare = command, node_ip, probe, spare
         self.credentials = credentials  # per-epoch Redis credentials for the GCS (--ha-fence acl)
+        self.warm = warm  # a pre-imported `ray start` to hand the command to (--ha-prewarm)
         self.tree: Optional[ProcessTree] = None
         self._address: Optional[str] = None
 
@@ -81,7 +87,22 @@ class RayHead:
             argv = with_redis_credentials(argv, issued.username, issued.password)
         self.tree = ProcessTree(argv, env, watch_name=GCS_NAME, drain_name=RAYLET_NAME,
                                 spare=self.spare)
-        self.tree.start()
+        warm = self.warm.take(argv, env) if self.warm else None
+        self.tree.start(adopt=warm)
+        if self.warm:
+            log.info("head command handed to the pre-warmed interpreter (pid %d)" if warm else
+                     "no pre-warmed interpreter was ready; starting the head command cold",
+                     *([warm.pid] if warm else []))
+
+    def prepare(self) -> None:
+        """While standing by: keep a pre-warmed interpreter ready (with --ha-prewarm; else nothing)."""
+        if self.warm:
+            self.warm.ensure()
+
+    def close(self) -> None:
+        """Let go of an unused pre-warmed interpreter (the tree itself is stopped by the campaign)."""
+        if self.warm:
+            self.warm.close()
 
     def session(self) -> Optional[int]:
         """The session the head's tree runs in (its top's pid), once started."""

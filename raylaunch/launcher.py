@@ -30,6 +30,7 @@ from raylaunch.lease import Holder, LeaseStoreError, RedisLease, RedisUnavailabl
 from raylaunch.localstate import StateFile, local_supervisors, run_dir
 from raylaunch.logs import setup_logging
 from raylaunch.passthrough import find_ray, pass_through_unless_ha
+from raylaunch.prewarm import WarmStart, ray_python
 from raylaunch.raycmd import HeadCommand, build_head_command, option_value, parse_version, redact
 from raylaunch.redisconn import RedisTarget, connect, target_from
 from raylaunch.stopflag import StopFlag
@@ -80,6 +81,7 @@ class Plan:
     node_ip: Optional[str]
     state_dir: Path
     log_path: Path
+    warm_python: Optional[str] = None  # the interpreter a standby pre-warms (--ha-prewarm), else None
 
 
 def run_start(request: StartRequest) -> int:
@@ -99,14 +101,28 @@ def make_plan(request: StartRequest) -> Plan:
     safety = safety_from(request.safety, os.environ)
     ray_exe = find_ray()
     args = request.ray_args
-    command = build_head_command(ray_exe, args, ray_version(ray_exe), timing.effective_reconnect_timeout,
-                                 os.environ)
+    version = ray_version(ray_exe)
+    command = build_head_command(ray_exe, args, version, timing.effective_reconnect_timeout, os.environ)
     target = target_from(os.environ, option_value(args, "--redis-username"),
                          option_value(args, "--redis-password"))
     temp_dir = Path(option_value(args, "--temp-dir") or ray_temp_dir(os.environ))
     return Plan(command=command, target=target, identity=identity, timing=timing, reporting=reporting,
                 safety=safety, node_ip=option_value(args, "--node-ip-address"), state_dir=run_dir(os.environ),
-                log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log")
+                log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log",
+                warm_python=warm_python(ray_exe, version) if safety.prewarm else None)
+
+
+def warm_python(ray_exe: str, version: tuple[int, int]) -> str:
+    """The interpreter to pre-warm for --ha-prewarm: the one that runs `ray` (ConfigError if unknown)."""
+    try:
+        own: Optional[tuple[int, int]] = parse_version(importlib.metadata.version("ray"))
+    except importlib.metadata.PackageNotFoundError:
+        own = None
+    python = ray_python(ray_exe, version, own)
+    if python is None:
+        raise ConfigError(f"--ha-prewarm: cannot tell which Python runs {ray_exe} (no python in its #! line, "
+                          "and this interpreter has no Ray of the same version)")
+    return python
 
 
 def ray_temp_dir(env: Mapping[str, str]) -> str:
@@ -187,22 +203,26 @@ def _campaign(plan: Plan, state: StateFile, context: LiveContext, stop: StopFlag
     hooks = Hooks(plan.reporting.on_elected, plan.reporting.on_demoted, plan.reporting.hook_timeout,
                   plan.command.env)
     lease = watchdog = None
+    head: Optional[RayHead] = None
     try:
         lease = connect_lease(plan, stop)
         log.info("campaigning as %s for %s on %s (lease %gs, renew deadline %gs, retry %gs)",
                  plan.identity.node_name, plan.identity.key, plan.target.display, plan.timing.lease_duration,
                  plan.timing.renew_deadline, plan.timing.retry_period)
         log.info("head command: %s", " ".join(redact(plan.command.argv)))
-        watchdog = dog = Watchdog(plan.timing.renew_deadline, plan.timing.lease_duration, lambda: head.session())
+        watchdog = dog = Watchdog(plan.timing.renew_deadline, plan.timing.lease_duration, lambda: head.session() if head else None)
         fence = make_fence(plan, lease)
+        warm = WarmStart(plan.warm_python, plan.command.env) if plan.warm_python else None
         head = RayHead(plan.command, plan.node_ip, spare=lambda: hooks.pids() | dog.pids(),
-                       credentials=fence.credentials if fence else None)
+                       credentials=fence.credentials if fence else None, warm=warm)
         watchers: list[Watcher] = [dog, lambda snap: state.update(state_of(snap)), hooks]
         watchers += [endpoint] if endpoint else []
         context.campaign = Campaign(lease, head, plan.timing, stop, name=plan.identity.node_name,
                                     watchers=watchers, fence=fence)
         return OUTCOME_CODES[context.campaign.run()]
     finally:
+        if head:
+            head.close()  # an unused pre-warmed interpreter
         if watchdog:
             watchdog.close()  # the campaign has stopped the tree by now
         hooks.close()

@@ -56,10 +56,14 @@ class ProcessTree:
         self._draining: Optional[psutil.Process] = None
         self._me = psutil.Process()
 
-    def start(self) -> None:
-        """Start the top process in its own session so a terminal's Ctrl-C reaches only the launcher."""
-        self.popen = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
-                                      start_new_session=True)
+    def start(self, adopt: Optional[subprocess.Popen] = None) -> None:
+        """Start the top process in its own session so a terminal's Ctrl-C reaches only the launcher.
+
+        `adopt`: a child of ours already running in its own session (a pre-warmed interpreter told to
+        become this command) is taken as the top instead.
+        """
+        self.popen = adopt or subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
+                                               start_new_session=True)
 
     def failure(self) -> Optional[str]:
         """Why the tree is no longer whole (top exited, watched process died), or None while it is."""

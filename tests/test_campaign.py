@@ -91,9 +91,13 @@ class FakeHead:
         self.address: Optional[str] = None
         self.exited = False
         self.stopped_at: Optional[float] = None
+        self.prepared = 0
 
     def start(self, epoch: int) -> None:
         self.events.append(("start", epoch))
+
+    def prepare(self) -> None:
+        self.prepared += 1
 
     def failure(self) -> Optional[str]:
         return self.why
@@ -143,6 +147,19 @@ def test_standby_stops_at_once_holding_nothing(world):
     assert campaign.tick() is Step.STOPPED
     assert campaign.outcome is Outcome.STOPPED
     assert events == ["forget"]  # its standby heartbeat goes; nothing else was held
+
+
+def test_only_a_standby_that_lost_the_attempt_prepares_a_takeover(world):
+    campaign, store, head, clock, stop, events = world
+    store.holder = OTHER
+    assert campaign.tick() is Step.STANDING_BY
+    assert head.prepared == 1
+    store.holder = None
+    clock.advance(10)
+    lead(campaign)
+    clock.advance(2.0)
+    assert campaign.tick() is Step.RENEWED
+    assert head.prepared == 1, "a leader (or a winner) never prepares another head"
 
 
 def test_winner_starts_head_with_its_epoch(world):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TAG_VAR, LaunchPad, tagged_processes
+from conftest import TAG_VAR, LaunchPad, tagged_processes, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -87,6 +87,30 @@ def test_crash_failover_resumes_the_session_and_the_actor(ray_launch, redis_serv
     survivors = tagged_processes(leak_guard)
     assert survivors == [], f"left behind: {[p.name() for p in survivors]}"
     assert redis_server.client().get(KEY) is None, "the lease is released once the tree is gone"
+
+
+def test_a_prewarmed_standby_becomes_the_head_in_its_waiting_interpreter(ray_launch, redis_server, leak_guard):
+    leader = ray_launch("a")
+    leader.wait_log("GCS serving", timeout=90)
+    standby = ray_launch("b", "--ha-prewarm=on")
+    standby.wait_log("standing by; leader is a", timeout=60)
+    wait_for(lambda: any("prewarm.py" in " ".join(p.cmdline()) for p in standby.descendants()), 30,
+             what="a warm interpreter")
+    warm = next(p for p in standby.descendants() if "prewarm.py" in " ".join(p.cmdline()))
+    time.sleep(3)  # Ray's CLI imported by now
+
+    killed_at = time.monotonic()
+    leader.kill_tree()
+    standby.wait_log("GCS serving", timeout=90)
+    took = time.monotonic() - killed_at
+    assert f"handed to the pre-warmed interpreter (pid {warm.pid})" in standby.log()
+    gcs = next(p for p in standby.descendants() if p.name() == "gcs_server")
+    assert warm.pid in [p.pid for p in gcs.parents()], "the warm interpreter runs the head's tree"
+    assert drive(ray_launch.env, gcs_address(redis_server), "create")["value"] == 1
+    print(f"prewarmed crash failover: kill -9 -> new GCS serving in {took:.1f}s (lease 5s)")
+    standby.proc.send_signal(signal.SIGTERM)
+    assert standby.wait(60) == 0
+    assert tagged_processes(leak_guard) == []
 
 
 def test_sigterm_hands_over_without_waiting_for_the_lease(ray_launch, redis_server, leak_guard):
