@@ -1,7 +1,8 @@
 """A Ray driver for the demo and the end-to-end test: `create` or `get` a detached actor and call it.
 
-Usage: python demo/actor_driver.py GCS_ADDRESS create|get
-Prints one JSON line: {"value": <counter after incr>, "session": <Ray session name>}.
+Usage: python demo/actor_driver.py GCS_ADDRESS create|get|pinned
+Prints one JSON line: {"value": <counter after incr>, "session": <Ray session name>}; for `pinned`, a
+task that needs the custom resource `pinned` (a follower's) runs and "node" is the node it ran on.
 """
 
 import json
@@ -20,9 +21,19 @@ class Counter:
         return self.n
 
 
+@ray.remote(num_cpus=0, resources={"pinned": 1})
+def where() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
 def main() -> None:
     address, action = sys.argv[1], sys.argv[2]
     ray.init(address=address, _node_ip_address="127.0.0.1", namespace="ray-ha-demo", log_to_driver=False)
+    if action == "pinned":
+        node = ray.get(where.remote(), timeout=120)
+        print(json.dumps({"node": node, "session": ray._private.worker.global_worker.node.session_name}))
+        ray.shutdown()
+        return
     if action == "create":
         actor = Counter.options(name="counter", lifetime="detached").remote()
     else:

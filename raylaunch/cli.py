@@ -57,14 +57,16 @@ RAY_REDIS_ADDRESS set: one wins the lease and runs the real head, the others sta
 {chr(10).join("  " + flag for flag, _ in [*TIMING_SOURCES.values(), *REPORTING_SOURCES.values(),
                                           *SAFETY_SOURCES.values()])}
 {chr(10).join("  " + flag for flag in OTHER_HA_FLAGS)}
+  --ha-follow
 """
 
 START_HELP = """Start Ray; with RAY_ENABLE_HEAD_HA on and --head, campaign for the head.
 
 Every option not starting with --ha- goes to `ray start` untouched (see `ray start --help`).
-Without RAY_ENABLE_HEAD_HA or without --head this simply runs `ray start`. With --block the
-supervisor stays in the foreground; without it (as under `ray up`) it detaches, and this
-command returns once this node leads (head serving) or stands by. Durations accept 15, 15s or
+Without RAY_ENABLE_HEAD_HA or without --head this simply runs `ray start`; with --ha-follow
+(no --head) it starts a worker node that joins whoever leads and re-joins after a failover. With
+--block the supervisor stays in the foreground; without it (as under `ray up`) it detaches, and
+this command returns once this node leads (head serving), stands by, or has joined the leader. Durations accept 15, 15s or
 1500ms; the RAY_HA_*_MS environment names take milliseconds.
 
 Exit codes: 0 clean stop (or, without --block, leading/standing by), 1 runtime error,
@@ -186,13 +188,15 @@ def guard(call: Callable[[], int]) -> NoReturn:
 @click.option("--ha-node-name", metavar="NAME", help="This candidate's name [host name]. Env: RAY_HA_NODE_NAME.")
 @click.option("--ha-key", metavar="KEY", help="Lease key [ray-ha:<namespace>:leader]. Env: RAY_HA_LEADER_KEY.")
 @click.option("--ha-env-file", metavar="PATH", help="Read settings from this file [./.env if present].")
+@click.option("--ha-follow", is_flag=True,
+              help="Worker node (no --head): join whoever leads, re-join after a failover. Needs RAY_REDIS_ADDRESS.")
 @click.argument("ray_args", nargs=-1, type=click.UNPROCESSED)
 def start(ray_args: tuple[str, ...], ha_node_name: Optional[str], ha_key: Optional[str],
-          ha_env_file: Optional[str], **flags: Optional[str]) -> None:
-    """Parse, then exec `ray start`, campaign in the foreground, or detach a supervisor."""
+          ha_env_file: Optional[str], ha_follow: bool, **flags: Optional[str]) -> None:
+    """Parse, then exec `ray start`, campaign or follow in the foreground, or detach a supervisor."""
     from raylaunch.passthrough import pass_through_unless_ha
 
-    guard_light(lambda: pass_through_unless_ha(ray_args, ha_env_file))  # before the heavy imports
+    guard_light(lambda: pass_through_unless_ha(ray_args, ha_env_file, ha_follow))  # before the heavy imports
     from raylaunch.launcher import StartRequest, run_start
 
     timing = {k: v for k, v in flags.items() if k in TIMING_SOURCES}
@@ -203,7 +207,8 @@ def start(ray_args: tuple[str, ...], ha_node_name: Optional[str], ha_key: Option
     ha_argv += [f"{flag}={value}" for flag, value in zip(OTHER_HA_FLAGS, (ha_node_name, ha_key, ha_env_file))
                 if value is not None]
     request = StartRequest(ray_args=list(ray_args), env_file=ha_env_file, node=ha_node_name, key=ha_key,
-                           timing=timing, reporting=reporting, safety=safety, ha_argv=ha_argv)
+                           timing=timing, reporting=reporting, safety=safety,
+                           ha_argv=ha_argv + ["--ha-follow"] * ha_follow, follow=ha_follow)
     guard(lambda: run_start(request))
 
 

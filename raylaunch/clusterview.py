@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import redis
 
-from raylaunch.lease import Holder, Keys, Record, Switchover, guarded
+from raylaunch.lease import Holder, Keys, Record, Switchover, guarded, serving_record
 from raylaunch.localstate import LocalSupervisor
 
 SCHEMA = 1
@@ -37,11 +37,10 @@ def _read_view(client: redis.Redis, keys: Keys, redis_display: str,
     pipe.pttl(keys.lease)
     pipe.lrange(keys.history, 0, HISTORY_SHOWN - 1)
     value, epoch, record_text, switchover, pttl, history = pipe.execute()
-    record = Record.decode(record_text)
     leader = None
     if value:
         holder = Holder.decode(value)
-        current = record if record and record.node == holder.node and str(record.epoch) == str(epoch) else None
+        current = serving_record(value, epoch, record_text)
         leader = {"node": holder.node, "host": holder.host, "pid": holder.pid, "epoch": int(epoch or 0),
                   "gcs_address": current.gcs_address if current else None,
                   "since": current.since if current else None, "lease_left_s": max(0, pttl) / 1000}
@@ -50,6 +49,7 @@ def _read_view(client: redis.Redis, keys: Keys, redis_display: str,
         "schema": SCHEMA, "key": keys.lease, "redis": redis_display, "epoch": int(epoch or 0),
         "leader": leader,
         "standbys": [c for c in _candidates(client, keys) if not leader or c["node"] != leader["node"]],
+        "followers": _followers(client, keys),
         "history": [vars(r) for r in map(Record.decode, history) if r is not None],
         "switchover": {"from": request.source, "to": request.target or None, "epoch": request.epoch}
         if request else None,
@@ -59,19 +59,30 @@ def _read_view(client: redis.Redis, keys: Keys, redis_display: str,
 
 def _candidates(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     """Standby heartbeats that have not expired, sorted by node."""
-    pattern = _glob_escape(keys.candidate("")) + "*"
-    names = sorted(client.scan_iter(match=pattern, count=1000))
+    return [{"node": str(data.get("node")), "host": data.get("host"), "pid": data.get("pid"),
+             "role": data.get("role", "standby"), "since": data.get("since"), "expires_in_s": ttl}
+            for data, ttl in _heartbeats(client, keys.candidate(""))]
+
+
+def _followers(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    """Follower (worker node) heartbeats that have not expired: whom each follows, by node."""
+    return [{"node": str(data.get("node")), "host": data.get("host"), "pid": data.get("pid"),
+             "epoch": data.get("epoch"), "leader": data.get("leader"), "gcs_address": data.get("gcs_address"),
+             "since": data.get("since"), "expires_in_s": ttl}
+            for data, ttl in _heartbeats(client, keys.follower(""))]
+
+
+def _heartbeats(client: redis.Redis, prefix: str) -> list[tuple[dict[str, Any], float]]:
+    """(record, seconds left) of every live JSON record under `prefix`, sorted by key."""
     found = []
-    for name in names:
+    for name in sorted(client.scan_iter(match=_glob_escape(prefix) + "*", count=1000)):
         text, ttl = client.get(name), client.pttl(name)
         try:
             data = json.loads(text or "")
         except ValueError:
             continue
         if isinstance(data, dict) and ttl > 0:
-            found.append({"node": str(data.get("node")), "host": data.get("host"), "pid": data.get("pid"),
-                          "role": data.get("role", "standby"), "since": data.get("since"),
-                          "expires_in_s": ttl / 1000})
+            found.append((data, ttl / 1000))
     return found
 
 
@@ -98,6 +109,10 @@ def render(view: dict[str, Any]) -> str:
     for cand in view["standbys"]:
         rows.append((cand["node"], cand["role"], str(cand["host"]), str(cand["pid"]), "-", "-",
                      _when(cand["since"]), "-"))
+    for fol in view["followers"]:
+        rows.append((fol["node"], "follower", str(fol["host"]), str(fol["pid"]),
+                     str(fol["epoch"]) if fol["epoch"] is not None else "-", fol["gcs_address"] or "(waiting)",
+                     _when(fol["since"]), "-"))
     if len(rows) > 1:
         lines += _table(rows)
     if not view["leader"]:
@@ -112,7 +127,8 @@ def render(view: dict[str, Any]) -> str:
     if view["local"]:
         lines += ["", "supervisors on this machine:"]
         lines += [f"  {s['node']} (pid {s['pid']}): {s['role']}"
-                  + (f", epoch {s['epoch']}" if s["role"] == "leader" else "") for s in view["local"]]
+                  + (f", epoch {s['epoch']}" if s["role"] in ("leader", "follower") and s["epoch"] else "")
+                  for s in view["local"]]
     return "\n".join(lines)
 
 

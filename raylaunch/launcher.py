@@ -31,7 +31,7 @@ from raylaunch.localstate import StateFile, local_supervisors, run_dir
 from raylaunch.logs import setup_logging
 from raylaunch.passthrough import find_ray, pass_through_unless_ha
 from raylaunch.prewarm import WarmStart, ray_python
-from raylaunch.raycmd import HeadCommand, build_head_command, option_value, parse_version, redact
+from raylaunch.raycmd import HeadCommand, build_head_command, build_worker_command, option_value, parse_version, redact
 from raylaunch.redisconn import RedisTarget, connect, target_from
 from raylaunch.stopflag import StopFlag
 from raylaunch.supervisor import become_subreaper
@@ -66,6 +66,7 @@ class StartRequest:
     reporting: Mapping[str, Optional[str]] = field(default_factory=dict)
     safety: Mapping[str, Optional[str]] = field(default_factory=dict)
     ha_argv: list[str] = field(default_factory=list)
+    follow: bool = False  # --ha-follow: a worker node that joins whoever leads
 
 
 @dataclass(frozen=True)
@@ -82,15 +83,27 @@ class Plan:
     state_dir: Path
     log_path: Path
     warm_python: Optional[str] = None  # the interpreter a standby pre-warms (--ha-prewarm), else None
+    follow: bool = False  # a follower: command is a worker's `ray start`, run by raylaunch.follower
 
 
 def run_start(request: StartRequest) -> int:
     """Decide passthrough or HA, validate everything, then campaign here or in a detached supervisor."""
-    pass_through_unless_ha(request.ray_args, request.env_file)
+    pass_through_unless_ha(request.ray_args, request.env_file, request.follow)
     plan = make_plan(request)
-    if "--block" in request.ray_args:
-        return campaign(plan)
-    return detach(plan, request)
+    if "--block" not in request.ray_args:
+        return detach(plan, request)
+    return follow_here(plan) if plan.follow else campaign(plan)
+
+
+def follow_here(plan: Plan) -> int:
+    """Follow mode in this process (raylaunch.follower), with this node's state file held."""
+    from raylaunch.follower import follow
+
+    state = claim_state(plan)
+    try:
+        return follow(plan, state)
+    finally:
+        state.close()
 
 
 def make_plan(request: StartRequest) -> Plan:
@@ -102,14 +115,16 @@ def make_plan(request: StartRequest) -> Plan:
     ray_exe = find_ray()
     args = request.ray_args
     version = ray_version(ray_exe)
-    command = build_head_command(ray_exe, args, version, timing.effective_reconnect_timeout, os.environ)
+    build = build_worker_command if request.follow else build_head_command
+    command = build(ray_exe, args, version, timing.effective_reconnect_timeout, os.environ)
     target = target_from(os.environ, option_value(args, "--redis-username"),
                          option_value(args, "--redis-password"))
     temp_dir = Path(option_value(args, "--temp-dir") or ray_temp_dir(os.environ))
     return Plan(command=command, target=target, identity=identity, timing=timing, reporting=reporting,
                 safety=safety, node_ip=option_value(args, "--node-ip-address"), state_dir=run_dir(os.environ),
                 log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log",
-                warm_python=warm_python(ray_exe, version) if safety.prewarm else None)
+                warm_python=warm_python(ray_exe, version) if safety.prewarm and not request.follow else None,
+                follow=request.follow)
 
 
 def warm_python(ray_exe: str, version: tuple[int, int]) -> str:
@@ -334,6 +349,10 @@ def _verdict(state: Mapping[str, object]) -> tuple[Optional[str], bool]:
         return f"leading as {state.get('node')} (epoch {epoch}); GCS serving at {state.get('gcs_address')}", True
     if role == "standby" and leader:
         return f"standing by; leader is {leader} (epoch {epoch})", False
+    if role == "follower" and state.get("joined"):
+        return f"following {leader} (epoch {epoch}); worker joined {state.get('gcs_address')}", True
+    if role == "follower" and state.get("step") == "waiting-leader":
+        return "no leader serves yet; the follower joins one as soon as it does", False
     if role == "waiting" and state.get("waiting_old_gcs"):
         return (f"elected (epoch {epoch}) but waiting for the previous GCS to go away before starting "
                 "the head; the supervisor carries on"), False

@@ -188,6 +188,17 @@ class Record:
             return None
 
 
+def serving_record(lease_value: Optional[str], epoch: Optional[str], record_text: Optional[str]) -> Optional[Record]:
+    """The record of the leader that holds the lease now (same node, same epoch), else None.
+
+    A record outlives its leader: after a crash it names the old GCS until the next leader serves.
+    """
+    record = Record.decode(record_text)
+    if not lease_value or record is None or str(record.epoch) != str(epoch):
+        return None
+    return record if Holder.decode(lease_value).node == record.node else None
+
+
 @dataclass(frozen=True)
 class Keys:
     """The Redis names that live beside one lease key."""
@@ -220,6 +231,9 @@ class Keys:
 
     def candidate(self, node: str) -> str:
         return f"{self.lease}:candidate:{node}"
+
+    def follower(self, node: str) -> str:
+        return f"{self.lease}:follower:{node}"
 
 
 @dataclass(frozen=True)

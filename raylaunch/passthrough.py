@@ -18,10 +18,17 @@ def check_no_ha_typos(ray_args: Sequence[str]) -> None:
         raise ConfigError(f"no such option: {unknown.split('=')[0]} (see ray-ha start --help)")
 
 
-def pass_through_unless_ha(ray_args: Sequence[str], env_file: Optional[str]) -> None:
-    """Exec `ray start` unless RAY_ENABLE_HEAD_HA is on and --head given; returns only in HA mode."""
+def pass_through_unless_ha(ray_args: Sequence[str], env_file: Optional[str], follow: bool = False) -> None:
+    """Exec `ray start` unless RAY_ENABLE_HEAD_HA is on and --head given, or --ha-follow; returns only
+    in HA mode (a head candidate or a follower)."""
     check_no_ha_typos(ray_args)
     load_env_file(env_file)
+    if follow:
+        for given, why in (("--head", "it starts a worker node that joins the leader"),
+                           ("--address", "it finds the leader's GCS address in Redis itself")):
+            if any(a == given or a.startswith(given + "=") for a in ray_args):
+                raise ConfigError(f"--ha-follow takes no {given}: {why}")
+        return
     enabled = parse_bool("RAY_ENABLE_HEAD_HA", os.environ.get("RAY_ENABLE_HEAD_HA"))
     if not enabled or "--head" not in ray_args:
         exec_ray(["start", *ray_args])

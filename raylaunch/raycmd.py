@@ -1,7 +1,8 @@
-"""The `ray start --head --block` command a leader runs. Pure: no I/O, no processes.
+"""The `ray start ... --block` commands a leader (head) and a follower (worker) run. Pure: no I/O.
 
-User arguments pass through untouched except `--system-config`, into which the raylet reconnect
-setting for the installed Ray version is merged (the user's own keys always win).
+User arguments pass through untouched except `--system-config` on a head, into which the raylet
+reconnect setting for the installed Ray version is merged (the user's own keys always win), and
+`--address` on a worker, which is the current leader's GCS.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
 NEW_KEY = "gcs_rpc_server_reconnect_timeout_s"
 OLD_RETRIES_KEY = "ping_gcs_rpc_server_max_retries"
 OLD_INTERVAL_KEY = "ping_gcs_rpc_server_interval_milliseconds"
+#: Environment a follower reads but its worker node must not inherit.
+WORKER_DROPS = ("RAY_REDIS_ADDRESS", "RAY_REDIS_PASSWORD")
 #: ray start options whose value is a secret, hidden from every log line.
 SECRET_OPTIONS = ("--redis-password",)
 
 
 @dataclass(frozen=True)
 class HeadCommand:
-    """What a leader runs: argv, the child's full environment, and warnings to log once."""
+    """What a leader (or a follower) runs: argv, the child's full environment, and warnings to log once."""
 
     argv: tuple[str, ...]
     env: dict[str, str]
@@ -139,6 +142,27 @@ def build_head_command(ray_exe: str, user_args: Sequence[str], version: tuple[in
     env, env_warnings = child_env(base_env, version, reconnect_timeout)
     argv = (ray_exe, "start", *args, "--system-config", json.dumps(merged, sort_keys=True))
     return HeadCommand(argv=argv, env=env, warnings=tuple(warnings + env_warnings))
+
+
+def build_worker_command(ray_exe: str, user_args: Sequence[str], version: tuple[int, int],
+                         reconnect_timeout: float, base_env: Mapping[str, str]) -> HeadCommand:
+    """`ray start <user args> --block` for a follower, its --address left to with_address().
+
+    The worker's own raylet reads the reconnect timeout from its environment (not from the head's
+    --system-config on Ray 2.60), so the env carries it: a worker outlives a failover in place.
+    """
+    args = without_option(user_args, "--address")
+    if "--block" not in args:
+        args.append("--block")
+    env, warnings = child_env(base_env, version, reconnect_timeout)
+    for name in WORKER_DROPS:  # a worker never talks to Redis: keep its password out of every process
+        env.pop(name, None)
+    return HeadCommand(argv=(ray_exe, "start", *args), env=env, warnings=tuple(warnings))
+
+
+def with_address(argv: Sequence[str], address: str) -> list[str]:
+    """`argv` (a `ray start` command) joining the cluster whose GCS is at `address`."""
+    return [*argv[:2], f"--address={address}", *without_option(argv[2:], "--address")]
 
 
 def with_redis_credentials(argv: Sequence[str], username: str, password: str) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TAG_VAR, LaunchPad, tagged_processes, wait_for
+from conftest import TAG_VAR, Launcher, LaunchPad, tagged_processes, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -57,7 +57,7 @@ def gcs_address(redis_server) -> str:
 def drive(env, address: str, action: str) -> dict:
     result = subprocess.run([sys.executable, str(DRIVER), address, action], env=env, capture_output=True,
                             text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-6000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -111,6 +111,37 @@ def test_a_prewarmed_standby_becomes_the_head_in_its_waiting_interpreter(ray_lau
     standby.proc.send_signal(signal.SIGTERM)
     assert standby.wait(60) == 0
     assert tagged_processes(leak_guard) == []
+
+
+def test_a_follower_rejoins_the_new_leader_and_its_pinned_task_runs_again(ray_launch, redis_server, leak_guard,
+                                                                          tmp_path):
+    leader = ray_launch("a")
+    leader.wait_log("GCS serving", timeout=90)
+    standby = ray_launch("b")
+    standby.wait_log("standing by; leader is a", timeout=60)
+    worker = Launcher("f", ["--ha-follow", "--ha-node-name=f", "--ha-lease-duration=5", "--ha-renew-deadline=3",
+                            "--ha-retry-period=0.5", "--ha-redis-timeout=1", "--num-cpus=1",
+                            '--resources={"pinned": 1}', "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                            "--block"],
+                      {**ray_launch.env, "RAY_REDIS_ADDRESS": redis_server.address}, tmp_path)
+    try:
+        worker.wait_log("joining leader a (epoch 1)", timeout=30)
+        before = drive(ray_launch.env, gcs_address(redis_server), "pinned")
+
+        killed_at = time.monotonic()
+        leader.kill_tree()
+        worker.wait_log("joining leader b (epoch 2)", timeout=90)
+        after = drive(ray_launch.env, gcs_address(redis_server), "pinned")
+        took = time.monotonic() - killed_at
+        assert after["session"] == before["session"]
+        assert after["node"] != before["node"], "the task ran on the follower's new raylet"
+        assert took < 5 + 10 + 30, f"re-join took {took:.1f}s (lease 5 s + head start + 30 s bound)"
+        print(f"follower re-join: kill -9 of the leader -> pinned task ran on the follower in {took:.1f}s")
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    finally:
+        if worker.proc.poll() is None:
+            worker.kill_tree()
 
 
 def test_sigterm_hands_over_without_waiting_for_the_lease(ray_launch, redis_server, leak_guard):

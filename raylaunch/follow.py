@@ -1,0 +1,191 @@
+"""Follow mode's decisions: a worker node that joins the current leader and re-joins after a failover.
+
+The only place that decides for a follower, on an injectable monotonic clock. Each tick reads who
+leads (through a LeaderSource) and returns a FollowStep the log and tests can read:
+
+- no worker yet: wait for a serving leader, then start `ray start --address=<its GCS> --block`;
+- a new epoch at the *same* GCS address (a DNS name or VIP that moved): keep the worker, Ray's GCS
+  fault tolerance reconnects it;
+- a new epoch at a *different* address: stop the worker's tree, start it against the new address;
+- the worker's own processes died: start again after a backoff that doubles up to a ceiling.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
+
+from raylaunch.lease import LeaseStoreError, Record, RedisUnavailable
+from raylaunch.stopflag import StopSignal
+
+log = logging.getLogger("ray-ha")
+
+#: First and largest wait before starting a worker that died (s); reset once one ran BACKOFF_RESET s.
+BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET = 1.0, 30.0, 60.0
+#: Grace for a worker stopped to join a new address (s): its old GCS is gone, so the raylet cannot
+#: unregister and a longer drain only delays the re-join (measured: a raylet sat out a 10 s grace).
+RESTART_GRACE = 1.0
+#: How often a follower says again that it waits for a leader (s).
+WAIT_LOG_EVERY = 60.0
+
+
+class LeaderSource(Protocol):
+    """Who leads now (follower.RedisLeaderSource in production); also tells Redis whom we follow."""
+
+    def current(self, following: Optional[Record]) -> Optional[Record]: ...
+
+
+class Worker(Protocol):
+    """The worker node's tree (follower.RayWorker in production)."""
+
+    def start(self, address: str, epoch: int) -> None: ...
+    def failure(self) -> Optional[str]: ...
+    def stop(self, grace: float) -> list[int]: ...
+
+
+class Decision(enum.Enum):
+    KEEP = "keep"          # same GCS address: Ray reconnects the worker by itself
+    RESTART = "restart"    # the GCS moved: the worker must join the new address
+
+
+def on_new_leader(following: Record, leader: Record) -> Decision:
+    """What a running worker does when the leader (epoch) changes."""
+    return Decision.KEEP if leader.gcs_address == following.gcs_address else Decision.RESTART
+
+
+class FollowStep(enum.Enum):
+    WAITING_LEADER = "waiting-leader"   # nobody serves yet; nothing started
+    STARTED = "started"                 # the worker was started against the leader's GCS
+    FOLLOWING = "following"             # the worker runs; the leader is the one it joined
+    KEPT = "kept"                       # a new epoch at the same address; worker left alone
+    RESTARTED = "restarted"             # a new epoch at a new address; worker stopped and started again
+    WORKER_DIED = "worker-died"         # its processes died; a start is scheduled after a backoff
+    BACKING_OFF = "backing-off"         # waiting out that backoff
+    REDIS_DOWN = "redis-down"           # cannot read who leads; the worker (if any) keeps running
+    STOPPED = "stopped"                 # stop requested; the tree is gone
+
+
+@dataclass(frozen=True)
+class FollowTiming:
+    """The follower's clock settings, taken from the launcher's Timing."""
+
+    poll: float          # how often to read who leads (the retry period)
+    stop_grace: float    # a graceful worker stop before SIGKILL
+
+
+class Follower:
+    """One worker node following the leader."""
+
+    def __init__(self, source: LeaderSource, worker: Worker, timing: FollowTiming, stop: StopSignal,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.source, self.worker, self.timing, self.stop, self.clock = source, worker, timing, stop, clock
+        self.following: Optional[Record] = None   # the leader the running worker joined (None: no worker)
+        self.started_at = 0.0
+        self.next_start = 0.0
+        self.backoff = BACKOFF_FIRST
+        self.restarts = 0
+        self._redis_down = False
+        self._next_wait_log = 0.0
+
+    def run(self, report: Callable[[FollowStep], None] = lambda step: None) -> FollowStep:
+        """Tick until a stop is asked, telling `report` each step; the worker's tree is gone at the end."""
+        while True:
+            step = self.tick()
+            report(step)
+            if step is FollowStep.STOPPED:
+                return step
+            self.stop.wait(self.timing.poll)
+
+    def tick(self) -> FollowStep:
+        # 1. A stop request stops the worker's tree; nothing else is held.
+        if self.stop.is_set():
+            return self._stop_worker("stop requested")
+        # 2. A worker whose processes died is started again, after a backoff.
+        if self.following is not None:
+            why = self.worker.failure()
+            if why is not None:
+                return self._worker_died(why)
+        # 3. Read who leads (and tell Redis whom we follow); Redis trouble leaves the worker alone.
+        try:
+            leader = self.source.current(self.following)
+        except (RedisUnavailable, LeaseStoreError) as exc:
+            return self._redis_trouble(exc)
+        self._redis_back()
+        # 4. No worker: start one once a leader serves and any backoff is over.
+        if self.following is None:
+            return self._maybe_start(leader)
+        # 5. A worker runs: a new leader means keep (same address) or restart (new address).
+        if leader is None or leader.epoch == self.following.epoch:
+            return FollowStep.FOLLOWING
+        return self._new_leader(leader)
+
+    # -- the steps ------------------------------------------------------------------------------
+
+    def _maybe_start(self, leader: Optional[Record]) -> FollowStep:
+        if leader is None:
+            self._log_waiting()
+            return FollowStep.WAITING_LEADER
+        if self.clock() < self.next_start:
+            return FollowStep.BACKING_OFF
+        self._start(leader)
+        return FollowStep.STARTED
+
+    def _new_leader(self, leader: Record) -> FollowStep:
+        assert self.following is not None
+        if on_new_leader(self.following, leader) is Decision.KEEP:
+            log.info("leader is now %s (epoch %d) at the same GCS address %s; the worker stays",
+                     leader.node, leader.epoch, leader.gcs_address)
+            self.following = leader
+            return FollowStep.KEPT
+        log.info("leader is now %s (epoch %d) at %s, not %s; restarting the worker against it",
+                 leader.node, leader.epoch, leader.gcs_address, self.following.gcs_address)
+        self._report_leftovers(self.worker.stop(min(RESTART_GRACE, self.timing.stop_grace)))
+        self.restarts += 1
+        self._start(leader)
+        return FollowStep.RESTARTED
+
+    def _start(self, leader: Record) -> None:
+        log.info("joining leader %s (epoch %d) at %s", leader.node, leader.epoch, leader.gcs_address)
+        self.worker.start(leader.gcs_address, leader.epoch)
+        self.following, self.started_at = leader, self.clock()
+
+    def _worker_died(self, why: str) -> FollowStep:
+        if self.clock() - self.started_at >= BACKOFF_RESET:
+            self.backoff = BACKOFF_FIRST
+        log.error("worker: %s; starting it again in %.0fs", why, self.backoff)
+        self._report_leftovers(self.worker.stop(0.0))
+        self.following, self.next_start = None, self.clock() + self.backoff
+        self.backoff = min(BACKOFF_MAX, self.backoff * 2)
+        self.restarts += 1
+        return FollowStep.WORKER_DIED
+
+    def _stop_worker(self, why: str) -> FollowStep:
+        if self.following is not None:
+            log.info("%s; stopping the worker", why)
+            self._report_leftovers(self.worker.stop(self.timing.stop_grace))
+            self.following = None
+        return FollowStep.STOPPED
+
+    def _log_waiting(self) -> None:
+        if self.clock() >= self._next_wait_log:
+            self._next_wait_log = self.clock() + WAIT_LOG_EVERY
+            log.info("waiting for a leader: no head serves yet")
+
+    def _redis_trouble(self, exc: Exception) -> FollowStep:
+        if not self._redis_down:
+            log.warning("cannot read the leader from Redis (%s); the worker keeps running", exc)
+            self._redis_down = True
+        return FollowStep.REDIS_DOWN
+
+    def _redis_back(self) -> None:
+        if self._redis_down:
+            log.info("Redis answers again")
+            self._redis_down = False
+
+    @staticmethod
+    def _report_leftovers(pids: list[int]) -> None:
+        if pids:
+            log.error("processes that would not die: %s", " ".join(map(str, pids)))

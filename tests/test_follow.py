@@ -1,0 +1,164 @@
+"""Follow mode's decisions on a fake clock, with our own seams faked (who leads, the worker's tree)."""
+
+import threading
+from typing import Optional
+
+import pytest
+
+from raylaunch.follow import (BACKOFF_FIRST, BACKOFF_MAX, RESTART_GRACE, Decision, Follower, FollowStep, FollowTiming,
+                              on_new_leader)
+from raylaunch.lease import Record, RedisUnavailable
+
+A1 = Record(node="a", host="ha", gcs_address="10.0.0.1:6379", epoch=1, since=1.0)
+B2 = Record(node="b", host="hb", gcs_address="10.0.0.2:6379", epoch=2, since=2.0)
+VIP2 = Record(node="b", host="hb", gcs_address="10.0.0.1:6379", epoch=2, since=2.0)  # same VIP, new node
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Source:
+    """Who leads, as the test sets it; remembers whom the follower said it follows."""
+
+    def __init__(self) -> None:
+        self.leader: Optional[Record] = None
+        self.error: Optional[Exception] = None
+        self.told: list = []
+
+    def current(self, following: Optional[Record]) -> Optional[Record]:
+        self.told.append(following.epoch if following else None)
+        if self.error:
+            raise self.error
+        return self.leader
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.events: list = []
+        self.why: Optional[str] = None
+
+    def start(self, address: str, epoch: int) -> None:
+        self.events.append(("start", address, epoch))
+        self.why = None
+
+    def failure(self) -> Optional[str]:
+        return self.why
+
+    def stop(self, grace: float) -> list:
+        self.events.append(("stop", grace))
+        return []
+
+
+@pytest.fixture
+def world():
+    source, worker, clock, stop = Source(), Worker(), Clock(), threading.Event()
+    follower = Follower(source, worker, FollowTiming(poll=0.5, stop_grace=3.0), stop, clock=clock)
+    return follower, source, worker, clock, stop
+
+
+@pytest.mark.parametrize("new, decision", [(VIP2, Decision.KEEP), (B2, Decision.RESTART)])
+def test_same_address_keeps_the_worker_a_new_address_restarts_it(new, decision):
+    assert on_new_leader(A1, new) is decision
+
+
+def test_waits_for_a_serving_leader_then_joins_its_gcs(world):
+    follower, source, worker, clock, stop = world
+    assert follower.tick() is FollowStep.WAITING_LEADER
+    assert worker.events == []
+    source.leader = A1
+    assert follower.tick() is FollowStep.STARTED
+    assert worker.events == [("start", "10.0.0.1:6379", 1)]
+    assert follower.tick() is FollowStep.FOLLOWING
+    assert source.told == [None, None, 1], "Redis hears which epoch we follow once we do"
+
+
+def test_new_leader_at_a_new_address_stops_the_tree_before_joining_again(world):
+    follower, source, worker, clock, stop = world
+    source.leader = A1
+    follower.tick()
+    source.leader = None  # between leaders: the worker is left to Ray's reconnect
+    assert follower.tick() is FollowStep.FOLLOWING
+    source.leader = B2
+    assert follower.tick() is FollowStep.RESTARTED
+    assert worker.events[1:] == [("stop", RESTART_GRACE), ("start", "10.0.0.2:6379", 2)], \
+        "the old GCS is gone: no long drain before the re-join"
+    assert follower.following == B2 and follower.restarts == 1
+
+
+def test_new_leader_at_the_same_address_leaves_the_worker_alone(world):
+    follower, source, worker, clock, stop = world
+    source.leader = A1
+    follower.tick()
+    source.leader = VIP2
+    assert follower.tick() is FollowStep.KEPT
+    assert worker.events == [("start", "10.0.0.1:6379", 1)]
+    assert follower.following == VIP2
+    assert follower.tick() is FollowStep.FOLLOWING
+
+
+def test_a_dead_worker_is_started_again_with_a_doubling_backoff(world):
+    follower, source, worker, clock, stop = world
+    source.leader = A1
+    follower.tick()
+    waits = []
+    for _ in range(7):
+        worker.why = "raylet (pid 9) died"
+        assert follower.tick() is FollowStep.WORKER_DIED
+        assert worker.events[-1] == ("stop", 0.0), "what is left of the tree goes at once"
+        started_before = len(worker.events)
+        assert follower.tick() is FollowStep.BACKING_OFF
+        waits.append(follower.next_start - clock())
+        clock.now = follower.next_start
+        assert follower.tick() is FollowStep.STARTED and len(worker.events) == started_before + 1
+    assert waits == [BACKOFF_FIRST, 2, 4, 8, 16, BACKOFF_MAX, BACKOFF_MAX]
+
+
+def test_the_backoff_starts_over_after_a_worker_ran_a_while(world):
+    follower, source, worker, clock, stop = world
+    source.leader = A1
+    follower.tick()
+    for _ in range(3):
+        worker.why = "died"
+        follower.tick()
+        clock.now = follower.next_start
+        follower.tick()
+    clock.now += 600
+    worker.why = "died"
+    follower.tick()
+    assert follower.next_start - clock() == BACKOFF_FIRST
+
+
+def test_redis_trouble_leaves_a_running_worker_alone(world, caplog):
+    follower, source, worker, clock, stop = world
+    source.leader = A1
+    follower.tick()
+    source.error = RedisUnavailable("down")
+    assert follower.tick() is FollowStep.REDIS_DOWN
+    assert follower.tick() is FollowStep.REDIS_DOWN
+    assert worker.events == [("start", "10.0.0.1:6379", 1)]
+    assert caplog.text.count("cannot read the leader") == 1
+    source.error = None
+    assert follower.tick() is FollowStep.FOLLOWING
+
+
+def test_stop_stops_the_worker_gracefully_and_ends(world):
+    follower, source, worker, clock, stop = world
+    source.leader = A1
+    follower.tick()
+    stop.set()
+    assert follower.run() is FollowStep.STOPPED
+    assert worker.events[-1] == ("stop", 3.0)
+    assert follower.following is None
+
+
+def test_stop_while_waiting_starts_nothing(world):
+    follower, source, worker, clock, stop = world
+    stop.set()
+    source.leader = A1
+    assert follower.tick() is FollowStep.STOPPED
+    assert worker.events == []
