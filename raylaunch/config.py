@@ -222,8 +222,9 @@ class Safety:
     """`acl`: each epoch's GCS gets its own Redis ACL user, and a new leader disables the previous
     epoch's user and kills its connections, so a stale GCS cannot write Ray's state. Default `none`."""
     prewarm: bool = False
-    """A standby keeps Ray's `ray start` imported in a waiting interpreter (about 150 MiB) and hands it
-    the head command on takeover, saving Ray's import time (~1.5 s) on the failover path. Default off."""
+    """A standby keeps Ray's `ray start` imported in a waiting interpreter (about 80 MiB RSS here) and
+    hands it the head command on takeover, taking most of Ray's import off the failover path (start to
+    GCS answering 2.2 s -> 1.15 s here). Default off."""
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:

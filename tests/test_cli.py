@@ -107,6 +107,7 @@ BAD_INPUTS = {
     "fence": ({"RAY_HA_FENCE": "zfs"}, [], 2, "fence 'zfs' is not one of"),
     "prewarm env": ({"RAY_HA_PREWARM": "maybe"}, [], 2, "is not on or off"),
     "prewarm a wrapper": ({}, ["--ha-prewarm=on"], 2, "cannot tell which Python runs"),
+    "follow with head": ({}, ["--ha-follow"], 2, "--ha-follow takes no --head"),
 }
 
 
