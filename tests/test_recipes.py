@@ -56,6 +56,21 @@ def test_ray_up_head_commands_lead_on_one_machine_and_stand_by_on_another(machin
     assert tagged_processes(leak_guard) == []
 
 
+def test_ray_up_follow_workers_join_the_leader_and_stop_cleanly(machine, redis_server, leak_guard):
+    cluster = yaml.safe_load((DOCS / "ray-up-follow.yaml").read_text())
+    steps = [("head-1", cluster["head_start_ray_commands"]), ("worker-1", cluster["worker_start_ray_commands"])]
+    for name, commands in steps:
+        for command in commands:
+            result = subprocess.run(["bash", "-c", local(command, redis_server.address)], env=machine(name),
+                                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+    assert "ray-ha: following head-1 (epoch 1); worker joined" in result.stdout
+    assert "--address" not in cluster["worker_start_ray_commands"][-1]
+    for name, _ in reversed(steps):
+        assert subprocess.run([ROOT / "bin" / "ray-ha", "stop"], env=machine(name), timeout=60).returncode == 0
+    assert tagged_processes(leak_guard) == []
+
+
 def test_ray_up_workers_outlive_a_failover():
     cluster = yaml.safe_load((DOCS / "ray-up.yaml").read_text())
     worker = next(c for c in cluster["worker_start_ray_commands"] if "ray start" in c)
