@@ -1,6 +1,6 @@
 """`python -m raylaunch` runs the `ray-ha` command."""
 
-from raylaunch.cli import main
+from raylaunch.entry import main
 
 if __name__ == "__main__":
-    main(prog_name="ray-ha")
+    main()

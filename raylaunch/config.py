@@ -14,13 +14,13 @@ from typing import Mapping, Optional
 
 import dotenv
 
+from raylaunch.entry import FALSY, TRUTHY  # the one list of yes/no spellings, in the light entry module
+
 
 class ConfigError(ValueError):
     """A user mistake in flags, environment or files: reported as one line, exit code 2."""
 
 
-TRUTHY = frozenset({"1", "true", "yes", "on"})
-FALSY = frozenset({"0", "false", "no", "off", ""})
 
 #: Seconds a head may take to come up, added to the lease for the default reconnect timeout.
 HEAD_START_BUDGET = 45.0
@@ -207,9 +207,6 @@ def reporting_from(flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -
 FENCES = ("none", "acl")
 
 
-SWITCHES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-
-
 @dataclass(frozen=True)
 class Safety:
     """What a candidate buys with extra resources: replica confirmation and storage fencing (Redis
@@ -255,9 +252,9 @@ def safety_from(flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -> S
                 raise ConfigError(f"{name}={text!r} is not a number of replicas")
             values[field_name] = int(text)
         elif field_name == "prewarm":
-            if text.lower() not in SWITCHES:
+            if text.lower() not in TRUTHY | FALSY:
                 raise ConfigError(f"{name}={text!r} is not on or off")
-            values[field_name] = SWITCHES[text.lower()]
+            values[field_name] = text.lower() in TRUTHY
         else:
             values[field_name] = text.lower()
     return Safety(**values)  # type: ignore[arg-type]

@@ -36,6 +36,39 @@ def test_passthrough_execs_ray_start_with_the_same_arguments(fake_ray_env, tmp_p
     assert proc.returncode == 0
 
 
+def test_plain_passthrough_execs_before_click_or_the_rest_of_ray_ha_is_imported(fake_ray_env, tmp_path):
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "raylaunch", "start", "--address=x:1"],
+                          env={**fake_ray_env, "RAY_ENABLE_HEAD_HA": "1"}, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30)
+    assert json.loads(proc.stdout)["argv"] == ["start", "--address=x:1"]
+    imported = proc.stderr
+    assert "raylaunch.entry" in imported, "importtime output is what this test reads"
+    assert "click" not in imported and "raylaunch.cli" not in imported and "dotenv" not in imported
+
+
+@pytest.mark.parametrize("argv, env, dotenv_file, plain", [
+    (["start", "--address=x:1"], {}, False, True),
+    (["start", "--head"], {"RAY_ENABLE_HEAD_HA": "off"}, False, True),
+    (["start", "--address=x:1"], {"RAY_ENABLE_HEAD_HA": "1"}, False, True),
+    (["start", "--head"], {"RAY_ENABLE_HEAD_HA": "1"}, False, False),
+    (["start", "--head"], {}, True, False),                          # ./.env may switch HA on
+    (["start", "--ha-lease-duration=5"], {}, False, False),          # ours to parse (or reject)
+    (["start", "--help"], {}, False, False),                          # ray-ha's own help
+    (["start"], {"RAY_ENABLE_HEAD_HA": "maybe"}, False, False),      # the full path says what is wrong
+    (["status"], {}, False, False),
+])
+def test_only_a_certain_plain_ray_start_takes_the_fast_path(monkeypatch, tmp_path, argv, env, dotenv_file, plain):
+    from raylaunch.entry import plain_ray_start
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ENABLE_HEAD_HA", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if dotenv_file:
+        (tmp_path / ".env").write_text("RAY_ENABLE_HEAD_HA=1\n")
+    assert plain_ray_start(argv) is plain
+
+
 def test_passthrough_keeps_ray_exit_code_and_drops_our_options(fake_ray_env, tmp_path):
     env = {**fake_ray_env, "FAKE_RAY_EXIT": "7"}
     result = run(["start", "--ha-lease-duration=5", "--address=x:1"], env, tmp_path)

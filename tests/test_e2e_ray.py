@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TAG_VAR, Launcher, LaunchPad, tagged_processes, wait_for
+from raylaunch.localredis import free_port
 
 pytestmark = pytest.mark.ray
 
@@ -137,6 +138,35 @@ def test_a_follower_rejoins_the_new_leader_and_its_pinned_task_runs_again(ray_la
         assert after["node"] != before["node"], "the task ran on the follower's new raylet"
         assert took < 5 + 10 + 30, f"re-join took {took:.1f}s (lease 5 s + head start + 30 s bound)"
         print(f"follower re-join: kill -9 of the leader -> pinned task ran on the follower in {took:.1f}s")
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    finally:
+        if worker.proc.poll() is None:
+            worker.kill_tree()
+
+
+def test_a_follower_keeps_its_worker_when_the_new_leader_serves_at_the_same_address(ray_launch, redis_server,
+                                                                                     tmp_path):
+    """Both heads on one fixed port of 127.0.0.1 stand in for a VIP: the worker's raylet reconnects by itself."""
+    port = free_port()
+    leader = ray_launch("a", f"--port={port}")
+    leader.wait_log("GCS serving", timeout=90)
+    standby = ray_launch("b", f"--port={port}")
+    standby.wait_log("standing by; leader is a", timeout=60)
+    worker = Launcher("f", ["--ha-follow", "--ha-node-name=f", "--ha-lease-duration=5", "--ha-renew-deadline=3",
+                            "--ha-retry-period=0.5", "--ha-redis-timeout=1", "--num-cpus=1",
+                            '--resources={"pinned": 1}', "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                            "--block"],
+                      {**ray_launch.env, "RAY_REDIS_ADDRESS": redis_server.address}, tmp_path)
+    try:
+        worker.wait_log("joining leader a (epoch 1)", timeout=30)
+        before = drive(ray_launch.env, gcs_address(redis_server), "pinned")
+        raylet = next(p for p in worker.descendants() if p.name() == "raylet")
+        leader.kill_tree()
+        worker.wait_log("the worker stays", timeout=90)
+        after = drive(ray_launch.env, gcs_address(redis_server), "pinned")
+        assert after["node"] == before["node"], "the same raylet, reconnected by Ray's GCS fault tolerance"
+        assert raylet.is_running() and "restarting the worker" not in worker.log()
         worker.proc.send_signal(signal.SIGTERM)
         assert worker.wait(60) == 0
     finally:
