@@ -95,7 +95,8 @@ def _part_target(name: str, part: str, median: float, base: Optional[float]) -> 
     factor = PART_TARGETS.get((name, part))
     if factor is None or base is None:
         return " | |"
-    return f"{median / base:.2f} | ≤ {factor:g} × baseline = {factor * base:.2f} | {'yes' if median <= factor * base else 'no'}"
+    verdict = "yes" if median <= factor * base else "no"
+    return f"{median / base:.2f} | ≤ {factor:g} × baseline = {factor * base:.2f} | {verdict}"
 
 
 def main() -> int:

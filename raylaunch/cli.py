@@ -66,8 +66,8 @@ Every option not starting with --ha- goes to `ray start` untouched (see `ray sta
 Without RAY_ENABLE_HEAD_HA or without --head this simply runs `ray start`; with --ha-follow
 (no --head) it starts a worker node that joins whoever leads and re-joins after a failover. With
 --block the supervisor stays in the foreground; without it (as under `ray up`) it detaches, and
-this command returns once this node leads (head serving), stands by, or has joined the leader. Durations accept 15, 15s or
-1500ms; the RAY_HA_*_MS environment names take milliseconds.
+this command returns once this node leads (head serving), stands by, or has joined the leader.
+Durations accept 15, 15s or 1500ms; the RAY_HA_*_MS environment names take milliseconds.
 
 Exit codes: 0 clean stop (or, without --block, leading/standing by), 1 runtime error,
 2 usage/config error, 3 leadership lost, 4 head processes died.

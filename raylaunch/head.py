@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Callable, Collection, Optional
 
 import psutil
 
-from raylaunch.raycmd import HeadCommand, with_redis_credentials
 from raylaunch.prewarm import WarmStart
+from raylaunch.raycmd import HeadCommand, with_redis_credentials
 from raylaunch.supervisor import ProcessTree
 
 if TYPE_CHECKING:  # fence needs redis; `ray-ha health` imports this module and must not load it

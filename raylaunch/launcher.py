@@ -31,7 +31,8 @@ from raylaunch.localstate import StateFile, local_supervisors, run_dir
 from raylaunch.logs import setup_logging
 from raylaunch.passthrough import find_ray, pass_through_unless_ha
 from raylaunch.prewarm import WarmStart, ray_python
-from raylaunch.raycmd import HeadCommand, build_head_command, build_worker_command, option_value, parse_version, redact
+from raylaunch.raycmd import (HeadCommand, build_head_command, build_worker_command, option_value, parse_version,
+                              redact)
 from raylaunch.redisconn import RedisTarget, connect, target_from
 from raylaunch.stopflag import StopFlag
 from raylaunch.supervisor import become_subreaper
@@ -225,7 +226,8 @@ def _campaign(plan: Plan, state: StateFile, context: LiveContext, stop: StopFlag
                  plan.identity.node_name, plan.identity.key, plan.target.display, plan.timing.lease_duration,
                  plan.timing.renew_deadline, plan.timing.retry_period)
         log.info("head command: %s", " ".join(redact(plan.command.argv)))
-        watchdog = dog = Watchdog(plan.timing.renew_deadline, plan.timing.lease_duration, lambda: head.session() if head else None)
+        watchdog = dog = Watchdog(plan.timing.renew_deadline, plan.timing.lease_duration,
+                                  lambda: head.session() if head else None)
         fence = make_fence(plan, lease)
         warm = WarmStart(plan.warm_python, plan.command.env) if plan.warm_python else None
         head = RayHead(plan.command, plan.node_ip, spare=lambda: hooks.pids() | dog.pids(),
