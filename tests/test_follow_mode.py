@@ -70,9 +70,13 @@ def test_a_follower_waits_joins_and_rejoins_the_new_leader_at_its_new_address(
     raylets = [p for p in worker.descendants() if p.name() == "raylet"]
     assert len(raylets) == 1, "the old worker tree is gone before the new one starts"
 
-    view = json.loads(ray_ha("status", "--json", env={**fake_ray_env, "RAY_REDIS_ADDRESS": redis_server.address},
-                             cwd=tmp_path).stdout)
-    assert [(f["node"], f["epoch"], f["gcs_address"]) for f in view["followers"]] == [("f", 2, second)]
+    def followers():
+        view = json.loads(ray_ha("status", "--json", cwd=tmp_path,
+                                 env={**fake_ray_env, "RAY_REDIS_ADDRESS": redis_server.address}).stdout)
+        return [(f["node"], f["epoch"], f["gcs_address"]) for f in view["followers"]]
+
+    # The follower's record says whom it follows as of its last read: one retry period (0.5 s) behind.
+    wait_for(lambda: followers() == [("f", 2, second)], 5, what="status listing f as following epoch 2")
 
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.wait(20) == 0
