@@ -29,6 +29,7 @@ SCENARIOS: dict[str, Callable[[Round], Figure]] = {
     "graceful-handover": scenarios.graceful_handover,
     "gcs-crash": scenarios.gcs_crash,
     "passthrough": scenarios.passthrough,
+    "follower-rejoin": scenarios.follower_rejoin,
 }
 #: scenario -> its allowance over 1.10 x baseline (s), given the lease: the issue's targets.
 TARGETS: dict[str, Callable[[float], float]] = {

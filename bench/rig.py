@@ -89,6 +89,12 @@ class Round:
                 f"--ha-node-name={name}", *self.timing(), *extra]
         return self._spawn(argv, name, RAY_ENABLE_HEAD_HA="1")
 
+    def follower(self, name: str) -> subprocess.Popen:
+        """`ray-ha start --ha-follow --block`: a worker node (1 CPU) that joins whoever leads."""
+        argv = [sys.executable, "-m", "raylaunch", "start", "--ha-follow", f"--ha-node-name={name}", "--num-cpus=1",
+                "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block", *self.timing()]
+        return self._spawn(argv, name)
+
     def peer_head(self, name: str, port: int, env: dict[str, str]) -> subprocess.Popen:
         """`ray start --head --block` of the peer (ant-ray, from env's PATH) with its own Head HA."""
         return self._spawn(["ray", "start", *self.head_flags(name, port), "--block"], name, **env)

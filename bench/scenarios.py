@@ -56,6 +56,22 @@ def crash_failover(rnd: Round, *standby_flags: str) -> dict[str, float]:
             "start": serving - detection - takeover}
 
 
+#: What a worker's `ray start` prints once its node has registered with the GCS.
+JOINED = "Ray runtime started."
+
+
+def follower_rejoin(rnd: Round) -> float:
+    """kill -9 of the leader's launcher and tree -> a follower's worker has joined the new leader (its
+    `ray start` against the new address says it started, i.e. the node registered with the new GCS)."""
+    leader, _ = _leader_and_standby(rnd)
+    rnd.follower("f")
+    rnd.wait_log("f", JOINED)
+    killed = now()
+    kill_tree(leader.pid)
+    _wait(lambda: rnd.log("f").count(JOINED) >= 2, 120)
+    return now() - killed
+
+
 def graceful_handover(rnd: Round) -> float:
     """SIGTERM to the leader's launcher -> the standby's GCS answers."""
     leader, port_b = _leader_and_standby(rnd)
