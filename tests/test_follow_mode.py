@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import FAST_TIMING, Launcher, fake_ray_events, tagged_processes, wait_for
+from raylaunch.supervisor import is_alive
 
 KEY = "ray-ha:default:leader"
 
@@ -34,6 +35,10 @@ def follower(fake_ray_env, redis_server, tmp_path):
     for launcher in started:
         if launcher.proc.poll() is None:
             launcher.kill_tree()
+
+
+def raylets_of(launcher) -> list:
+    return [p for p in launcher.descendants() if p.name() == "raylet"]
 
 
 def record(redis_server) -> dict:
@@ -61,14 +66,16 @@ def test_a_follower_waits_joins_and_rejoins_the_new_leader_at_its_new_address(
 
     standby = launch("b")
     standby.wait_log("standing by")
+    wait_for(lambda: raylets_of(worker), 10, what="the first worker's raylet")
+    (old_raylet,) = raylets_of(worker)
     leader.kill_tree()
     worker.wait_log("leader is now b (epoch 2)", timeout=20)
     second = record(redis_server)["gcs_address"]
     assert second != first
     wait_for(lambda: len(joins(fake_ray_env)) == 2, 10, what="the second join")
     assert joins(fake_ray_env)[1]["address"] == second and joins(fake_ray_env)[1]["epoch"] == "2"
-    raylets = [p for p in worker.descendants() if p.name() == "raylet"]
-    assert len(raylets) == 1, "the old worker tree is gone before the new one starts"
+    assert not is_alive(old_raylet), "the old worker tree is gone before the new one starts"
+    wait_for(lambda: len(raylets_of(worker)) == 1, 10, what="the new worker's raylet, and only it")
 
     def followers():
         view = json.loads(ray_ha("status", "--json", cwd=tmp_path,
