@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional, cast
 import redis
 
 from raylaunch.follow import Follower, FollowStep, FollowTiming
+from raylaunch.head import RAYLET_NAME
 from raylaunch.lease import Keys, Record, guarded, serving_record
 from raylaunch.localstate import StateFile
 from raylaunch.logs import setup_logging
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     from raylaunch.launcher import Plan
 
 log = logging.getLogger("ray-ha")
-
-RAYLET_NAME = "raylet"
 
 
 class RedisLeaderSource:
