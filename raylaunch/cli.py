@@ -44,6 +44,9 @@ SAFETY_HELP = {
     "prewarm": ("on|off", "on: a standby keeps `ray start` imported, ~1 s faster takeover for ~80 MiB [off]."),
 }
 OTHER_HA_FLAGS = ("--ha-node-name", "--ha-key", "--ha-env-file")
+COMPLETION_SHELLS = ("bash", "zsh", "fish")
+#: The variable click's completion scripts set when they call ray-ha back.
+COMPLETE_VAR = "_RAY_HA_COMPLETE"
 
 MAIN_HELP = f"""Hot-standby Ray heads behind a Redis lease; a drop-in for `ray start`.
 
@@ -240,6 +243,21 @@ def stop(ha_node_name: Optional[str], ray_args: tuple[str, ...]) -> None:
         return EXIT_RUNTIME
 
     guard(body)
+
+
+@main.command("completion", context_settings={"help_option_names": ["--help"]})
+@click.argument("shell", type=click.Choice(COMPLETION_SHELLS))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL (bash, zsh or fish).
+
+    The script matches the click this ray-ha runs on, so generate it on the machine that uses it:
+    ray-ha completion bash > /etc/bash_completion.d/ray-ha (again after upgrading ray-ha or click).
+    """
+    from click.shell_completion import get_completion_class
+
+    script_class = get_completion_class(shell)
+    assert script_class is not None  # click.Choice admits only the shells click knows
+    click.echo(script_class(main, {}, "ray-ha", COMPLETE_VAR).source())
 
 
 @main.command("health", context_settings={"help_option_names": ["--help"]})
