@@ -131,13 +131,15 @@ class OneLineErrors(click.Group):
     Bare `ray-ha` still prints the help (exit 2, as click does).
     """
 
-    def main(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    def main(self, args: Optional[list[str]] = None, *rest: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         kwargs["standalone_mode"] = False
-        try:
-            code = super().main(*args, **kwargs)
-        except click.exceptions.NoArgsIsHelpError as exc:
-            click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        bare = not (sys.argv[1:] if args is None else args) and COMPLETE_VAR not in os.environ
+        if bare:  # `ray-ha` alone: help and exit 2 (click < 8.2 would exit 0)
+            with click.Context(self, info_name=kwargs.get("prog_name", "ray-ha")) as ctx:
+                click.echo(ctx.get_help())
             sys.exit(EXIT_USAGE)
+        try:
+            code = super().main(args, *rest, **kwargs)
         except click.ClickException as exc:
             fail(exc.format_message(), exc.exit_code)
         except click.Abort:

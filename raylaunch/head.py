@@ -48,7 +48,7 @@ def gcs_address(gcs: psutil.Process, node_ip: Optional[str]) -> Optional[str]:
     """The GCS's `ip:port`: the node IP the user gave, else Ray's, else the socket's own; its listen port."""
     try:
         args = gcs.cmdline()
-        listening = sorted((c.laddr.port, c.laddr.ip) for c in gcs.net_connections(kind="tcp")
+        listening = sorted((c.laddr.port, c.laddr.ip) for c in tcp_connections(gcs)
                            if c.status == psutil.CONN_LISTEN)
     except psutil.Error:
         return None
@@ -56,6 +56,12 @@ def gcs_address(gcs: psutil.Process, node_ip: Optional[str]) -> Optional[str]:
     bound = next((ip for p, ip in listening if p == port and ip not in WILDCARDS), None)
     ip = node_ip or _arg(args, "--node-ip-address") or bound
     return join_address(ip, port) if ip and port else None
+
+
+def tcp_connections(proc: psutil.Process) -> list:
+    """A process's TCP sockets; psutil before 6.0 names the call `connections`."""
+    call = getattr(proc, "net_connections", None) or proc.connections
+    return call(kind="tcp")
 
 
 def _arg(args: list[str], name: str) -> Optional[str]:

@@ -95,6 +95,12 @@ def test_help_lists_our_options_and_points_to_ray_start(fake_ray_env, tmp_path):
     assert "ray start" in start.stdout and "Exit codes" in start.stdout
 
 
+def test_bare_ray_ha_prints_the_help_and_exits_2(fake_ray_env, tmp_path):
+    result = run([], fake_ray_env, tmp_path)
+    assert result.returncode == 2
+    assert result.stdout.startswith("Usage: ray-ha") and "start" in result.stdout
+
+
 def test_version_names_ours_and_rays(fake_ray_env, tmp_path):
     result = run(["--version"], fake_ray_env, tmp_path)
     assert result.returncode == 0

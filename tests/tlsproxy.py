@@ -25,12 +25,21 @@ def _name(common: str) -> x509.Name:
 
 
 def _issue(subject: str, key, issuer_name: x509.Name, issuer_key, ca: bool) -> x509.Certificate:
+    """A certificate with the extensions Python 3.13's strict X.509 checking asks for (key identifiers,
+    key usage), as a real CA issues them."""
     now = datetime.datetime.now(datetime.timezone.utc)
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer_name)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - datetime.timedelta(minutes=5))
                .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                              critical=False))
+    usage = dict(digital_signature=not ca, content_commitment=False, key_encipherment=False,
+                 data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                 encipher_only=False, decipher_only=False)
+    builder = builder.add_extension(x509.KeyUsage(**usage), critical=True)
     if not ca:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)

@@ -99,6 +99,7 @@ def test_proxy_can_deliver_what_a_hang_held_back_late(hub, redis_server):
     assert redis_server.client().get("late") == "1", "the held request reached Redis after the heal"
 
 
+@pytest.mark.chaos
 def test_short_chaos_round_holds_every_rule(tmp_path):
     """About a minute of random faults on 3 launchers: no overlap, rising epochs, a leader back within
     lease + bound after each fault, nothing left running."""
