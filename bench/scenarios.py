@@ -8,6 +8,7 @@ import time
 import psutil
 
 from bench.rig import FAKE_RAY, RETRY, Round, kill_tree, now, ports
+from raylaunch.lease import Keys
 
 
 def baseline(rnd: Round) -> float:
@@ -132,7 +133,7 @@ def redis_cost(rnd: Round, seconds: float) -> dict[str, float]:
     """What one standby costs Redis (the lease held by a stand-in): commands it sends, counted with
     MONITOR, and commands Redis runs for it, counting those inside its Lua script."""
     client = rnd.redis.client()
-    client.set("ray-ha:default:leader", '{"node":"stand-in"}', px=int((seconds + 60) * 1000))
+    client.set(Keys("ray-ha:default:leader").lease, '{"node":"stand-in"}', px=int((seconds + 60) * 1000))
     (port,) = ports(1)
     rnd.launcher("b", port)
     rnd.wait_log("b", "standing by")

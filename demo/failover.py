@@ -22,9 +22,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from raylaunch.lease import Keys  # noqa: E402
 from raylaunch.localredis import LocalRedis  # noqa: E402
 
-KEY = "ray-ha:default:leader"
+RECORD = Keys("ray-ha:default:leader").record
 TAG = "RAY_HA_DEMO_TAG"
 T0 = time.monotonic()
 
@@ -47,7 +48,7 @@ def wait_record(redis_client, epoch: int, timeout: float = 120) -> dict:
     """The leader record once the leader of `epoch` has its GCS serving."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = redis_client.get(f"{KEY}:record")
+        text = redis_client.get(RECORD)
         if text and json.loads(text)["epoch"] == epoch:
             return json.loads(text)
         time.sleep(0.02)

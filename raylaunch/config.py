@@ -141,6 +141,9 @@ def identity_from(node_flag: Optional[str], key_flag: Optional[str], env: Mappin
     key = key_flag or env.get("RAY_HA_LEADER_KEY", "").strip() or f"ray-ha:{namespace}:leader"
     if not node.strip() or any(ch.isspace() or ch == "/" for ch in node):
         raise ConfigError(f"node name {node!r} must be non-empty, without spaces or slashes")
+    if "{" in key or "}" in key:
+        raise ConfigError(f"lease key {key!r} must not contain braces: ray-ha makes it the hash tag of "
+                          "its keys itself ({key}), so they share one hash slot")
     return Identity(node_name=node, key=key)
 
 

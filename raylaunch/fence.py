@@ -1,6 +1,6 @@
 """Storage fencing without patching Ray: a Redis ACL user per epoch for the GCS (`--ha-fence acl`).
 
-The leader of epoch E creates the user `<lease key>:gcs:e<E>` with a random password and gives it to
+The leader of epoch E creates the user `<lease key name>:gcs:e<E>` with a random password and gives it to
 its GCS. Before the head starts, it switches off every older epoch's user, kills their connections
 and deletes them, so a zombie GCS of an older epoch (its supervisor frozen or gone) loses Redis and
 cannot log in again: Ray's GCS exits when it cannot reach Redis. The launcher's own connection needs
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from raylaunch.lease import guarded
+from raylaunch.lease import Keys, guarded
+from raylaunch.redisconn import on_every_node
 
 # What a GCS may do: everything, on every key and channel. ACL key patterns cannot exclude ray-ha's
 # own keys, and Ray's needs change between versions.
@@ -28,23 +29,24 @@ class Credentials:
 
 
 class AclFence:
-    """Issues and revokes the per-epoch GCS users of one lease key."""
+    """Issues and revokes the per-epoch GCS users of one lease, on every node of a cluster-mode Redis
+    (ACL users are each node's own, and the GCS follows its slots to whichever node owns them)."""
 
-    def __init__(self, client: redis.Redis, key: str) -> None:
-        self.client, self.key = client, key
-        self.prefix = f"{key}:gcs:e"
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client, self.keys = client, keys
+        self.prefix = keys.gcs_user_prefix
         self._issued: dict[int, Credentials] = {}
 
     def check(self) -> None:
         """Fail at start, not at the first election, if our Redis user may not manage ACL users."""
-        guarded(lambda: self.client.execute_command("ACL", "USERS"), self.key)
+        guarded(lambda: on_every_node(self.client, "ACL", "USERS"), self.keys.lease)
 
     def lock_out(self, epoch: int) -> list[str]:
         """Create this epoch's user, then remove every older epoch's; returns the users removed.
 
         Idempotent: a retry after a Redis error picks up where it stopped.
         """
-        return guarded(lambda: self._do_lock_out(epoch), self.key)
+        return guarded(lambda: self._do_lock_out(epoch), self.keys.lease)
 
     def credentials(self, epoch: int) -> Credentials:
         """The user and password issued for `epoch` (lock_out first)."""
@@ -52,12 +54,13 @@ class AclFence:
 
     def _do_lock_out(self, epoch: int) -> list[str]:
         mine = self._issued.setdefault(epoch, Credentials(f"{self.prefix}{epoch}", secrets.token_urlsafe(24)))
-        self.client.execute_command("ACL", "SETUSER", mine.username, "reset", *GCS_RULES, f">{mine.password}")
-        removed = [user for user in self.client.execute_command("ACL", "USERS") if self._older(user, epoch)]
+        on_every_node(self.client, "ACL", "SETUSER", mine.username, "reset", *GCS_RULES, f">{mine.password}")
+        users = {str(user) for reply in on_every_node(self.client, "ACL", "USERS") for user in reply}  # type: ignore[attr-defined]
+        removed = sorted(user for user in users if self._older(user, epoch))
         for user in removed:
-            self.client.execute_command("ACL", "SETUSER", user, "off")
-            self.client.execute_command("CLIENT", "KILL", "USER", user)
-            self.client.execute_command("ACL", "DELUSER", user)
+            on_every_node(self.client, "ACL", "SETUSER", user, "off")
+            on_every_node(self.client, "CLIENT", "KILL", "USER", user)
+            on_every_node(self.client, "ACL", "DELUSER", user)
         return removed
 
     def _older(self, user: str, epoch: int) -> bool:

@@ -26,7 +26,7 @@ from raylaunch.endpoint import Endpoint
 from raylaunch.fence import AclFence
 from raylaunch.head import RayHead
 from raylaunch.hooks import Hooks
-from raylaunch.lease import Holder, LeaseStoreError, RedisLease, RedisUnavailable, guarded
+from raylaunch.lease import Holder, Keys, LeaseStoreError, RedisLease, RedisUnavailable, guarded
 from raylaunch.localstate import StateFile, local_supervisors, run_dir
 from raylaunch.logs import setup_logging
 from raylaunch.passthrough import find_ray, pass_through_unless_ha
@@ -269,7 +269,7 @@ def connect_lease(plan: Plan, stop: StopFlag) -> RedisLease:
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         try:
             client = guarded(lambda: connect(target, timing.redis_timeout), identity.key)
-            lease = RedisLease(client, identity.key, me, timing.lease_duration,
+            lease = RedisLease(client, Keys(identity.key), me, timing.lease_duration,
                                min_replicas=plan.safety.min_replicas, wait_timeout=timing.redis_timeout / 2)
             lease.check()
             return lease
@@ -308,7 +308,7 @@ def make_fence(plan: Plan, lease: RedisLease) -> Optional[AclFence]:
     """The storage fence asked for, checked (LeaseStoreError if our user may not manage ACLs)."""
     if plan.safety.fence != "acl":
         return None
-    fence = AclFence(lease.client, plan.identity.key)
+    fence = AclFence(lease.client, lease.keys)
     fence.check()
     return fence
 

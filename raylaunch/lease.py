@@ -1,15 +1,18 @@
 """The leader lease in Redis: acquire with a fencing epoch, renew, release, the leader's record.
 
 No Ray and no processes here. Every write is a small Lua script that acts only while the key holds
-our value, so a lease that changed hands is never extended or deleted by its old owner. "Not ours"
-is a False; "Redis did not answer" is RedisUnavailable; anything Redis refuses is LeaseStoreError.
+our value, so a lease that changed hands is never extended or deleted by its old owner. All keys of
+one lease share a hash tag (Keys), so a cluster-mode Redis runs the scripts on one shard. "Not ours"
+is a False; a Redis that did not answer, or is busy or failing over, is RedisUnavailable (transient);
+a refusal that goes on until someone changes a setting is LeaseStoreError (permanent).
 """
 
 from __future__ import annotations
 
 import json
-from functools import cached_property
 import os
+import re
+from functools import cached_property
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -17,6 +20,7 @@ from typing import Callable, Optional, TypeVar, cast
 
 import redis
 
+from raylaunch.redisconn import drop_connections, on_slot_owner
 from raylaunch.stopflag import StopSignal
 
 T = TypeVar("T")
@@ -110,12 +114,26 @@ end
 return 0
 """
 
+# KEYS: ray-ha's keys of one lease, the last a name it never sets. Returns the type of each key but the
+# last, after one harmless write (DEL of that last key): a read-only replica refuses the write, a
+# cluster refuses keys in different hash slots, an ACL user without access to them is refused. The
+# start check runs it, so none of these refusals first shows mid-campaign.
+CHECK = """
+local types = {}
+for i = 1, #KEYS - 1 do
+  types[i] = redis.call('TYPE', KEYS[i])['ok']
+end
+redis.call('DEL', KEYS[#KEYS])
+return types
+"""
+
 #: How many leader records the history list keeps.
 HISTORY_LENGTH = 50
 
 
 class RedisUnavailable(Exception):
-    """Redis could not be reached or did not answer within the Redis timeout."""
+    """Transient: Redis could not be reached, did not answer within the Redis timeout, or is busy
+    (loading, failing over, out of memory); trying again may succeed."""
 
 
 class ReplicasBehind(RedisUnavailable):
@@ -123,7 +141,46 @@ class ReplicasBehind(RedisUnavailable):
 
 
 class LeaseStoreError(Exception):
-    """Redis answered but refused: wrong credentials, a key of the wrong type, no Lua scripting."""
+    """Permanent: Redis answered and refuses, and goes on refusing until someone changes a setting.
+
+    `cause` names which refusal (one of REFUSALS); the message says what to do. At start this is a
+    configuration error (exit 2); while running a leader counts it as a failed renewal, and a standby
+    or follower reports itself stuck on it.
+    """
+
+    def __init__(self, message: str, cause: str = "other") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+#: Refusals by the start of Redis's error reply: (cause, what it means and what to do). {key} is the
+#: lease key.
+REFUSALS: dict[str, tuple[str, str]] = {
+    "NOAUTH": ("credentials", "Redis wants a password: set --redis-password or RAY_REDIS_PASSWORD"),
+    "WRONGPASS": ("credentials", "Redis refused the credentials: check --redis-password / "
+                                 "RAY_REDIS_PASSWORD and --redis-username"),
+    "NOPERM": ("permission", "the Redis user may not run what ray-ha needs: allow it EVAL, EVALSHA, "
+                             "SCRIPT, GET, SET, DEL, TYPE and PTTL on the keys {key}*"),
+    "WRONGTYPE": ("wrong-type", "a key of lease {key} holds a value of the wrong type: delete it or "
+                                "choose another --ha-key"),
+    "CROSSSLOT": ("crossslot", "Redis refused keys in different hash slots; every key of ray-ha's "
+                               "shares the hash tag of {key}, so something between ray-ha and Redis "
+                               "(a proxy?) changes them"),
+    "READONLY": ("readonly", "RAY_REDIS_ADDRESS reaches a read-only replica: point it at the master "
+                             "(or at a Sentinel that watches it)"),
+    "MOVED": ("moved", "RAY_REDIS_ADDRESS is a Redis Cluster node, but ray-ha could not tell (is INFO "
+                       "denied to its user?): allow INFO"),
+    "NOSCRIPT": ("no-lua", "Redis does not run Lua scripts, which ray-ha needs: enable EVAL, EVALSHA "
+                           "and SCRIPT"),
+}
+#: Error replies that pass by themselves: Redis starting, busy, failing over, short of memory or disk.
+PASSING = ("LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "OOM", "MISCONF", "NOREPLICAS", "ASK")
+#: redis-py strips the error code off the reply and names it by class instead (which classes exist
+#: depends on the release); the code is put back before the reply is judged.
+CODE_CLASSES = (("ReadOnlyError", "READONLY"), ("NoPermissionError", "NOPERM"), ("NoScriptError", "NOSCRIPT"),
+                ("ClusterCrossSlotError", "CROSSSLOT"), ("MovedError", "MOVED"), ("AskError", "ASK"),
+                ("TryAgainError", "TRYAGAIN"), ("ClusterDownError", "CLUSTERDOWN"),
+                ("MasterDownError", "MASTERDOWN"), ("OutOfMemoryError", "OOM"))
 
 
 @dataclass(frozen=True)
@@ -201,9 +258,22 @@ def serving_record(lease_value: Optional[str], epoch: Optional[str], record_text
 
 @dataclass(frozen=True)
 class Keys:
-    """The Redis names that live beside one lease key."""
+    """Every Redis name of one cluster's lease, from its name (`--ha-key`, braces not allowed).
 
-    lease: str
+    Each key carries the hash tag `{name}`, so all fall in one hash slot: a cluster-mode Redis runs
+    ray-ha's multi-key scripts on the one shard that owns it. The ACL fence's users are not keys and
+    carry no tag.
+    """
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not self.name or "{" in self.name or "}" in self.name:
+            raise ValueError(f"lease key name {self.name!r} must be non-empty and without braces")
+
+    @property
+    def lease(self) -> str:
+        return "{" + self.name + "}"
 
     @property
     def epoch(self) -> str:
@@ -229,11 +299,31 @@ class Keys:
     def channel(self) -> str:
         return f"{self.lease}:released"
 
+    @property
+    def probe(self) -> str:
+        """A name ray-ha never sets: the start check's harmless write."""
+        return f"{self.lease}:probe"
+
     def candidate(self, node: str) -> str:
         return f"{self.lease}:candidate:{node}"
 
     def follower(self, node: str) -> str:
         return f"{self.lease}:follower:{node}"
+
+    @property
+    def gcs_user_prefix(self) -> str:
+        """The ACL fence's per-epoch GCS users are this prefix and the epoch."""
+        return f"{self.name}:gcs:e"
+
+    @property
+    def legacy_lease(self) -> str:
+        """Where ray-ha before 0.2 kept this lease (no hash tag): checked at start, never written."""
+        return self.name
+
+    def types(self) -> dict[str, str]:
+        """The keys ray-ha keeps, each with the Redis type it must have if it exists."""
+        return {self.lease: "string", self.epoch: "string", self.record: "string", self.history: "list",
+                self.switchover: "string", self.grant: "hash"}
 
 
 @dataclass(frozen=True)
@@ -259,17 +349,18 @@ class Switchover:
 class RedisLease:
     """One candidate's view of the lease key `key` (epoch, record and channel live beside it)."""
 
-    def __init__(self, client: redis.Redis, key: str, me: Holder, lease_duration: float,
+    def __init__(self, client: redis.Redis, keys: Keys, me: Holder, lease_duration: float,
                  min_replicas: int = 0, wait_timeout: float = 1.0) -> None:
-        self.client, self.key, self.me = client, key, me
+        self.client, self.keys, self.me = client, keys, me
+        self.key = keys.lease
         self.min_replicas, self.wait_ms = min_replicas, max(1, int(wait_timeout * 1000))
-        self.keys = Keys(key)
         self.ttl_ms = max(1, int(lease_duration * 1000))
         self.started = time.time()
         self._acquire = client.register_script(ACQUIRE)
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
         self._write_record = client.register_script(WRITE_RECORD)
+        self._check = client.register_script(CHECK)
         self._pubsub: Optional[redis.client.PubSub] = None
         self.seen_epoch = 0  # the highest epoch any reply has shown us: a floor for the next one we take
 
@@ -337,15 +428,27 @@ class RedisLease:
 
     def _do_check(self) -> None:
         self.client.ping()
-        for script in (self._acquire, self._renew, self._release, self._write_record):
+        for script in (self._acquire, self._renew, self._release, self._write_record, self._check):
             self.client.script_load(script.script)  # fails here, not mid-campaign, without Lua
-        expected = {self.key: "string", self.keys.epoch: "string", self.keys.record: "string",
-                    self.keys.history: "list", self.keys.switchover: "string", self.keys.grant: "hash"}
-        for key, wanted in expected.items():
-            kind = str(self.client.type(key))
-            if kind not in ("none", wanted):
+        expected = self.keys.types()
+        found = self._check(keys=[*expected, self.keys.probe])
+        for (key, wanted), kind in zip(expected.items(), found):
+            if str(kind) not in ("none", wanted):
                 raise LeaseStoreError(f"{'lease key' if key == self.key else 'key'} {key!r} holds a {kind}, "
-                                      f"not what ray-ha keeps there; delete it or choose another --ha-key")
+                                      f"not what ray-ha keeps there; delete it or choose another --ha-key",
+                                      "wrong-type")
+        self._refuse_legacy_lease()
+
+    def _refuse_legacy_lease(self) -> None:
+        """A lease held on the layout before 0.2 means candidates of an older ray-ha run: two heads."""
+        legacy = self.keys.legacy_lease
+        if str(self.client.type(legacy)) != "string" or int(self.client.pttl(legacy)) <= 0:
+            return
+        holder = Holder.decode(str(self.client.get(legacy) or ""))
+        if holder.token:
+            raise LeaseStoreError(
+                f"{holder.node} holds this cluster's lease on the key layout of ray-ha before 0.2 ({legacy!r}); "
+                "stop every candidate of this cluster, then start them all with this version", "old-layout")
 
     def _do_try_acquire(self) -> Attempt:
         candidate = json.dumps({"node": self.me.node, "host": self.me.host, "pid": self.me.pid,
@@ -371,7 +474,7 @@ class RedisLease:
         WAIT gets half the Redis timeout so it returns before the socket gives up.
         """
         if self.min_replicas and result:
-            confirmed = int(self.client.wait(self.min_replicas, self.wait_ms))
+            confirmed = int(on_slot_owner(self.client, self.key, "WAIT", self.min_replicas, self.wait_ms))
             if confirmed < self.min_replicas:
                 raise ReplicasBehind(f"only {confirmed} of {self.min_replicas} required replica(s) confirmed "
                                      f"the lease write within {self.wait_ms} ms")
@@ -403,32 +506,63 @@ class RedisLease:
             self._pubsub = None
 
     def _guard(self, call: Callable[[], T]) -> T:
-        return guarded(call, self.key)
+        try:
+            return guarded(call, self.key)
+        except LeaseStoreError as exc:
+            if exc.cause == "readonly":  # a name that moved to a new master is looked up again next time
+                drop_connections(self.client)
+            raise
 
 
 def guarded(call: Callable[[], T], key: str) -> T:
-    """Run one Redis exchange, turning redis-py's errors into this module's two exception types."""
+    """Run one Redis exchange, turning redis-py's errors into RedisUnavailable (transient) or
+    LeaseStoreError (permanent, with what to do)."""
     try:
         return call()
     except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
-        raise LeaseStoreError(f"Redis refused the credentials ({exc})") from None
+        raise LeaseStoreError(f"Redis refused the credentials ({exc}): check --redis-password / "
+                              "RAY_REDIS_PASSWORD and --redis-username", "credentials") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise RedisUnavailable(f"Redis did not answer: {exc}") from None
-    except redis.exceptions.NoPermissionError as exc:
-        raise LeaseStoreError(f"the Redis user may not run what ray-ha needs ({exc})") from None
     except redis.ResponseError as exc:
-        raise LeaseStoreError(_explain(str(exc), key)) from None
+        raise refusal(error_reply(exc), key) from None
+    except redis.exceptions.RedisClusterException as exc:
+        if "same key slot" in str(exc) or "CROSSSLOT" in str(exc):
+            raise refusal(f"CROSSSLOT {exc}", key) from None
+        raise RedisUnavailable(f"Redis Cluster: {exc}") from None
 
 
-def _explain(message: str, key: str) -> str:
-    """One readable line for a Redis error reply."""
-    if "NOAUTH" in message or "WRONGPASS" in message or "AUTH" in message:
-        return f"Redis refused the credentials ({message})"
-    if "WRONGTYPE" in message:
-        return f"lease key {key!r} (or its :epoch/:record keys) holds a value of the wrong type"
-    if "unknown command" in message.lower() or "NOSCRIPT" in message:
-        return f"Redis does not run Lua scripts, which ray-ha needs ({message})"
-    return f"Redis error: {message}"
+def error_reply(exc: Exception) -> str:
+    """Redis's error reply as Redis sent it, its code first (redis-py may have taken it off)."""
+    text = str(exc).strip()
+    code = getattr(exc, "status_code", None) or next(
+        (code for name, code in CODE_CLASSES if isinstance(exc, getattr(redis.exceptions, name, ()))), None)
+    return f"{code} {text}" if code and not text.startswith(code) else text
+
+
+def _has_code(reply: str, code: str) -> bool:
+    """True if `reply` is, or wraps, an error with this code (Redis 6.2 wraps a script's errors in ERR:
+    `ERR Error running script ...: @user_script:21: WRONGTYPE ...` or `...: -READONLY ...`)."""
+    return re.search(rf"(?:^|[\s:-]){code}(?:\s|$)", reply) is not None
+
+
+def refusal(reply: str, key: str) -> Exception:
+    """The exception for one error reply of Redis: LeaseStoreError if it will not pass by itself."""
+    if any(_has_code(reply, code) for code in PASSING):
+        return RedisUnavailable(f"Redis is busy or failing over: {reply}")
+    reply = reply.split(", with args beginning with")[0]  # Redis quotes a script's text there
+    lowered = reply.lower()
+    prefix = next((code for code in REFUSALS if _has_code(reply, code)), "")
+    if not prefix and "unknown command" in lowered:
+        if not any(f"{q}{name}{q}" in lowered for name in ("eval", "evalsha", "script") for q in "'`"):
+            return LeaseStoreError(f"Redis does not know a command ray-ha needs ({reply})", "unknown-command")
+        prefix = "NOSCRIPT"
+    if not prefix and ("AUTH" in reply or "invalid username-password" in lowered or "invalid password" in lowered):
+        prefix = "WRONGPASS"
+    if prefix:
+        cause, advice = REFUSALS[prefix]
+        return LeaseStoreError(f"{advice.format(key=key)} ({reply})", cause)
+    return LeaseStoreError(f"Redis refused: {reply}")
 
 
 def describe(holder: Optional[Holder]) -> str:

@@ -12,6 +12,7 @@ from typing import Mapping, Optional
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -107,19 +108,79 @@ def target_from(env: Mapping[str, str], username: Optional[str], password: Optio
 def connect(target: RedisTarget, timeout: float) -> redis.Redis:
     """A client whose connect and every call time out after `timeout` s and never retry by themselves.
 
-    If the address is a Redis Sentinel (as Ray's GCS also recognises), the client follows the one
-    master it watches: each new connection asks the sentinels where the master is now. That costs a
-    round trip here; a Redis that cannot be reached raises redis-py's own errors, to be mapped by the
-    caller.
+    What the address is decides the client, as it does for Ray's GCS: a Redis Sentinel gives a client
+    of the one master it watches (each new connection asks the sentinels where it is now); a node of a
+    cluster-mode Redis gives redis-py's cluster client, which follows MOVED to whichever node owns
+    ray-ha's hash slot. Telling them apart costs a round trip; a Redis that cannot be reached raises
+    redis-py's own errors, to be mapped by the caller.
     """
     kwargs = _client_kwargs(target, timeout)
     client = redis.Redis(host=target.host, port=target.port, **kwargs)
-    master = sentinel_master(client)
+    mode = server_mode(client)
+    if mode == "cluster":
+        client.close()
+        return cluster_client(target, kwargs)  # type: ignore[return-value]
+    master = sentinel_master(client) if mode == "sentinel" else None
     if master is None:
         return client
     sentinels = [(target.host, target.port), *target.others]
     watcher = Sentinel(sentinels, sentinel_kwargs=kwargs, **kwargs)
     return watcher.master_for(master, **kwargs)
+
+
+def server_mode(client: redis.Redis) -> Optional[str]:
+    """`standalone`, `sentinel` or `cluster` (INFO's redis_mode); None if the user may not run INFO."""
+    try:
+        return str(client.info("server").get("redis_mode") or "standalone")
+    except redis.exceptions.NoPermissionError:
+        return None  # an ACL user denied INFO: treat the address as the Redis itself
+
+
+def cluster_client(target: RedisTarget, kwargs: dict) -> RedisCluster:
+    """redis-py's cluster client over the given nodes, retrying nothing itself (one try per call).
+
+    A call that fails on a node refreshes the slot map from the nodes it knows (redis-py does that
+    inside the call), so a failed call can take one Redis timeout per unreachable node; the
+    watchdog's deadline does not depend on it.
+    """
+    if target.ca_path and "ssl_ca_path" not in REDIS_ALLOWED_KEYS:
+        raise ConfigError(f"RAY_REDIS_CA_PATH with a cluster-mode Redis needs redis-py 7.2 or later (this is "
+                          f"{redis.__version__}): use RAY_REDIS_CA_CERT, or upgrade redis")
+    nodes = [ClusterNode(target.host, target.port), *(ClusterNode(h, p) for h, p in target.others)]
+    options = {k: v for k, v in kwargs.items() if k != "retry"}
+    if int(redis.__version__.split(".")[0]) >= 6:
+        options["retry"] = Retry(NoBackoff(), 0)
+    else:  # before 6.0 the cluster client counts its own retries here
+        options["cluster_error_retry_attempts"] = 0
+    return RedisCluster(startup_nodes=nodes, require_full_coverage=False, **options)
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def on_slot_owner(client: redis.Redis, key: str, *command: object) -> object:
+    """Run a keyless command (WAIT) on the node that owns `key`'s slot, so it speaks of our writes."""
+    if is_cluster(client):
+        node = client.get_node_from_key(key)  # type: ignore[attr-defined]
+        return client.execute_command(*command, target_nodes=node)
+    return client.execute_command(*command)
+
+
+def on_every_node(client: redis.Redis, *command: object) -> list[object]:
+    """Run a node-local command (ACL, CLIENT KILL) on every node; one reply per node."""
+    if is_cluster(client):
+        return [client.execute_command(*command, target_nodes=node)  # type: ignore[attr-defined]
+                for node in client.get_nodes()]  # type: ignore[attr-defined]
+    return [client.execute_command(*command)]
+
+
+def drop_connections(client: redis.Redis) -> None:
+    """Close pooled connections, so the next call connects (and resolves the address) anew."""
+    if is_cluster(client):
+        client.disconnect_connection_pools()  # type: ignore[attr-defined]
+    else:
+        client.connection_pool.disconnect()
 
 
 def _client_kwargs(target: RedisTarget, timeout: float) -> dict:
@@ -131,16 +192,8 @@ def _client_kwargs(target: RedisTarget, timeout: float) -> dict:
     return kwargs
 
 
-def sentinel_master(client: redis.Redis) -> Optional[str]:
-    """The name of the master a Sentinel at `client` watches, or None if it is a plain Redis.
-
-    Like Ray's GCS, a sentinel must watch exactly one master.
-    """
-    try:
-        if client.info("server").get("redis_mode") != "sentinel":
-            return None
-    except redis.exceptions.NoPermissionError:
-        return None  # an ACL user denied INFO: treat the address as the Redis itself
+def sentinel_master(client: redis.Redis) -> str:
+    """The name of the master the Sentinel at `client` watches; like Ray's GCS, exactly one."""
     masters = client.sentinel_masters()
     if len(masters) != 1:
         raise ConfigError(f"the Redis Sentinel at {client.connection_pool.connection_kwargs.get('host')}:"

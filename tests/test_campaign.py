@@ -12,7 +12,7 @@ import pytest
 
 from raylaunch.campaign import Campaign, Outcome, Role, Step
 from raylaunch.config import Timing
-from raylaunch.lease import Attempt, Holder, Record, RedisLease, RedisUnavailable, Switchover
+from raylaunch.lease import Attempt, Holder, Keys, Record, RedisLease, RedisUnavailable, Switchover
 from raylaunch.redisconn import RedisTarget, connect
 
 OTHER = Holder(node="other", host="h2", pid=7, token="t2")
@@ -455,8 +455,8 @@ def test_released_lease_is_taken_by_a_real_standby_within_half_a_second(redis_se
     """Real Redis: a standby with a 5 s retry period is woken by the release notification."""
     target = RedisTarget(host="127.0.0.1", port=redis_server.port)
     timing = Timing(lease_duration=30, renew_deadline=10, retry_period=5, redis_timeout=1)
-    leader = RedisLease(connect(target, 1), "k", Holder.me("a", "h"), timing.lease_duration)
-    standby = RedisLease(connect(target, 1), "k", Holder.me("b", "h"), timing.lease_duration)
+    leader = RedisLease(connect(target, 1), Keys("k"), Holder.me("a", "h"), timing.lease_duration)
+    standby = RedisLease(connect(target, 1), Keys("k"), Holder.me("b", "h"), timing.lease_duration)
     assert leader.try_acquire().won
     events: list = []
     started = threading.Event()

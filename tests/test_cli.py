@@ -11,8 +11,10 @@ import sys
 import pytest
 
 from conftest import ROOT, RedisServer, free_port, tagged_processes
+from raylaunch.lease import Keys
 
-KEY = "ray-ha:default:leader"
+KEYS = Keys("ray-ha:default:leader")
+KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 
 def run(args, env, cwd, timeout=30):
@@ -153,8 +155,8 @@ BAD_INPUTS = {
 @pytest.fixture
 def secured_redis(tmp_path):
     server = RedisServer(tmp_path, password="s3cret-pw").start()
-    server.client().rpush("not-a-string", "x")
-    server.client().rpush("bad-epoch:epoch", "x")
+    server.client().rpush(Keys("not-a-string").lease, "x")
+    server.client().rpush(Keys("bad-epoch").epoch, "x")
     yield server
     server.stop()
 

@@ -19,10 +19,12 @@ import pytest
 
 from conftest import TAG_VAR, Launcher, LaunchPad, tagged_processes, wait_for
 from raylaunch.localredis import free_port
+from raylaunch.lease import Keys
 
 pytestmark = pytest.mark.ray
 
-KEY = "ray-ha:default:leader"
+KEYS = Keys("ray-ha:default:leader")
+KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 DRIVER = Path(__file__).resolve().parent.parent / "demo" / "actor_driver.py"
 
@@ -229,7 +231,7 @@ def test_acl_fence_locks_a_stale_gcs_out_of_redis(ray_launch, redis_server, leak
     old = ray_launch("a", "--ha-fence=acl")
     old.wait_log("GCS serving", timeout=90)
     clients = redis_server.client().execute_command("CLIENT", "LIST")
-    assert f"user={KEY}:gcs:e1" in clients, "the GCS talks to Redis as its epoch's user"
+    assert f"user={KEYS.gcs_user_prefix}1" in clients, "the GCS talks to Redis as its epoch's user"
     stale_gcs = next(p for p in old.descendants() if p.name() == "gcs_server")
     dog = next(p for p in old.descendants() if any(a.endswith("watchdog.py") for a in p.cmdline()))
     frozen = [dog, psutil.Process(old.pid)]
@@ -237,15 +239,15 @@ def test_acl_fence_locks_a_stale_gcs_out_of_redis(ray_launch, redis_server, leak
         proc.suspend()
     try:
         new = ray_launch("b", "--ha-fence=acl")
-        new.wait_log(f"older GCS users removed: {KEY}:gcs:e1", timeout=60)
+        new.wait_log(f"older GCS users removed: {KEYS.gcs_user_prefix}1", timeout=60)
         fenced_at = time.monotonic()
         psutil.wait_procs([stale_gcs], timeout=30)
         assert not stale_gcs.is_running() or stale_gcs.status() == psutil.STATUS_ZOMBIE, \
             "the fenced GCS could not reach Redis and exited"
         print(f"stale GCS exited {time.monotonic() - fenced_at:.1f}s after the fence went up")
-        assert f"user={KEY}:gcs:e1" not in redis_server.client().execute_command("CLIENT", "LIST")
+        assert f"user={KEYS.gcs_user_prefix}1" not in redis_server.client().execute_command("CLIENT", "LIST")
         new.wait_log("GCS serving", timeout=90)
-        assert f"user={KEY}:gcs:e2" in redis_server.client().execute_command("CLIENT", "LIST")
+        assert f"user={KEYS.gcs_user_prefix}2" in redis_server.client().execute_command("CLIENT", "LIST")
     finally:
         for proc in frozen:
             proc.resume()

@@ -11,8 +11,10 @@ import pytest
 
 from conftest import FAST_TIMING, Launcher, fake_ray_events, tagged_processes, wait_for
 from raylaunch.supervisor import is_alive
+from raylaunch.lease import Keys
 
-KEY = "ray-ha:default:leader"
+KEYS = Keys("ray-ha:default:leader")
+KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 
 def ray_ha(*args, env, cwd, timeout=60):

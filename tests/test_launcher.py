@@ -13,8 +13,10 @@ import psutil
 import pytest
 
 from conftest import fake_ray_events, tagged_processes, wait_for
+from raylaunch.lease import Keys
 
-KEY = "ray-ha:default:leader"
+KEYS = Keys("ray-ha:default:leader")
+KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 
 def tree_names(launcher):

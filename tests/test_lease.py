@@ -7,16 +7,31 @@ import pytest
 
 import json
 
-from raylaunch.lease import (HISTORY_LENGTH, Holder, LeaseStoreError, RedisLease, RedisUnavailable, Switchover,
-                             guarded)
+from raylaunch.lease import (HISTORY_LENGTH, Holder, Keys, LeaseStoreError, RedisLease, RedisUnavailable,
+                             Switchover, guarded)
 from raylaunch.redisconn import RedisTarget, connect
 
-KEY = "ray-ha:test:leader"
+KEYS = Keys("ray-ha:test:leader")
+KEY = KEYS.lease  # the lease itself: {ray-ha:test:leader}
 
 
-def make_lease(server, node="n1", lease=5.0, timeout=1.0, key=KEY, password=None):
+def make_lease(server, node="n1", lease=5.0, timeout=1.0, keys=KEYS, password=None):
     target = RedisTarget(host="127.0.0.1", port=server.port, password=password or server.password)
-    return RedisLease(guarded(lambda: connect(target, timeout), key), key, Holder.me(node, "host"), lease)
+    return RedisLease(guarded(lambda: connect(target, timeout), keys.lease), keys, Holder.me(node, "host"), lease)
+
+
+def test_every_key_of_a_lease_shares_one_hash_slot_under_its_name_as_the_tag():
+    from redis.crc import key_slot
+
+    keys = Keys("ray-ha:default:leader")
+    names = [keys.lease, keys.epoch, keys.record, keys.history, keys.switchover, keys.grant, keys.channel,
+             keys.probe, keys.candidate("a"), keys.follower("w")]
+    assert keys.lease == "{ray-ha:default:leader}" and keys.record == "{ray-ha:default:leader}:record"
+    assert keys.candidate("a") == "{ray-ha:default:leader}:candidate:a"
+    assert len({key_slot(name.encode()) for name in names}) == 1
+    assert keys.gcs_user_prefix == "ray-ha:default:leader:gcs:e" and keys.legacy_lease == "ray-ha:default:leader"
+    with pytest.raises(ValueError):
+        Keys("a{b}")
 
 
 def test_acquire_sets_value_ttl_and_first_epoch(redis_server):
@@ -274,7 +289,7 @@ def test_redis_user_without_scripting_is_reported(redis_server):
     redis_server.client().execute_command("ACL", "SETUSER", "noscript", "on", ">pw", "~*", "&*", "+@all",
                                           "-@scripting")
     target = RedisTarget(host="127.0.0.1", port=redis_server.port, username="noscript", password="pw")
-    lease = RedisLease(connect(target, 1.0), KEY, Holder.me("n", "h"), 5.0)
+    lease = RedisLease(connect(target, 1.0), KEYS, Holder.me("n", "h"), 5.0)
     with pytest.raises(LeaseStoreError, match="may not run"):
         lease.check()
     assert redis_server.client().get(KEY) is None

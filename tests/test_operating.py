@@ -11,8 +11,10 @@ import time
 import pytest
 
 from conftest import FAST_TIMING, fake_ray_events, tagged_processes
+from raylaunch.lease import Keys
 
-KEY = "ray-ha:default:leader"
+KEYS = Keys("ray-ha:default:leader")
+KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 
 def ray_ha(*args, env, cwd, timeout=60):

@@ -15,9 +15,11 @@ import yaml
 from conftest import ROOT, tagged_processes, wait_for
 from raylaunch.config import HEAD_START_BUDGET, Timing
 from raylaunch.localredis import LocalRedis, free_port
+from raylaunch.lease import Keys
 
 DOCS = ROOT / "docs"
-KEY = "ray-ha:default:leader"
+KEYS = Keys("ray-ha:default:leader")
+KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 
 @pytest.fixture
@@ -108,14 +110,14 @@ def test_systemd_unit_runs_and_stops_cleanly_on_sigterm(machine, tmp_path, leak_
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             wait_for(lambda: _get(port, "/leader") == 200, 30, what="the leader endpoint")
-            assert redis.client().get("ray-ha:prod:leader"), "the env file's namespace names the lease"
+            assert redis.client().get(Keys("ray-ha:prod:leader").lease), "the env file's namespace names the lease"
             proc.send_signal(signal.SIGTERM)  # KillMode=mixed: SIGTERM to the main process only
             assert proc.wait(float(service["TimeoutStopSec"])) == 0
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert redis.client().get("ray-ha:prod:leader") is None
+        assert redis.client().get(Keys("ray-ha:prod:leader").lease) is None
         assert tagged_processes(leak_guard) == []
     finally:
         redis.stop()

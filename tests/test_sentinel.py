@@ -9,9 +9,10 @@ import redis
 
 from conftest import fake_ray_events, tagged_processes, wait_for
 from raylaunch.localredis import LocalRedis, free_port, redis_server_binary
-from raylaunch.redisconn import RedisTarget, connect, sentinel_master
+from raylaunch.lease import Keys
+from raylaunch.redisconn import RedisTarget, connect, sentinel_master, server_mode
 
-KEY = "ray-ha:default:leader"
+KEY = Keys("ray-ha:default:leader").lease
 #: Long enough that a leader can ride out a Sentinel failover (about 2-3 s here) without stepping down.
 SENTINEL_TIMING = ["--ha-lease-duration=6", "--ha-renew-deadline=4", "--ha-retry-period=0.5",
                    "--ha-redis-timeout=0.5", "--ha-stop-grace=2"]
@@ -88,7 +89,7 @@ def test_a_sentinel_address_leads_to_its_master(sentinels, replicated):
     master, _ = replicated
     first = sentinels.address.split(",")[0]
     assert sentinel_master(redis.Redis(port=int(first.split(":")[1]), decode_responses=True)) == "mymaster"
-    assert sentinel_master(master.client()) is None, "a plain Redis is not a sentinel"
+    assert server_mode(master.client()) == "standalone", "a plain Redis is not a sentinel"
     client = connect(RedisTarget("127.0.0.1", sentinels.ports[0]), timeout=2)
     client.set("through-the-sentinel", "1")
     assert master.client().get("through-the-sentinel") == "1"

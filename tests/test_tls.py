@@ -2,11 +2,12 @@
 
 import pytest
 
-from raylaunch.lease import Holder, RedisLease, RedisUnavailable, guarded
+from raylaunch.lease import Holder, Keys, RedisLease, RedisUnavailable, guarded
 from raylaunch.redisconn import connect, target_from
 from tlsproxy import TLSProxy, make_certs
 
-KEY = "ray-ha:default:leader"
+KEYS = Keys("ray-ha:default:leader")
+KEY = KEYS.lease
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def tls_env(port, certs, **overrides):
 def test_lease_over_tls_with_client_certificate(tls_redis, redis_server):
     proxy, certs = tls_redis
     target = target_from(tls_env(proxy.port, certs), None, None)
-    lease = RedisLease(connect(target, 2.0), KEY, Holder.me("tls", "h"), 5.0)
+    lease = RedisLease(connect(target, 2.0), KEYS, Holder.me("tls", "h"), 5.0)
     lease.check()
     assert lease.try_acquire().won
     assert redis_server.client().get(KEY) == lease.me.value
@@ -49,7 +50,7 @@ def test_ca_directory_works_like_a_ca_file(tls_redis, tmp_path):
     subprocess.run(["openssl", "rehash", str(ca_dir)], check=True, capture_output=True)
     target = target_from(tls_env(proxy.port, certs, RAY_REDIS_CA_CERT=None, RAY_REDIS_CA_PATH=str(ca_dir)),
                          None, None)
-    lease = RedisLease(connect(target, 2.0), KEY, Holder.me("tls", "h"), 5.0)
+    lease = RedisLease(connect(target, 2.0), KEYS, Holder.me("tls", "h"), 5.0)
     lease.check()
     lease.close()
 
