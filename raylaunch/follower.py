@@ -104,7 +104,7 @@ def follow(plan: Plan, state: StateFile) -> int:
                                ttl=max(plan.timing.lease_duration, 3 * plan.timing.retry_period))
     follower = Follower(source, RayWorker(plan.command), FollowTiming(plan.timing.retry_period,
                                                                       plan.timing.stop_grace), stop)
-    log.info("following the leader of %s on %s", plan.identity.key, plan.target.display)
+    log.info("following the leader of %s on %s", lease.key, plan.target.display)
     try:
         follower.run(report=lambda step: state.update(state_of(follower, step)))
     except Exception:

@@ -223,7 +223,7 @@ def _campaign(plan: Plan, state: StateFile, context: LiveContext, stop: StopFlag
     try:
         lease = connect_lease(plan, stop)
         log.info("campaigning as %s for %s on %s (lease %gs, renew deadline %gs, retry %gs)",
-                 plan.identity.node_name, plan.identity.key, plan.target.display, plan.timing.lease_duration,
+                 plan.identity.node_name, lease.key, plan.target.display, plan.timing.lease_duration,
                  plan.timing.renew_deadline, plan.timing.retry_period)
         log.info("head command: %s", " ".join(redact(plan.command.argv)))
         watchdog = dog = Watchdog(plan.timing.renew_deadline, plan.timing.lease_duration,

@@ -6,12 +6,13 @@ so neither root nor apt is needed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import redis
 
@@ -40,9 +41,12 @@ class LocalRedis:
     restart (even after kill -9) keeps every acknowledged write."""
 
     def __init__(self, workdir: Path, password: Optional[str] = None, persist: bool = False,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), binary: Optional[str] = None,
+                 env: Optional[Mapping[str, str]] = None) -> None:
         self.workdir, self.password, self.persist = Path(workdir), password, persist
         self.extra_args = list(extra_args)  # more redis-server options, e.g. --rename-command
+        self.binary = binary  # a redis-server of a given version; else redis_server_binary()
+        self.env = dict(env) if env is not None else None  # e.g. LD_LIBRARY_PATH for an unpacked build
         self.port = free_port()
         self.proc: Optional[subprocess.Popen] = None
 
@@ -52,13 +56,14 @@ class LocalRedis:
 
     def start(self, timeout: float = 10.0) -> "LocalRedis":
         """Start the server and wait until it answers PING."""
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+        args = [self.binary or redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--dir", str(self.workdir)]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
         args += self.extra_args
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {**os.environ, **self.env} if self.env is not None else None
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
