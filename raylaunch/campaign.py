@@ -18,6 +18,7 @@ from raylaunch.config import Timing
 from raylaunch.head import tcp_accepts
 from raylaunch.lease import Attempt, LeaseStoreError, Record, RedisUnavailable, Switchover, describe
 from raylaunch.stopflag import StopSignal
+from raylaunch.trouble import RedisTrouble
 
 log = logging.getLogger("ray-ha")
 
@@ -79,7 +80,8 @@ class Step(enum.Enum):
     """What one tick did."""
 
     STANDING_BY = "standing-by"
-    REDIS_DOWN = "redis-down"
+    REDIS_DOWN = "redis-down"          # a standby could not reach Redis; it tries again
+    REDIS_REFUSED = "redis-refused"    # a standby is refused by Redis until a setting changes
     ACQUIRED = "acquired"
     FENCING = "fencing"
     WAITING_OLD_GCS = "waiting-old-gcs"
@@ -122,6 +124,7 @@ class Snapshot:
     renew_failures: int
     takeover_seconds: Optional[float]  # our last lease acquisition -> GCS serving
     lease_confirmed_at: Optional[float]  # while we hold the lease: when its last confirmation was sent
+    redis_refused: Optional[str]   # the permanent Redis refusal this node is stuck on, else None
     step: Step
     outcome: Optional[Outcome]
 
@@ -160,7 +163,7 @@ class Campaign:
         self.next_try = 0.0     # when a standby tries to acquire again (monotonic)
         self._next_wait_log = 0.0
         self._seen_leader: Optional[tuple[str, int]] = None
-        self._redis_down = False
+        self.trouble = RedisTrouble(lambda: self.role.value, clock)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -189,6 +192,7 @@ class Campaign:
                         gcs_address=self.gcs_address, serving=self.serving and self.role is Role.LEADER,
                         transitions=self.transitions, renew_failures=self.renew_failures,
                         takeover_seconds=self.takeover_seconds, step=step, outcome=self.outcome,
+                        redis_refused=self.trouble.refused,
                         lease_confirmed_at=self.renewed_at if self.role in HOLDING else None)
 
     def _report(self, step: Step) -> None:
@@ -229,8 +233,9 @@ class Campaign:
         try:
             attempt = self.store.try_acquire()
         except STORE_ERRORS as exc:
-            return self._redis_trouble(exc)
-        self._redis_back()
+            self.trouble.failed(exc)
+            return Step.REDIS_REFUSED if self.trouble.refused else Step.REDIS_DOWN
+        self.trouble.recovered()
         if not attempt.won:
             self._note_leader(attempt)
             self.head.prepare()  # standing by: get a takeover ready (a pre-warmed `ray start`, if asked)
@@ -399,15 +404,23 @@ class Campaign:
                     return Step.LEASE_LOST
                 step = Step.RENEWED if held == self.epoch else self._reacquired(held)
                 self.renewed_at = sent
+                self.trouble.recovered()
             except STORE_ERRORS as exc:
-                log.warning("leader epoch %d: renewal failed (%.1fs since the last one): %s",
-                            self.epoch, self.clock() - self.renewed_at, exc)
-                self.renew_failures += 1
+                self._renewal_failed(exc)
                 step = Step.RENEW_FAILED
             self.next_renew = sent + self.timing.retry_period
         if self.clock() - self.renewed_at >= self.timing.renew_deadline:
             return Step.DEADLINE_PASSED
         return step
+
+    def _renewal_failed(self, exc: Exception) -> None:
+        """A failed renewal, transient or refused alike: the renew deadline still protects the head."""
+        self.renew_failures += 1
+        self.trouble.failed(exc, logged=False)  # every failed renewal is logged here, once each
+        log.log(logging.ERROR if self.trouble.refused else logging.WARNING,
+                "leader epoch %d: renewal failed (%.1fs since the last one)%s: %s", self.epoch,
+                self.clock() - self.renewed_at, "; Redis refuses until a setting changes" if self.trouble.refused
+                else "", exc)
 
     def _reacquired(self, epoch: int) -> Step:
         """Redis had lost our lease key and we took it back: a new epoch, and the record again."""
@@ -472,17 +485,6 @@ class Campaign:
             self.store.forget_candidate()
         except STORE_ERRORS:
             pass  # the heartbeat expires with the lease duration anyway
-
-    def _redis_trouble(self, exc: Exception) -> Step:
-        if not self._redis_down:
-            log.warning("standby: Redis unavailable, will keep trying: %s", exc)
-        self._redis_down = True
-        return Step.REDIS_DOWN
-
-    def _redis_back(self) -> None:
-        if self._redis_down:
-            log.info("standby: Redis reachable again")
-        self._redis_down = False
 
     def _finish(self, outcome: Outcome, step: Step, message: str) -> Step:
         self.outcome, self.role = outcome, Role.DONE

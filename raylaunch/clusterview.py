@@ -91,7 +91,8 @@ def _local(sup: LocalSupervisor) -> dict[str, Any]:
     role = state.get("role") if sup.running and sup.fresh() else ("stale" if sup.running else "gone")
     return {"node": sup.node, "pid": sup.pid, "role": role, "epoch": state.get("epoch"),
             "leader": state.get("leader"), "gcs_address": state.get("gcs_address"),
-            "serving": bool(state.get("serving")) and sup.running}
+            "serving": bool(state.get("serving")) and sup.running,
+            "redis_refused": state.get("redis_refused") if sup.running else None}
 
 
 def _glob_escape(text: str) -> str:
@@ -128,6 +129,7 @@ def render(view: dict[str, Any]) -> str:
         lines += ["", "supervisors on this machine:"]
         lines += [f"  {s['node']} (pid {s['pid']}): {s['role']}"
                   + (f", epoch {s['epoch']}" if s["role"] in ("leader", "follower") and s["epoch"] else "")
+                  + (f"; STUCK, Redis refuses it: {s['redis_refused']}" if s["redis_refused"] else "")
                   for s in view["local"]]
     return "\n".join(lines)
 

@@ -142,8 +142,8 @@ def identity_from(node_flag: Optional[str], key_flag: Optional[str], env: Mappin
     if not node.strip() or any(ch.isspace() or ch == "/" for ch in node):
         raise ConfigError(f"node name {node!r} must be non-empty, without spaces or slashes")
     if "{" in key or "}" in key:
-        raise ConfigError(f"lease key {key!r} must not contain braces: ray-ha makes it the hash tag of "
-                          "its keys itself ({key}), so they share one hash slot")
+        raise ConfigError(f"lease key {key!r} must not contain braces: ray-ha puts the name in braces itself "
+                          "(a hash tag), so that all its keys share one hash slot")
     return Identity(node_name=node, key=key)
 
 

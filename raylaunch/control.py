@@ -69,6 +69,8 @@ def _probe(sup: LocalSupervisor, role: str) -> tuple[bool, str]:
     who = f"node {sup.node} (pid {sup.pid})"
     if not sup.fresh():
         return False, f"{who}: supervisor state is stale (loop stuck or frozen?)"
+    if state.get("redis_refused"):
+        return False, f"{who}: {state.get('role')}, stuck: Redis refuses it: {state.get('redis_refused')}"
     if role == "any":
         return True, f"{who}: {state.get('role')}"
     if state.get("role") != "leader" or not state.get("serving"):

@@ -1,5 +1,8 @@
 """The HTTP endpoint: /healthz, /leader (200 only on the serving leader) and /metrics (Prometheus text).
 
+/healthz fails like `ray-ha health --role any`: a loop that stopped reporting, or one stuck on a Redis
+refusal that will not pass by itself.
+
 It serves the campaign's last snapshot from a thread and never touches Redis or the lease loop. A
 snapshot older than the lease duration means the loop is stuck: both probes then fail.
 """
@@ -18,7 +21,7 @@ METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def render_metrics(snapshot: Optional[Snapshot]) -> str:
-    """The five ray-ha metrics in Prometheus text format, labelled with the node."""
+    """The ray-ha metrics in Prometheus text format, labelled with the node."""
     if snapshot is None:
         return ""
     label = '{node="%s"}' % snapshot.node.replace("\\", "\\\\").replace('"', '\\"')
@@ -29,6 +32,8 @@ def render_metrics(snapshot: Optional[Snapshot]) -> str:
          snapshot.transitions),
         ("ray_ha_lease_renew_failures_total", "counter", "Lease renewals that failed.",
          snapshot.renew_failures),
+        ("ray_ha_redis_refused", "gauge", "1 while Redis refuses this node until a setting changes (see the log).",
+         int(snapshot.redis_refused is not None)),
     ]
     if snapshot.takeover_seconds is not None:
         rows.append(("ray_ha_takeover_seconds", "gauge", "Last takeover: lease acquired to GCS serving.",
@@ -63,7 +68,10 @@ class Endpoint:
         fresh = snap is not None and time.monotonic() - self._seen <= self.stale_after
         role = snap.role.value if snap else "starting"
         if path == "/healthz":
-            return (200 if fresh else 503), "text/plain", f"{'ok' if fresh else 'stale'} {role}\n"
+            refused = snap is not None and snap.redis_refused is not None
+            healthy = fresh and not refused
+            return (200 if healthy else 503), "text/plain", \
+                f"{'ok' if healthy else 'refused by Redis' if refused else 'stale'} {role}\n"
         if path in ("/leader", "/primary"):
             leading = fresh and snap is not None and snap.serving
             return (200 if leading else 503), "text/plain", f"{role}\n"

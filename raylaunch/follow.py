@@ -20,6 +20,7 @@ from typing import Callable, Optional, Protocol
 
 from raylaunch.lease import LeaseStoreError, Record, RedisUnavailable
 from raylaunch.stopflag import StopSignal
+from raylaunch.trouble import RedisTrouble
 
 log = logging.getLogger("ray-ha")
 
@@ -65,6 +66,7 @@ class FollowStep(enum.Enum):
     WORKER_DIED = "worker-died"         # its processes died; a start is scheduled after a backoff
     BACKING_OFF = "backing-off"         # waiting out that backoff
     REDIS_DOWN = "redis-down"           # cannot read who leads; the worker (if any) keeps running
+    REDIS_REFUSED = "redis-refused"     # Redis refuses until a setting changes; the worker keeps running
     STOPPED = "stopped"                 # stop requested; the tree is gone
 
 
@@ -87,7 +89,7 @@ class Follower:
         self.next_start = 0.0
         self.backoff = BACKOFF_FIRST
         self.restarts = 0
-        self._redis_down = False
+        self.trouble = RedisTrouble(lambda: "follower", clock, note="; the worker, if any, keeps running")
         self._next_wait_log = 0.0
 
     def run(self, report: Callable[[FollowStep], None] = lambda step: None) -> FollowStep:
@@ -112,8 +114,9 @@ class Follower:
         try:
             leader = self.source.current(self.following)
         except (RedisUnavailable, LeaseStoreError) as exc:
-            return self._redis_trouble(exc)
-        self._redis_back()
+            self.trouble.failed(exc)  # a running worker is left alone either way
+            return FollowStep.REDIS_REFUSED if self.trouble.refused else FollowStep.REDIS_DOWN
+        self.trouble.recovered()
         # 4. No worker: start one once a leader serves and any backoff is over.
         if self.following is None:
             return self._maybe_start(leader)
@@ -173,17 +176,6 @@ class Follower:
         if self.clock() >= self._next_wait_log:
             self._next_wait_log = self.clock() + WAIT_LOG_EVERY
             log.info("waiting for a leader: no head serves yet")
-
-    def _redis_trouble(self, exc: Exception) -> FollowStep:
-        if not self._redis_down:
-            log.warning("cannot read the leader from Redis (%s); the worker keeps running", exc)
-            self._redis_down = True
-        return FollowStep.REDIS_DOWN
-
-    def _redis_back(self) -> None:
-        if self._redis_down:
-            log.info("Redis answers again")
-            self._redis_down = False
 
     @staticmethod
     def _report_leftovers(pids: list[int]) -> None:

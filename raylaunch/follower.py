@@ -126,4 +126,4 @@ def state_of(follower: Follower, step: FollowStep) -> dict[str, object]:
     return {"role": "follower", "step": step.value, "joined": following is not None,
             "epoch": following.epoch if following else None, "leader": following.node if following else None,
             "gcs_address": following.gcs_address if following else None, "serving": False,
-            "restarts": follower.restarts}
+            "restarts": follower.restarts, "redis_refused": follower.trouble.refused}

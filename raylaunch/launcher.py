@@ -177,7 +177,7 @@ def state_of(snapshot: Snapshot) -> dict[str, object]:
             "gcs_address": snapshot.gcs_address, "serving": snapshot.serving,
             "transitions": snapshot.transitions, "renew_failures": snapshot.renew_failures,
             "takeover_seconds": snapshot.takeover_seconds,
-            "waiting_old_gcs": snapshot.step is Step.WAITING_OLD_GCS}
+            "waiting_old_gcs": snapshot.step is Step.WAITING_OLD_GCS, "redis_refused": snapshot.redis_refused}
 
 
 def campaign(plan: Plan) -> int:

@@ -159,8 +159,9 @@ REFUSALS: dict[str, tuple[str, str]] = {
     "NOAUTH": ("credentials", "Redis wants a password: set --redis-password or RAY_REDIS_PASSWORD"),
     "WRONGPASS": ("credentials", "Redis refused the credentials: check --redis-password / "
                                  "RAY_REDIS_PASSWORD and --redis-username"),
-    "NOPERM": ("permission", "the Redis user may not run what ray-ha needs: allow it EVAL, EVALSHA, "
-                             "SCRIPT, GET, SET, DEL, TYPE and PTTL on the keys {key}*"),
+    "NOPERM": ("permission", "the Redis user may not run what ray-ha needs: give it the keys and channels "
+                             "{key}* and the commands it runs on them (for example ACL SETUSER <user> "
+                             "~{key}* &{key}* +@all)"),
     "WRONGTYPE": ("wrong-type", "a key of lease {key} holds a value of the wrong type: delete it or "
                                 "choose another --ha-key"),
     "CROSSSLOT": ("crossslot", "Redis refused keys in different hash slots; every key of ray-ha's "
@@ -532,12 +533,17 @@ def guarded(call: Callable[[], T], key: str) -> T:
         raise RedisUnavailable(f"Redis Cluster: {exc}") from None
 
 
+#: How Redis 6.2 wraps an error raised inside a script: taken off, so the reply reads as the error itself.
+_SCRIPT_WRAPPER = re.compile(r"^(?:ERR )?Error running script \(call to f_\w+\): (?:@user_script: ?\d+: )*-?")
+
+
 def error_reply(exc: Exception) -> str:
-    """Redis's error reply as Redis sent it, its code first (redis-py may have taken it off)."""
+    """Redis's error reply as Redis sent it, its code first (redis-py may have taken it off), and
+    unwrapped from Redis 6.2's script error."""
     text = str(exc).strip()
     code = getattr(exc, "status_code", None) or next(
         (code for name, code in CODE_CLASSES if isinstance(exc, getattr(redis.exceptions, name, ()))), None)
-    return f"{code} {text}" if code and not text.startswith(code) else text
+    return _SCRIPT_WRAPPER.sub("", f"{code} {text}" if code and not text.startswith(code) else text)
 
 
 def _has_code(reply: str, code: str) -> bool:

@@ -90,10 +90,21 @@ class LocalCluster:
             master_id = master.client().execute_command("CLUSTER", "MYID")
             for r in range(self.replicas):
                 replica = self.nodes[self.shards + i * self.replicas + r]
-                replica.client().execute_command("CLUSTER", "REPLICATE", master_id)
+                self._wait(lambda: self._replicate(replica, master_id), timeout, "a replica to take its master")
         self._wait(lambda: all(self._info(n).get("cluster_state") == "ok" for n in self.nodes), timeout,
                    "cluster_state:ok on every node")
         self._wait(self.replicas_in_sync, timeout, "every replica in sync")
+
+    @staticmethod
+    def _replicate(replica: LocalRedis, master_id: str) -> bool:
+        """CLUSTER REPLICATE, which fails while the replica still shakes hands with the master."""
+        try:
+            replica.client().execute_command("CLUSTER", "REPLICATE", master_id)
+            return True
+        except redis.ResponseError as exc:
+            if "Unknown node" in str(exc):
+                return False
+            raise
 
     def replicas_in_sync(self) -> bool:
         try:

@@ -12,7 +12,7 @@ import pytest
 
 from raylaunch.campaign import Campaign, Outcome, Role, Step
 from raylaunch.config import Timing
-from raylaunch.lease import Attempt, Holder, Keys, Record, RedisLease, RedisUnavailable, Switchover
+from raylaunch.lease import Attempt, Holder, Keys, LeaseStoreError, Record, RedisLease, RedisUnavailable, Switchover
 from raylaunch.redisconn import RedisTarget, connect
 
 OTHER = Holder(node="other", host="h2", pid=7, token="t2")
@@ -430,13 +430,56 @@ def test_a_failing_watcher_never_stops_the_campaign(world):
     assert seen[0] is Role.WAITING and seen[-1] is Role.DONE
 
 
-def test_standby_survives_redis_outage_and_logs_it_once(world, caplog):
+def test_standby_survives_redis_outage_and_logs_it_once_a_minute(world, caplog):
+    caplog.set_level(logging.INFO, logger="ray-ha")
     campaign, store, head, clock, stop, events = world
     store.acquire_error = RedisUnavailable("refused")
     assert [campaign.tick() for _ in range(3)] == [Step.REDIS_DOWN] * 3
+    assert caplog.text.count("Redis unavailable") == 1
+    clock.advance(61)
+    assert campaign.tick() is Step.REDIS_DOWN
+    assert caplog.text.count("Redis unavailable") == 2
+    assert campaign.snapshot(Step.REDIS_DOWN).redis_refused is None, "an outage is not a refusal"
     store.acquire_error = None
     assert campaign.tick() is Step.ACQUIRED
-    assert caplog.text.count("Redis unavailable") == 1
+    assert caplog.text.count("Redis answers again") == 1
+
+
+def test_a_standby_refused_by_redis_is_stuck_says_why_once_a_minute_and_keeps_trying(world, caplog):
+    campaign, store, head, clock, stop, events = world
+    store.acquire_error = LeaseStoreError("the Redis user may not run what ray-ha needs (NOPERM ...)", "permission")
+    assert [campaign.tick() for _ in range(5)] == [Step.REDIS_REFUSED] * 5
+    assert caplog.text.count("Redis refuses, and will until a setting changes") == 1
+    assert "NOPERM" in caplog.text and "ERROR" in caplog.text
+    assert campaign.snapshot(Step.REDIS_REFUSED).redis_refused.startswith("the Redis user may not")
+    clock.advance(30)
+    campaign.tick()
+    assert caplog.text.count("Redis refuses") == 1
+    clock.advance(31)
+    campaign.tick()
+    assert caplog.text.count("Redis refuses") == 2, "not once ever: again after a minute"
+    store.acquire_error = RedisUnavailable("down")  # a new kind of trouble is logged at once
+    assert campaign.tick() is Step.REDIS_DOWN and caplog.text.count("Redis unavailable") == 1
+    store.acquire_error = None
+    assert campaign.tick() is Step.ACQUIRED
+    assert campaign.snapshot(Step.ACQUIRED).redis_refused is None
+
+
+def test_a_refused_renewal_is_a_failed_renewal_and_the_deadline_still_kills_in_time(world, caplog):
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+    acquired_at = clock()
+    store.renew_result = LeaseStoreError("RAY_REDIS_ADDRESS reaches a read-only replica (READONLY ...)", "readonly")
+    steps = []
+    while campaign.outcome is None:
+        clock.advance(0.5)
+        steps.append(campaign.tick())
+    assert steps.count(Step.RENEW_FAILED) >= 4 and steps[-1] is Step.DEADLINE_PASSED
+    assert campaign.renew_failures >= steps.count(Step.RENEW_FAILED)  # the last one may end in the deadline
+    assert caplog.text.count("renewal failed") == campaign.renew_failures, "every failed renewal is logged"
+    assert "Redis refuses until a setting changes" in caplog.text
+    assert head.stopped_at < acquired_at + TIMING.lease_duration
+    assert campaign.outcome is Outcome.LOST
 
 
 def test_internal_error_while_leading_still_kills_then_releases(world):

@@ -149,6 +149,12 @@ BAD_INPUTS = {
     "prewarm env": ({"RAY_HA_PREWARM": "maybe"}, [], 2, "is not on or off"),
     "prewarm a wrapper": ({}, ["--ha-prewarm=on"], 2, "cannot tell which Python runs"),
     "follow with head": ({}, ["--ha-follow"], 2, "--ha-follow takes no --head"),
+    # Refusals that will not pass by themselves are configuration errors, never outages.
+    "address is a replica": ({"RAY_REDIS_ADDRESS": "{replica}"}, [], 2, "reaches a read-only replica"),
+    "user without key access": ({}, ["--redis-username=keyless"], 2, "may not run what ray-ha needs"),
+    "user without scripting": ({}, ["--redis-username=noscript"], 2, "may not run what ray-ha needs"),
+    "braces in key": ({}, ["--ha-key=a{b}"], 2, "must not contain braces"),
+    "old layout holds the lease": ({}, ["--ha-key=legacy"], 2, "key layout of ray-ha before 0.2"),
 }
 
 
@@ -157,6 +163,9 @@ def secured_redis(tmp_path):
     server = RedisServer(tmp_path, password="s3cret-pw").start()
     server.client().rpush(Keys("not-a-string").lease, "x")
     server.client().rpush(Keys("bad-epoch").epoch, "x")
+    server.client().set("legacy", '{"host":"h","node":"old","pid":1,"token":"t"}', px=600000)
+    for user, rules in (("keyless", ["~unrelated:*", "+@all"]), ("noscript", ["~*", "+@all", "-@scripting"])):
+        server.client().execute_command("ACL", "SETUSER", user, "on", ">s3cret-pw", "&*", *rules)
     yield server
     server.stop()
 
@@ -172,9 +181,20 @@ def redis_without_lua(tmp_path):
     server.stop()
 
 
+@pytest.fixture
+def redis_replica(tmp_path, secured_redis):
+    """A read-only replica of secured_redis, as an old master is after a failover without Sentinel."""
+    (tmp_path / "replica").mkdir()
+    server = RedisServer(tmp_path / "replica", password="s3cret-pw", extra_args=[
+        "--replicaof", "127.0.0.1", str(secured_redis.port), "--masterauth", "s3cret-pw"]).start()
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
 def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured_redis, redis_without_lua,
-                                                                    fake_ray_env, tmp_path, leak_guard):
+                                                                    redis_replica, fake_ray_env, tmp_path,
+                                                                    leak_guard):
     extra_env, extra_args, code, phrase = BAD_INPUTS[case]
     env = {**fake_ray_env, "RAY_ENABLE_HEAD_HA": "1", "RAY_REDIS_ADDRESS": secured_redis.address,
            "RAY_REDIS_PASSWORD": "s3cret-pw"}
@@ -182,7 +202,8 @@ def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured
         if value is None:
             env.pop(name, None)
         else:
-            env[name] = value.format(dead_port=free_port(), no_lua=redis_without_lua.address)
+            env[name] = value.format(dead_port=free_port(), no_lua=redis_without_lua.address,
+                                     replica=redis_replica.address)
     argv = [sys.executable, "-m", "raylaunch", "start", "--head", "--port=0", *extra_args]
     result = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     lines = result.stderr.strip().splitlines()
@@ -191,6 +212,7 @@ def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured
     assert lines[0].startswith("ray-ha: error: ") and phrase in lines[0]
     assert "Traceback" not in result.stderr and "s3cret-pw" not in result.stderr
     assert secured_redis.client().get(KEY) is None and redis_without_lua.client().get(KEY) is None
+    assert secured_redis.client().get(Keys("legacy").lease) is None
     assert tagged_processes(leak_guard) == []
 
 

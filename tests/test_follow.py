@@ -7,7 +7,7 @@ import pytest
 
 from raylaunch.follow import (BACKOFF_FIRST, BACKOFF_MAX, RESTART_GRACE, Decision, Follower, FollowStep, FollowTiming,
                               on_new_leader)
-from raylaunch.lease import Record, RedisUnavailable
+from raylaunch.lease import LeaseStoreError, Record, RedisUnavailable
 
 A1 = Record(node="a", host="ha", gcs_address="10.0.0.1:6379", epoch=1, since=1.0)
 B2 = Record(node="b", host="hb", gcs_address="10.0.0.2:6379", epoch=2, since=2.0)
@@ -141,9 +141,24 @@ def test_redis_trouble_leaves_a_running_worker_alone(world, caplog):
     assert follower.tick() is FollowStep.REDIS_DOWN
     assert follower.tick() is FollowStep.REDIS_DOWN
     assert worker.events == [("start", "10.0.0.1:6379", 1)]
-    assert caplog.text.count("cannot read the leader") == 1
+    assert caplog.text.count("Redis unavailable") == 1 and "the worker, if any, keeps running" in caplog.text
     source.error = None
     assert follower.tick() is FollowStep.FOLLOWING
+
+
+def test_a_follower_refused_by_redis_keeps_its_worker_is_stuck_and_says_so_once_a_minute(world, caplog):
+    follower, source, worker, clock, stop = world
+    source.leader = A1
+    follower.tick()
+    source.error = LeaseStoreError("a key of lease {k} holds a value of the wrong type (WRONGTYPE ...)", "wrong-type")
+    assert [follower.tick() for _ in range(4)] == [FollowStep.REDIS_REFUSED] * 4
+    assert caplog.text.count("Redis refuses") == 1 and follower.trouble.refused.startswith("a key of lease")
+    clock.now += 61
+    follower.tick()
+    assert caplog.text.count("Redis refuses") == 2
+    assert worker.events == [("start", "10.0.0.1:6379", 1)], "the worker is left alone"
+    source.error = None
+    assert follower.tick() is FollowStep.FOLLOWING and follower.trouble.refused is None
 
 
 def test_stop_stops_the_worker_gracefully_and_ends(world):

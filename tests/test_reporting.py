@@ -16,7 +16,7 @@ from raylaunch.localredis import free_port
 def snapshot(role=Role.LEADER, serving=True, **kw):
     fields = dict(node="a", role=role, epoch=3, leader="a", gcs_address="127.0.0.1:6379", serving=serving,
                   transitions=2, renew_failures=1, takeover_seconds=1.25, step=Step.LEADING, outcome=None,
-                  lease_confirmed_at=None)
+                  lease_confirmed_at=None, redis_refused=None)
     return Snapshot(**{**fields, **kw})
 
 
@@ -55,15 +55,22 @@ def test_stale_snapshot_fails_both_probes():
         server.close()
 
 
-def test_metrics_are_prometheus_text_with_the_five_series(endpoint):
+def test_metrics_are_prometheus_text_with_the_six_series(endpoint):
     endpoint(snapshot())
     status, body = get(endpoint.port, "/metrics")
     assert status == 200
     values = {line.split("{")[0]: line.rsplit(" ", 1)[1] for line in body.splitlines() if not line.startswith("#")}
     assert values == {"ray_ha_is_leader": "1", "ray_ha_epoch": "3", "ray_ha_leader_transitions_total": "2",
-                      "ray_ha_lease_renew_failures_total": "1", "ray_ha_takeover_seconds": "1.25"}
+                      "ray_ha_lease_renew_failures_total": "1", "ray_ha_takeover_seconds": "1.25",
+                      "ray_ha_redis_refused": "0"}
     assert '# TYPE ray_ha_leader_transitions_total counter' in body
     assert 'ray_ha_is_leader{node="a"} 1' in body
+
+
+def test_a_node_stuck_on_a_redis_refusal_fails_healthz_and_says_so_in_its_metrics(endpoint):
+    endpoint(snapshot(role=Role.STANDBY, serving=False, redis_refused="the Redis user may not run ... (NOPERM)"))
+    assert get(endpoint.port, "/healthz") == (503, "refused by Redis standby\n")
+    assert 'ray_ha_redis_refused{node="a"} 1' in get(endpoint.port, "/metrics")[1]
 
 
 def test_metrics_leave_out_takeover_time_until_there_is_one():
