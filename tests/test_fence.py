@@ -8,6 +8,8 @@ from redis.retry import Retry
 from raylaunch.fence import AclFence
 from raylaunch.lease import Keys, LeaseStoreError
 
+pytestmark = pytest.mark.redis_versions
+
 KEY = "ray-ha:test:leader"  # the lease key name; its GCS users are <name>:gcs:e<epoch>
 KEYS = Keys(KEY)
 

@@ -11,6 +11,8 @@ from raylaunch.lease import (HISTORY_LENGTH, Holder, Keys, LeaseStoreError, Redi
                              Switchover, guarded)
 from raylaunch.redisconn import RedisTarget, connect
 
+pytestmark = pytest.mark.redis_versions
+
 KEYS = Keys("ray-ha:test:leader")
 KEY = KEYS.lease  # the lease itself: {ray-ha:test:leader}
 
@@ -272,10 +274,8 @@ def test_wrong_type_lease_key_is_reported(redis_server):
         lease.try_acquire()
 
 
-def test_wrong_password_is_a_store_error(tmp_path):
-    from conftest import RedisServer
-
-    server = RedisServer(tmp_path, password="right").start()
+def test_wrong_password_is_a_store_error(tmp_path, make_redis):
+    server = make_redis(tmp_path, password="right").start()
     try:
         with pytest.raises(LeaseStoreError, match="credentials"):
             make_lease(server, password="wrong").check()

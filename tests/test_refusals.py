@@ -10,8 +10,10 @@ import pytest
 
 from conftest import FAST_TIMING, LaunchPad, fake_ray_events, tagged_processes, wait_for
 from raylaunch.lease import Keys
-from raylaunch.localredis import LocalRedis, free_port
+from raylaunch.localredis import free_port
 from test_reporting import get
+
+pytestmark = pytest.mark.redis_versions
 
 KEYS = Keys("ray-ha:default:leader")
 USER = ["--redis-username=ha", "--redis-password=ha-pw"]
@@ -69,10 +71,10 @@ def test_access_taken_away_mid_run_stops_the_leader_and_leaves_the_standby_stuck
     assert tagged_processes(leak_guard) == []
 
 
-def test_a_leader_whose_redis_becomes_a_replica_steps_down_at_its_deadline(pad, redis_server, tmp_path,
+def test_a_leader_whose_redis_becomes_a_replica_steps_down_at_its_deadline(pad, redis_server, tmp_path, make_redis,
                                                                           fake_ray_env, leak_guard):
     (tmp_path / "other").mkdir()
-    other = LocalRedis(tmp_path / "other").start()
+    other = make_redis(tmp_path / "other").start()
     try:
         a = pad("a", "--port=0")
         a.wait_log("GCS serving")

@@ -1,6 +1,7 @@
 """Redis Sentinel and replica confirmation, against real servers on loopback: a master, a replica and
 three sentinels (`redis-server --sentinel`), with launchers running the fake `ray`."""
 
+import os
 import subprocess
 import time
 
@@ -8,9 +9,12 @@ import pytest
 import redis
 
 from conftest import fake_ray_events, tagged_processes, wait_for
-from raylaunch.localredis import LocalRedis, free_port, redis_server_binary
+from raylaunch.localredis import free_port
+from redisbins import binary as redis_binary
 from raylaunch.lease import Keys
 from raylaunch.redisconn import RedisTarget, connect, sentinel_master, server_mode
+
+pytestmark = pytest.mark.redis_versions
 
 KEY = Keys("ray-ha:default:leader").lease
 #: Long enough that a leader can ride out a Sentinel failover (about 2-3 s here) without stepping down.
@@ -21,7 +25,7 @@ SENTINEL_TIMING = ["--ha-lease-duration=6", "--ha-renew-deadline=4", "--ha-retry
 class Sentinels:
     """Three sentinels watching `master` (named mymaster), quorum 2, one second to call it down."""
 
-    def __init__(self, workdir, master):
+    def __init__(self, workdir, master, binary):
         self.procs, self.ports = [], []
         for i in range(3):
             port = free_port()
@@ -30,7 +34,7 @@ class Sentinels:
                             f"sentinel monitor mymaster 127.0.0.1 {master.port} 2\n"
                             "sentinel down-after-milliseconds mymaster 1000\n"
                             "sentinel failover-timeout mymaster 5000\n")
-            self.procs.append(subprocess.Popen([redis_server_binary(), str(conf), "--sentinel"],
+            self.procs.append(subprocess.Popen([binary.path, str(conf), "--sentinel"], env={**os.environ, **binary.env},
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             self.ports.append(port)
 
@@ -62,12 +66,12 @@ class Sentinels:
 
 
 @pytest.fixture
-def replicated(tmp_path):
+def replicated(tmp_path, make_redis):
     """A master and one replica of it."""
     (tmp_path / "m").mkdir()
     (tmp_path / "r").mkdir()
-    master = LocalRedis(tmp_path / "m").start()
-    replica = LocalRedis(tmp_path / "r", extra_args=["--replicaof", "127.0.0.1", str(master.port)]).start()
+    master = make_redis(tmp_path / "m").start()
+    replica = make_redis(tmp_path / "r", extra_args=["--replicaof", "127.0.0.1", str(master.port)]).start()
     wait_for(lambda: replica.client().info("replication").get("master_link_status") == "up", 10,
              what="the replica in sync")
     yield master, replica
@@ -76,8 +80,8 @@ def replicated(tmp_path):
 
 
 @pytest.fixture
-def sentinels(tmp_path, replicated):
-    watch = Sentinels(tmp_path, replicated[0])
+def sentinels(tmp_path, replicated, redis_version):
+    watch = Sentinels(tmp_path, replicated[0], redis_binary(redis_version))
     try:
         wait_for(watch.ready, 20, interval=0.2, what="sentinels that know each other and the replica")
         yield watch

@@ -6,6 +6,8 @@ from raylaunch.lease import Holder, Keys, RedisLease, RedisUnavailable, guarded
 from raylaunch.redisconn import connect, target_from
 from tlsproxy import TLSProxy, make_certs
 
+pytestmark = pytest.mark.redis_versions
+
 KEYS = Keys("ray-ha:default:leader")
 KEY = KEYS.lease
 
