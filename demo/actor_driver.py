@@ -28,7 +28,8 @@ def where() -> str:
 
 def main() -> None:
     address, action = sys.argv[1], sys.argv[2]
-    ray.init(address=address, _node_ip_address="127.0.0.1", namespace="ray-ha-demo", log_to_driver=False)
+    node_ip = address.rsplit(":", 1)[0].strip("[]")  # this machine's head: the driver is on its node
+    ray.init(address=address, _node_ip_address=node_ip, namespace="ray-ha-demo", log_to_driver=False)
     if action == "pinned":
         node = ray.get(where.remote(), timeout=120)
         print(json.dumps({"node": node, "session": ray._private.worker.global_worker.node.session_name}))

@@ -45,8 +45,10 @@ CONNECT_ATTEMPTS = 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: How long a non-block start waits to learn whether it leads or stands by (s).
 DETACH_WAIT = 180.0
-#: What `ray start` prints once everything is up; a detached leader is reported after it.
+#: What `ray start` prints once everything is up; a detached leader is reported after it (every Ray
+#: from 2.9 to 2.60 says it), or RAY_TEXT_GRACE after its GCS began serving if a Ray says something else.
 RAY_STARTED = "Ray runtime started"
+RAY_TEXT_GRACE = 20.0
 
 log = logging.getLogger("ray-ha")
 
@@ -320,7 +322,7 @@ def follow_detached(plan: Plan, child: subprocess.Popen, offset: int) -> int:
     so the user sees Ray's own guidance as with `ray start`.
     """
     deadline = time.monotonic() + DETACH_WAIT
-    node, shown = plan.identity.node_name, ""
+    shown, leading_since = "", None
     with open(plan.log_path, "rb") as log_file:
         log_file.seek(offset)
         while True:
@@ -331,17 +333,34 @@ def follow_detached(plan: Plan, child: subprocess.Popen, offset: int) -> int:
                 _echo(log_file)
                 print(f"ray-ha: the supervisor exited with code {code}; see {plan.log_path}", file=sys.stderr)
                 return code or EXIT_RUNTIME
-            found = [s for s in local_supervisors(plan.state_dir, node) if s.pid == child.pid]
-            verdict, leading = _verdict(found[0].state) if found else (None, False)
+            verdict, leading = _verdict_of(plan, child.pid)
+            leading_since = leading_since or (time.monotonic() if leading else None)
             timed_out = time.monotonic() > deadline
-            if verdict and (not leading or RAY_STARTED in shown or timed_out):
-                print(f"ray-ha: {verdict}")
-                print(f"ray-ha: supervisor pid {child.pid}, log {plan.log_path}; stop it with: ray-ha stop")
-                return EXIT_OK
+            if verdict and (not leading or RAY_STARTED in shown or _past(leading_since, RAY_TEXT_GRACE) or timed_out):
+                return _settled(plan, child.pid, verdict, quiet_ray=leading and RAY_STARTED not in shown)
             if timed_out:
                 print(f"ray-ha: error: no outcome after {DETACH_WAIT:.0f}s; the supervisor (pid {child.pid}) "
                       f"keeps trying, see {plan.log_path}", file=sys.stderr)
                 return EXIT_RUNTIME
+
+
+def _verdict_of(plan: Plan, pid: int) -> tuple[Optional[str], bool]:
+    found = [s for s in local_supervisors(plan.state_dir, plan.identity.node_name) if s.pid == pid]
+    return _verdict(found[0].state) if found else (None, False)
+
+
+def _past(since: Optional[float], seconds: float) -> bool:
+    return since is not None and time.monotonic() - since > seconds
+
+
+def _settled(plan: Plan, pid: int, verdict: str, quiet_ray: bool) -> int:
+    """Report where the detached supervisor stands (exit 0)."""
+    if quiet_ray:
+        print(f"ray-ha: note: `ray start` has not said {RAY_STARTED!r} {RAY_TEXT_GRACE:.0f}s after its GCS "
+              "began serving; reporting without it")
+    print(f"ray-ha: {verdict}")
+    print(f"ray-ha: supervisor pid {pid}, log {plan.log_path}; stop it with: ray-ha stop")
+    return EXIT_OK
 
 
 def _verdict(state: Mapping[str, object]) -> tuple[Optional[str], bool]:

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TAG_VAR, Launcher, LaunchPad, tagged_processes, wait_for
-from raylaunch.localredis import free_port
 from raylaunch.lease import Keys
+from raylaunch.localredis import free_port
+from rediscluster import LocalCluster
 
 pytestmark = pytest.mark.ray
 
@@ -32,6 +33,11 @@ DRIVER = Path(__file__).resolve().parent.parent / "demo" / "actor_driver.py"
 @pytest.fixture
 def ray_launch(redis_server, leak_guard, tmp_path):
     """Launchers running the real `ray` with short temp dirs (Ray's socket paths are length-limited)."""
+    yield from ray_pad(redis_server.address, leak_guard, tmp_path)
+
+
+def ray_pad(redis_address, leak_guard, tmp_path):
+    """What ray_launch yields, for the Redis at `redis_address`."""
     if shutil.which("ray") is None:
         pytest.fail("real Ray is needed: pip install 'ray[default]==2.60.0'")
     short = Path(tempfile.mkdtemp(prefix="rha-", dir="/tmp"))
@@ -40,7 +46,7 @@ def ray_launch(redis_server, leak_guard, tmp_path):
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     timing = ["--ha-lease-duration=5", "--ha-renew-deadline=3", "--ha-retry-period=0.5",
               "--ha-redis-timeout=1"]
-    pad = LaunchPad(env, tmp_path, redis_server.address, timing)
+    pad = LaunchPad(env, tmp_path, redis_address, timing)
 
     def start(name, *args, **kw):
         return pad(name, "--port=0", "--num-cpus=1", "--include-dashboard=false",
@@ -90,6 +96,30 @@ def test_crash_failover_resumes_the_session_and_the_actor(ray_launch, redis_serv
     survivors = tagged_processes(leak_guard)
     assert survivors == [], f"left behind: {[p.name() for p in survivors]}"
     assert redis_server.client().get(KEY) is None, "the lease is released once the tree is gone"
+
+
+def test_crash_failover_on_a_one_shard_cluster_mode_redis(leak_guard, tmp_path):
+    """As MemoryDB / ElastiCache in cluster mode give: Ray's GCS and ray-ha's lease on one shard."""
+    cluster = LocalCluster(tmp_path / "cluster", shards=1).start()
+    launches = ray_pad(cluster.address, leak_guard, tmp_path)
+    ray_launch = next(launches)
+    try:
+        record = lambda: json.loads(cluster.nodes[0].client().get(KEYS.record) or "{}")  # noqa: E731
+        leader = ray_launch("a")
+        leader.wait_log("GCS serving", timeout=90)
+        standby = ray_launch("b")
+        standby.wait_log("standing by; leader is a", timeout=60)
+        before = drive(ray_launch.env, record()["gcs_address"], "create")
+        leader.kill_tree()
+        standby.wait_log("GCS serving", timeout=90)
+        after = drive(ray_launch.env, record()["gcs_address"], "get")
+        assert after["session"] == before["session"] and record()["epoch"] == 2
+        standby.proc.terminate()
+        assert standby.wait(60) == 0
+    finally:
+        next(launches, None)  # the pad's own clean-up
+        cluster.stop()
+    assert tagged_processes(leak_guard) == []
 
 
 def test_a_prewarmed_standby_becomes_the_head_in_its_waiting_interpreter(ray_launch, redis_server, leak_guard):

@@ -63,6 +63,23 @@ def test_detached_start_reports_only_settled_states(state, verdict):
     assert (line is None) if verdict is None else line.startswith(verdict)
 
 
+def test_non_block_start_of_a_ray_that_says_something_else_still_returns_in_bounded_time(ha_env, tmp_path,
+                                                                                        leak_guard):
+    from raylaunch.launcher import RAY_TEXT_GRACE
+
+    env = {**ha_env, "FAKE_RAY_STARTED_TEXT": "Local node is up."}
+    started = time.monotonic()
+    try:
+        result = start_detached("a", env, tmp_path)
+    finally:
+        ray_ha("stop", env=ha_env, cwd=tmp_path)
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "ray-ha: leading as a (epoch 1)" in result.stdout and "Local node is up." in result.stdout
+    assert "has not said 'Ray runtime started'" in result.stdout
+    assert RAY_TEXT_GRACE <= took < RAY_TEXT_GRACE + 30, f"took {took:.1f}s"
+
+
 def test_non_block_start_returns_as_standby(detached):
     assert detached("a").returncode == 0
     result = detached("b")
