@@ -161,7 +161,7 @@ REFUSALS: dict[str, tuple[str, str]] = {
                                  "RAY_REDIS_PASSWORD and --redis-username"),
     "NOPERM": ("permission", "the Redis user may not run what ray-ha needs: give it the keys and channels "
                              "{key}* and the commands it runs on them (for example ACL SETUSER <user> "
-                             "~{key}* &{key}* +@all)"),
+                             "resetchannels ~{key}* &{key}* +@all)"),
     "WRONGTYPE": ("wrong-type", "a key of lease {key} holds a value of the wrong type: delete it or "
                                 "choose another --ha-key"),
     "CROSSSLOT": ("crossslot", "Redis refused keys in different hash slots; every key of ray-ha's "
@@ -443,8 +443,11 @@ class RedisLease:
     def _refuse_legacy_lease(self) -> None:
         """A lease held on the layout before 0.2 means candidates of an older ray-ha run: two heads."""
         legacy = self.keys.legacy_lease
-        if str(self.client.type(legacy)) != "string" or int(self.client.pttl(legacy)) <= 0:
-            return
+        try:
+            if str(self.client.type(legacy)) != "string" or int(self.client.pttl(legacy)) <= 0:
+                return
+        except redis.exceptions.NoPermissionError:
+            return  # a user given only the new layout's keys (as advised) cannot see the old one
         holder = Holder.decode(str(self.client.get(legacy) or ""))
         if holder.token:
             raise LeaseStoreError(

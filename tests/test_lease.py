@@ -4,6 +4,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 import json
 
@@ -293,6 +294,26 @@ def test_redis_user_without_scripting_is_reported(redis_server):
     with pytest.raises(LeaseStoreError, match="may not run"):
         lease.check()
     assert redis_server.client().get(KEY) is None
+
+
+def test_a_user_given_what_the_advice_says_can_do_everything_ray_ha_does(redis_server):
+    """The NOPERM advice (keys and channels {name}*) is enough: check, win, renew, record, wake, release."""
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "ha", "on", ">pw", "resetchannels", f"~{KEY}*", f"&{KEY}*", "+@all")
+    a, b = (RedisLease(connect(RedisTarget("127.0.0.1", redis_server.port, username="ha", password="pw"), 1.0),
+                       KEYS, Holder.me(node, "h"), 5.0) for node in "ab")
+    a.check()
+    assert a.try_acquire().won and not b.try_acquire().won
+    assert a.renew(1) == 1 and a.write_record("10.0.0.1:1", 1, 1.0)
+    woke: list = []
+    waiter = threading.Thread(target=lambda: woke.append(b.wait_released(5, threading.Event())))
+    waiter.start()
+    time.sleep(0.3)
+    assert a.release()
+    waiter.join(5)
+    assert woke == [True]
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        a.client.get("unrelated")  # and nothing else
 
 
 def test_losing_try_refreshes_the_standby_heartbeat_and_winning_removes_it(redis_server):
