@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import IO, TYPE_CHECKING, Callable, Iterable, Optional
 
 if TYPE_CHECKING:
     from raylaunch.campaign import Snapshot
@@ -163,6 +163,7 @@ class Watchdog:
                 self.proc.wait()
                 logging.getLogger("ray-ha").error("the watchdog exited with code %s; starting a new one",
                                                   self.proc.returncode)
+                _discard(self.proc.stdin)
                 self.proc = self._spawn()
         raise RuntimeError("cannot talk to the watchdog")
 
@@ -176,6 +177,15 @@ class Watchdog:
         except (RuntimeError, OSError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait()
+
+
+def _discard(pipe: Optional[IO[bytes]]) -> None:
+    """Close a pipe to a dead process, dropping what it still buffers (it would fail again on exit)."""
+    try:
+        if pipe is not None:
+            pipe.close()
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":
