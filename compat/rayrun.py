@@ -244,7 +244,8 @@ def render(results: list[Result], python: str) -> str:
     for r in results:
         lines.append(f"| {r.version} | {'pass' if r.ok else 'FAIL'} | {r.start_s if r.start_s is not None else '-'} | "
                      f"{r.failover_s if r.failover_s is not None else '-'} | {'; '.join(r.notes) or ''} |")
-    return "\n".join(lines) + f"\n\nPython {python}, lease {TIMING.lease_duration:g} s.\n"
+    return "\n".join(lines) + (f"\n\nRun on {time.strftime('%Y-%m-%d')}: Python {python}, lease "
+                                f"{TIMING.lease_duration:g} s, {os.cpu_count()} cores.\n")
 
 
 def run(versions: list[str], venv_root: Path, log: Callable[[str], None] = print) -> list[Result]:
