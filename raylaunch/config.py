@@ -141,10 +141,15 @@ def identity_from(node_flag: Optional[str], key_flag: Optional[str], env: Mappin
     key = key_flag or env.get("RAY_HA_LEADER_KEY", "").strip() or f"ray-ha:{namespace}:leader"
     if not node.strip() or any(ch.isspace() or ch == "/" for ch in node):
         raise ConfigError(f"node name {node!r} must be non-empty, without spaces or slashes")
-    if "{" in key or "}" in key:
-        raise ConfigError(f"lease key {key!r} must not contain braces: ray-ha puts the name in braces itself "
-                          "(a hash tag), so that all its keys share one hash slot")
+    check_key_name(key)
     return Identity(node_name=node, key=key)
+
+
+def check_key_name(key: str) -> None:
+    """A lease's name is non-empty and has no braces: ray-ha makes it the hash tag of its keys."""
+    if not key or "{" in key or "}" in key:
+        raise ConfigError(f"lease key {key!r} must be non-empty and must not contain braces: ray-ha puts the "
+                          "name in braces itself (a hash tag), so that all its keys share one hash slot")
 
 
 LOG_FORMATS = ("text", "json")

@@ -20,6 +20,7 @@ from typing import Callable, Optional, TypeVar, cast
 
 import redis
 
+from raylaunch.config import check_key_name
 from raylaunch.redisconn import drop_connections, on_slot_owner
 from raylaunch.stopflag import StopSignal
 
@@ -143,7 +144,8 @@ class ReplicasBehind(RedisUnavailable):
 class LeaseStoreError(Exception):
     """Permanent: Redis answered and refuses, and goes on refusing until someone changes a setting.
 
-    `cause` names which refusal (one of REFUSALS); the message says what to do. At start this is a
+    `cause` names which refusal (credentials, permission, wrong-type, crossslot, readonly, moved, no-lua,
+    unknown-command, old-layout, other); the message says what to do. At start this is a
     configuration error (exit 2); while running a leader counts it as a failed renewal, and a standby
     or follower reports itself stuck on it.
     """
@@ -269,8 +271,7 @@ class Keys:
     name: str
 
     def __post_init__(self) -> None:
-        if not self.name or "{" in self.name or "}" in self.name:
-            raise ValueError(f"lease key name {self.name!r} must be non-empty and without braces")
+        check_key_name(self.name)  # a ConfigError (a ValueError) otherwise
 
     @property
     def lease(self) -> str:
@@ -524,8 +525,7 @@ def guarded(call: Callable[[], T], key: str) -> T:
     try:
         return call()
     except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
-        raise LeaseStoreError(f"Redis refused the credentials ({exc}): check --redis-password / "
-                              "RAY_REDIS_PASSWORD and --redis-username", "credentials") from None
+        raise LeaseStoreError(f"{REFUSALS['WRONGPASS'][1]} ({exc})", "credentials") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise RedisUnavailable(f"Redis did not answer: {exc}") from None
     except redis.ResponseError as exc:

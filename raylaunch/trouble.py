@@ -32,14 +32,13 @@ class RedisTrouble:
 
     def failed(self, exc: Exception, logged: bool = True) -> None:
         """Note a failed exchange; log it if `logged` and it is new, of a new kind, or a minute old."""
-        permanent = isinstance(exc, LeaseStoreError)
         kind = exc.cause if isinstance(exc, LeaseStoreError) else "unavailable"
         due = kind != self.kind or self.clock() >= self._next_log
-        self.kind, self.refused = kind, (str(exc) if permanent else None)
+        self.kind, self.refused = kind, (None if kind == "unavailable" else str(exc))
         if not (due and logged):
             return
         self._next_log = self.clock() + self.repeat
-        if permanent:
+        if self.refused:
             log.error("%s: Redis refuses, and will until a setting changes (trying again meanwhile%s): %s",
                       self.who(), self.note, exc)
         else:
