@@ -19,7 +19,7 @@ from typing import Optional
 
 import psutil
 
-from raylaunch.localredis import LocalRedis, free_port
+from testkit.localredis import LocalRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_RAY = ROOT / "tests" / "fakeray"  # a `ray` whose head starts in milliseconds, for the scale test

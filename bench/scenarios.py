@@ -8,7 +8,7 @@ import time
 import psutil
 
 from bench.rig import FAKE_RAY, RETRY, Round, kill_tree, now, ports
-from raylaunch.lease import Keys
+from raylaunch.store.keys import Keys
 
 
 def baseline(rnd: Round) -> float:

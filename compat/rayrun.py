@@ -27,9 +27,9 @@ import psutil
 
 from bench.rig import kill_tree
 from raylaunch.config import Timing
-from raylaunch.lease import Keys
-from raylaunch.localredis import LocalRedis, free_port
-from raylaunch.raycmd import NEW_KEY, OLD_RETRIES_KEY, parse_version
+from raylaunch.store.keys import Keys
+from testkit.localredis import LocalRedis, free_port
+from raylaunch.proc.raycmd import NEW_KEY, OLD_RETRIES_KEY, parse_version
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VERSIONS = ("2.9.3", "2.24.0", "2.40.0", "2.50.1", "2.60.0")

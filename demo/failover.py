@@ -22,8 +22,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from raylaunch.lease import Keys  # noqa: E402
-from raylaunch.localredis import LocalRedis  # noqa: E402
+from raylaunch.store.lease import Keys  # noqa: E402
+from testkit.localredis import LocalRedis  # noqa: E402
 
 RECORD = Keys("ray-ha:default:leader").record
 TAG = "RAY_HA_DEMO_TAG"

@@ -17,33 +17,9 @@ from typing import Any, Callable, NoReturn, Optional
 import click
 
 from raylaunch import __version__
-from raylaunch.config import REPORTING_SOURCES, SAFETY_SOURCES, TIMING_SOURCES, ConfigError, load_env_file
+from raylaunch.config import (EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, IDENTITY, START_GROUPS, ConfigError, Setting,
+                              load_env_file)
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
-
-TIMING_HELP = {
-    "lease_duration": "How long the lease lasts without renewal [15s].",
-    "renew_deadline": "Leader kills its head if no renewal succeeded for this long [10s].",
-    "retry_period": "How often to renew / try to acquire [2s].",
-    "redis_timeout": "Timeout of every Redis call [2s].",
-    "reconnect_timeout": "Raylet reconnect timeout given to the head [lease + 45s].",
-    "stop_grace": "On SIGTERM, time the head gets to stop before SIGKILL [10s].",
-    "wait_old_gcs": "How long a new leader waits for a still-answering old GCS before starting anyway [3 days].",
-}
-REPORTING_HELP = {
-    "log_format": ("FORMAT", "Log lines as text or json [text]."),
-    "http_port": ("PORT", "Serve /healthz, /leader and /metrics on this port [off]."),
-    "http_host": ("HOST", "Address the HTTP endpoint binds to [0.0.0.0]."),
-    "on_elected": ("CMD", "Shell command run when this node's GCS starts serving as leader."),
-    "on_demoted": ("CMD", "Shell command run when this node stops leading."),
-    "hook_timeout": ("DURATION", "Kill a hook still running after this long [30s]."),
-}
-SAFETY_HELP = {
-    "min_replicas": ("N", "A lease write counts once Redis WAIT confirms it on N replicas [0]."),
-    "fence": ("none|acl", "acl: a Redis ACL user per epoch for the GCS; a new leader locks out the old one [none]."),
-    "prewarm": ("on|off", "on: a standby keeps `ray start` imported, ~1 s faster takeover for ~80 MiB [off]."),
-}
-OTHER_HA_FLAGS = ("--ha-node-name", "--ha-key", "--ha-env-file")
 COMPLETION_SHELLS = ("bash", "zsh", "fish")
 #: The variable click's completion scripts set when they call ray-ha back.
 COMPLETE_VAR = "_RAY_HA_COMPLETE"
@@ -57,9 +33,8 @@ RAY_REDIS_ADDRESS set: one wins the lease and runs the real head, the others sta
 (details: ray-ha start --help):
 
 \b
-{chr(10).join("  " + flag for flag, _ in [*TIMING_SOURCES.values(), *REPORTING_SOURCES.values(),
-                                          *SAFETY_SOURCES.values()])}
-{chr(10).join("  " + flag for flag in OTHER_HA_FLAGS)}
+{chr(10).join("  " + s.flag for group in START_GROUPS for s in group.settings)}
+  --ha-env-file
   --ha-follow
 """
 
@@ -77,29 +52,20 @@ Exit codes: 0 clean stop (or, without --block, leading/standing by), 1 runtime e
 """
 
 
-def _timing_options(func):
-    """One --ha-<timing> option per Timing field, named after its flag and environment variable."""
-    for field_name, (flag, env_name) in reversed(list(TIMING_SOURCES.items())):
-        func = click.option(flag, field_name, metavar="DURATION",
-                            help=f"{TIMING_HELP[field_name]} Env: {env_name}.")(func)
-    return func
+def _option(setting: Setting):
+    """A click option for one setting, its help naming the environment variable."""
+    kind = click.Choice(list(setting.choices)) if setting.choices else None
+    return click.option(setting.flag, setting.field, metavar=setting.metavar, type=kind,
+                        help=f"{setting.help} Env: {setting.env}.")
 
 
-def _reporting_options(func):
-    """One --ha-<reporting> option per Reporting field."""
-    for field_name, (flag, env_name) in reversed(list(REPORTING_SOURCES.items())):
-        metavar, text = REPORTING_HELP[field_name]
-        kind = click.Choice(["text", "json"]) if field_name == "log_format" else None
-        func = click.option(flag, field_name, metavar=metavar, type=kind,
-                            help=f"{text} Env: {env_name}.")(func)
-    return func
+ENV_FILE_OPTION = click.option("--ha-env-file", metavar="PATH", help="Read settings from this file [./.env if present].")
 
 
-def _safety_options(func):
-    """One --ha-<safety> option per Safety field."""
-    for field_name, (flag, env_name) in reversed(list(SAFETY_SOURCES.items())):
-        metavar, text = SAFETY_HELP[field_name]
-        func = click.option(flag, field_name, metavar=metavar, help=f"{text} Env: {env_name}.")(func)
+def _settings_options(func):
+    """One --ha- option per setting of every group `start` takes (config's tables)."""
+    for setting in reversed([s for group in START_GROUPS for s in group.settings]):
+        func = _option(setting)(func)
     return func
 
 
@@ -107,8 +73,9 @@ def _redis_options(func):
     """What status and switchover need to reach Redis, named as in `ray start`."""
     func = click.option("--redis-password", metavar="PASSWORD", help="Redis password [RAY_REDIS_PASSWORD].")(func)
     func = click.option("--redis-username", metavar="USER", help="Redis user name.")(func)
-    func = click.option("--ha-env-file", metavar="PATH", help="Read settings from this file [./.env if present].")(func)
-    return click.option("--ha-key", metavar="KEY", help="Lease key [ray-ha:<namespace>:leader].")(func)
+    func = ENV_FILE_OPTION(func)
+    key = next(s for s in IDENTITY.settings if s.field == "key")
+    return _option(key)(func)
 
 
 def _version_text() -> str:
@@ -170,9 +137,9 @@ def guard_light(call: Callable[[], None]) -> None:
 
 def guard(call: Callable[[], int]) -> NoReturn:
     """Run a command body, mapping our exception types to one line and an exit code."""
-    from raylaunch.launcher import RuntimeProblem
-    from raylaunch.lease import LeaseStoreError, RedisUnavailable
-    from raylaunch.localstate import AlreadyRunning
+    from raylaunch.local.state import AlreadyRunning
+    from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
+    from raylaunch.supervisor import RuntimeProblem
 
     try:
         code = call()
@@ -187,33 +154,24 @@ def guard(call: Callable[[], int]) -> NoReturn:
 
 @main.command("start", help=START_HELP,
               context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]})
-@_timing_options
-@_reporting_options
-@_safety_options
-@click.option("--ha-node-name", metavar="NAME", help="This candidate's name [host name]. Env: RAY_HA_NODE_NAME.")
-@click.option("--ha-key", metavar="KEY", help="Lease key [ray-ha:<namespace>:leader]. Env: RAY_HA_LEADER_KEY.")
-@click.option("--ha-env-file", metavar="PATH", help="Read settings from this file [./.env if present].")
+@_settings_options
+@ENV_FILE_OPTION
 @click.option("--ha-follow", is_flag=True,
               help="Worker node (no --head): join whoever leads, re-join after a failover. Needs RAY_REDIS_ADDRESS.")
 @click.argument("ray_args", nargs=-1, type=click.UNPROCESSED)
-def start(ray_args: tuple[str, ...], ha_node_name: Optional[str], ha_key: Optional[str],
-          ha_env_file: Optional[str], ha_follow: bool, **flags: Optional[str]) -> None:
+def start(ray_args: tuple[str, ...], ha_env_file: Optional[str], ha_follow: bool, **flags: Optional[str]) -> None:
     """Parse, then exec `ray start`, campaign or follow in the foreground, or detach a supervisor."""
-    from raylaunch.passthrough import pass_through_unless_ha
+    from raylaunch.start.passthrough import pass_through_unless_ha
 
     guard_light(lambda: pass_through_unless_ha(ray_args, ha_env_file, ha_follow))  # before the heavy imports
-    from raylaunch.launcher import StartRequest, run_start
+    from raylaunch.plan import StartRequest
+    from raylaunch.start.run import run_start
 
-    timing = {k: v for k, v in flags.items() if k in TIMING_SOURCES}
-    reporting = {k: v for k, v in flags.items() if k in REPORTING_SOURCES}
-    safety = {k: v for k, v in flags.items() if k in SAFETY_SOURCES}
-    sources = {**TIMING_SOURCES, **REPORTING_SOURCES, **SAFETY_SOURCES}
-    ha_argv = [f"{sources[k][0]}={v}" for k, v in flags.items() if v is not None]
-    ha_argv += [f"{flag}={value}" for flag, value in zip(OTHER_HA_FLAGS, (ha_node_name, ha_key, ha_env_file))
-                if value is not None]
-    request = StartRequest(ray_args=list(ray_args), env_file=ha_env_file, node=ha_node_name, key=ha_key,
-                           timing=timing, reporting=reporting, safety=safety,
-                           ha_argv=ha_argv + ["--ha-follow"] * ha_follow, follow=ha_follow)
+    flag_of = {s.field: s.flag for group in START_GROUPS for s in group.settings}
+    ha_argv = [f"{flag_of[k]}={v}" for k, v in flags.items() if v is not None]
+    ha_argv += [f"--ha-env-file={ha_env_file}"] * (ha_env_file is not None) + ["--ha-follow"] * ha_follow
+    request = StartRequest(ray_args=list(ray_args), env_file=ha_env_file, flags=flags, ha_argv=ha_argv,
+                           follow=ha_follow)
     guard(lambda: run_start(request))
 
 
@@ -227,9 +185,9 @@ def stop(ha_node_name: Optional[str], ray_args: tuple[str, ...]) -> None:
     stop: a leader stops its head and releases the lease. Then `ray stop` runs with the options given,
     and its exit code is ours (1 if a supervisor did not stop in time).
     """
-    from raylaunch.control import stop_supervisors
-    from raylaunch.passthrough import exec_ray, find_ray
-    from raylaunch.localstate import run_dir
+    from raylaunch.local.control import stop_supervisors
+    from raylaunch.local.state import run_dir
+    from raylaunch.proc.rayexe import exec_ray, find_ray
 
     def body() -> int:
         load_env_file(None)
@@ -269,8 +227,8 @@ def completion(shell: str) -> None:
 @click.option("--ha-node-name", metavar="NAME", help="Probe this node's supervisor [the one on this machine].")
 def health(role: str, ha_node_name: Optional[str]) -> None:
     """Probe this machine's supervisor: exit 0 if healthy, 1 if not. No Redis, no Ray."""
-    from raylaunch.control import health as probe
-    from raylaunch.localstate import run_dir
+    from raylaunch.local.control import health as probe
+    from raylaunch.local.state import run_dir
 
     load_env_file(None)  # RAY_HA_RUN_DIR may come from ./.env, as for start
     ok, why = probe(run_dir(os.environ), ha_node_name, role)
@@ -278,34 +236,33 @@ def health(role: str, ha_node_name: Optional[str]) -> None:
     sys.exit(EXIT_OK if ok else EXIT_RUNTIME)
 
 
-def _redis_for(ha_key: Optional[str], ha_env_file: Optional[str], username: Optional[str],
-               password: Optional[str]):
-    """(client, keys, target) for the cluster named by the environment; nothing held."""
-    from raylaunch.config import identity_from
-    from raylaunch.lease import Keys, guarded
-    from raylaunch.redisconn import connect, target_from
+def _store_for(key: Optional[str], env_file: Optional[str], username: Optional[str], password: Optional[str]):
+    """The store of the cluster named by the environment (a RedisStore); nothing held."""
+    from raylaunch.config import settings_from
+    from raylaunch.store.connect import target_from
+    from raylaunch.store.redisstore import open_store
 
-    load_env_file(ha_env_file)
+    load_env_file(env_file)
     target = target_from(os.environ, username, password)
-    key = identity_from(None, ha_key, os.environ).key
-    return guarded(lambda: connect(target, 2.0), key), Keys(key), target
+    return open_store(target, settings_from(IDENTITY, {"key": key}, os.environ).key, 2.0)
 
 
 @main.command("status", context_settings={"help_option_names": ["--help"]})
 @click.option("--json", "as_json", is_flag=True, help="Print the view as JSON (schema in the README).")
 @_redis_options
-def status(as_json: bool, ha_key: Optional[str], ha_env_file: Optional[str], redis_username: Optional[str],
+def status(as_json: bool, key: Optional[str], ha_env_file: Optional[str], redis_username: Optional[str],
            redis_password: Optional[str]) -> None:
     """Who leads, who stands by, recent leaders, and this machine's supervisors.
 
     Reads RAY_REDIS_ADDRESS like `ray-ha start`. Exit 0 when a leader exists, 1 otherwise.
     """
-    from raylaunch.clusterview import read_view, render
-    from raylaunch.localstate import local_supervisors, run_dir
+    from raylaunch.local.state import local_supervisors, run_dir
+    from raylaunch.status import render, status_json
+    from raylaunch.store.view import read_cluster
 
     def body() -> int:
-        client, keys, target = _redis_for(ha_key, ha_env_file, redis_username, redis_password)
-        view = read_view(client, keys, target.display, local_supervisors(run_dir(os.environ)))
+        store = _store_for(key, ha_env_file, redis_username, redis_password)
+        view = status_json(read_cluster(store), store.display, local_supervisors(run_dir(os.environ)))
         click.echo(json.dumps(view, indent=2, sort_keys=True) if as_json else render(view))
         return EXIT_OK if view["leader"] else EXIT_RUNTIME
 
@@ -317,28 +274,28 @@ def status(as_json: bool, ha_key: Optional[str], ha_env_file: Optional[str], red
 @click.option("--timeout", default=60.0, show_default=True, metavar="SECONDS",
               help="How long to wait for the new leader's GCS to serve.")
 @_redis_options
-def switchover(target: Optional[str], timeout: float, ha_key: Optional[str], ha_env_file: Optional[str],
+def switchover(target: Optional[str], timeout: float, key: Optional[str], ha_env_file: Optional[str],
                redis_username: Optional[str], redis_password: Optional[str]) -> None:
     """Planned handover: the leader steps down, a standby (or NODE) takes over.
 
     The old leader stops its head gracefully, releases the lease and stands by again. Exit 0 once
     the new leader's GCS serves, 1 if the switchover could not be asked for or did not finish in time.
     """
-    from raylaunch.clusterview import SwitchoverError, await_switchover, request_switchover
+    from raylaunch.store.view import SwitchoverError, await_switchover, request_switchover
 
     def body() -> int:
-        client, keys, _ = _redis_for(ha_key, ha_env_file, redis_username, redis_password)
+        store = _store_for(key, ha_env_file, redis_username, redis_password)
         try:
-            request = request_switchover(client, keys, target, ttl=timeout)
+            request = request_switchover(store, target, ttl=timeout)
         except SwitchoverError as exc:
             fail(str(exc), EXIT_RUNTIME)
         click.echo(f"ray-ha: asked {request.source} (epoch {request.epoch}) to hand over to "
                    f"{request.target or 'any standby'}")
-        leader = await_switchover(client, keys, request, timeout)
-        if leader is None:
+        leader = await_switchover(store, request, timeout)
+        if leader is None or leader.holder is None or leader.serving is None:
             fail(f"no new leader serving within {timeout:g}s; the request was withdrawn", EXIT_RUNTIME)
-        click.echo(f"ray-ha: {leader['node']} leads (epoch {leader['epoch']}), GCS serving at "
-                   f"{leader['gcs_address']}")
+        click.echo(f"ray-ha: {leader.holder.node} leads (epoch {leader.epoch}), GCS serving at "
+                   f"{leader.serving.gcs_address}")
         return EXIT_OK
 
     guard(body)

@@ -10,16 +10,19 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Callable, Generic, Mapping, Optional, TypeVar
 
-import dotenv
+S = TypeVar("S")
 
-from raylaunch.entry import FALSY, TRUTHY  # the one list of yes/no spellings, in the light entry module
+#: The spellings of yes and no that RAY_ENABLE_HEAD_HA and the other switches accept.
+TRUTHY = frozenset({"1", "true", "yes", "on"})
+FALSY = frozenset({"0", "false", "no", "off", ""})
+#: Exit codes of `ray-ha start` (the other commands use the first three).
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_LOST, EXIT_HEAD_DIED = 0, 1, 2, 3, 4
 
 
 class ConfigError(ValueError):
     """A user mistake in flags, environment or files: reported as one line, exit code 2."""
-
 
 
 #: Seconds a head may take to come up, added to the lease for the default reconnect timeout.
@@ -57,21 +60,12 @@ class Timing:
     """
 
     lease_duration: float = 15.0
-    """How long a lease lasts in Redis without renewal (s). Default 15."""
     renew_deadline: float = 10.0
-    """A leader with no successful renewal for this long kills its head and exits (s). Default 10."""
     retry_period: float = 2.0
-    """How often the leader renews and a standby tries to acquire (s). Default 2."""
     redis_timeout: float = 2.0
-    """Socket timeout of every Redis call, so a hung connection cannot stall the loop (s). Default 2."""
     reconnect_timeout: Optional[float] = None
-    """Raylet reconnect timeout given to the head (s). Default: lease_duration + 45 s."""
     stop_grace: float = 10.0
-    """On SIGTERM/SIGINT, how long the head may take to stop before SIGKILL (s). Default 10."""
     wait_old_gcs: float = 259200.0
-    """How long a new leader waits for the previous GCS to stop accepting connections (s). Default 3
-    days, as in ant-ray: a GCS that still answers is almost always a live old head, and starting a
-    second one beside it would corrupt the cluster's state; while waiting, the old head keeps serving."""
 
     def __post_init__(self) -> None:
         for name in ("lease_duration", "renew_deadline", "retry_period", "redis_timeout",
@@ -101,30 +95,6 @@ class Timing:
         return self.lease_duration + HEAD_START_BUDGET
 
 
-#: Timing field -> (flag name, environment name). Environment values are milliseconds, as in ant-ray.
-TIMING_SOURCES: dict[str, tuple[str, str]] = {
-    "lease_duration": ("--ha-lease-duration", "RAY_HA_KEY_EXPIRE_TIME_MS"),
-    "renew_deadline": ("--ha-renew-deadline", "RAY_HA_RENEW_DEADLINE_MS"),
-    "retry_period": ("--ha-retry-period", "RAY_HA_CHECK_INTERVAL_MS"),
-    "redis_timeout": ("--ha-redis-timeout", "RAY_HA_CONNECT_TIMEOUT_MS"),
-    "reconnect_timeout": ("--ha-reconnect-timeout", "RAY_HA_RECONNECT_TIMEOUT_MS"),
-    "stop_grace": ("--ha-stop-grace", "RAY_HA_STOP_GRACE_MS"),
-    "wait_old_gcs": ("--ha-wait-old-gcs", "RAY_HA_WAIT_PRE_GCS_STOP_MAX_TIME_MS"),
-}
-
-
-def timing_from(flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -> Timing:
-    """Build the Timing from flag values (keyed by field name, None when absent) and the environment."""
-    values = {}
-    for field_name, (flag_name, env_name) in TIMING_SOURCES.items():
-        flag = flags.get(field_name)
-        if flag is not None:
-            values[field_name] = parse_duration(flag_name, flag)
-        elif env.get(env_name, "").strip():
-            values[field_name] = parse_duration(env_name, env[env_name], bare_unit="ms")
-    return Timing(**values)
-
-
 @dataclass(frozen=True)
 class Identity:
     """Who this candidate is and which lease it campaigns for."""
@@ -133,16 +103,10 @@ class Identity:
     key: str
     host: str = field(default_factory=socket.gethostname)
 
-
-def identity_from(node_flag: Optional[str], key_flag: Optional[str], env: Mapping[str, str]) -> Identity:
-    """Node name (flag > RAY_HA_NODE_NAME > host name) and lease key (flag > RAY_HA_LEADER_KEY > default)."""
-    node = node_flag or env.get("RAY_HA_NODE_NAME", "").strip() or socket.gethostname()
-    namespace = env.get("RAY_external_storage_namespace", "").strip() or "default"
-    key = key_flag or env.get("RAY_HA_LEADER_KEY", "").strip() or f"ray-ha:{namespace}:leader"
-    if not node.strip() or any(ch.isspace() or ch == "/" for ch in node):
-        raise ConfigError(f"node name {node!r} must be non-empty, without spaces or slashes")
-    check_key_name(key)
-    return Identity(node_name=node, key=key)
+    def __post_init__(self) -> None:
+        if not self.node_name.strip() or any(ch.isspace() or ch == "/" for ch in self.node_name):
+            raise ConfigError(f"node name {self.node_name!r} must be non-empty, without spaces or slashes")
+        check_key_name(self.key)
 
 
 def check_key_name(key: str) -> None:
@@ -160,17 +124,11 @@ class Reporting:
     """How a launcher shows itself: log format, HTTP endpoint, notify hooks. Validated at construction."""
 
     log_format: str = "text"
-    """`text` (one stamped line per event) or `json` (one object per line, for log shippers)."""
     http_port: Optional[int] = None
-    """Port of the /healthz, /leader and /metrics endpoint; None (the default) means no endpoint."""
     http_host: str = "0.0.0.0"
-    """Address the endpoint binds to. Default all interfaces, so probes and load balancers reach it."""
     on_elected: Optional[str] = None
-    """Shell command run when this node's GCS starts serving as leader. Default none."""
     on_demoted: Optional[str] = None
-    """Shell command run when this node stops leading (head stopped, lease released). Default none."""
     hook_timeout: float = 30.0
-    """A hook still running after this long is killed (s). Default 30."""
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
@@ -179,37 +137,6 @@ class Reporting:
             raise ConfigError(f"HTTP port {self.http_port} is not in 0-65535")
         if not self.hook_timeout > 0:
             raise ConfigError(f"hook timeout must be > 0 (got {self.hook_timeout:g}s)")
-
-
-#: Reporting field -> (flag name, environment name).
-REPORTING_SOURCES: dict[str, tuple[str, str]] = {
-    "log_format": ("--ha-log-format", "RAY_HA_LOG_FORMAT"),
-    "http_port": ("--ha-http-port", "RAY_HA_HTTP_PORT"),
-    "http_host": ("--ha-http-host", "RAY_HA_HTTP_HOST"),
-    "on_elected": ("--ha-on-elected", "RAY_HA_ON_ELECTED"),
-    "on_demoted": ("--ha-on-demoted", "RAY_HA_ON_DEMOTED"),
-    "hook_timeout": ("--ha-hook-timeout", "RAY_HA_HOOK_TIMEOUT_MS"),
-}
-
-
-def reporting_from(flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -> Reporting:
-    """Build Reporting from flag values (keyed by field name, None when absent) and the environment."""
-    values: dict[str, object] = {}
-    for field_name, (flag_name, env_name) in REPORTING_SOURCES.items():
-        from_flag = flags.get(field_name)
-        text = from_flag if from_flag is not None else env.get(env_name, "").strip() or None
-        if text is None:
-            continue
-        name = flag_name if from_flag is not None else env_name
-        if field_name == "http_port":
-            if not text.isdigit():
-                raise ConfigError(f"{name}={text!r} is not a port number")
-            values[field_name] = int(text)
-        elif field_name == "hook_timeout":
-            values[field_name] = parse_duration(name, text, bare_unit="s" if from_flag is not None else "ms")
-        else:
-            values[field_name] = text.lower() if field_name == "log_format" else text
-    return Reporting(**values)  # type: ignore[arg-type]
 
 
 FENCES = ("none", "acl")
@@ -221,15 +148,8 @@ class Safety:
     features), and a faster takeover (memory)."""
 
     min_replicas: int = 0
-    """A lease write counts only once Redis WAIT confirms it on this many replicas, so a Redis
-    failover cannot lose a lease the leader believes it holds. Default 0 (no waiting)."""
     fence: str = "none"
-    """`acl`: each epoch's GCS gets its own Redis ACL user, and a new leader disables the previous
-    epoch's user and kills its connections, so a stale GCS cannot write Ray's state. Default `none`."""
     prewarm: bool = False
-    """A standby keeps Ray's `ray start` imported in a waiting interpreter (about 80 MiB RSS here) and
-    hands it the head command on takeover, taking most of Ray's import off the failover path (start to
-    GCS answering 2.2 s -> 1.15 s here). Default off."""
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
@@ -238,34 +158,131 @@ class Safety:
             raise ConfigError(f"fence {self.fence!r} is not one of: {', '.join(FENCES)}")
 
 
-#: Safety field -> (flag name, environment name).
-SAFETY_SOURCES: dict[str, tuple[str, str]] = {
-    "min_replicas": ("--ha-min-replicas", "RAY_HA_MIN_REPLICAS"),
-    "fence": ("--ha-fence", "RAY_HA_FENCE"),
-    "prewarm": ("--ha-prewarm", "RAY_HA_PREWARM"),
-}
+# -- one table per settings group: field -> flag, environment name, parser, help ---------------------
+
+Parser = Callable[[str, str, bool], Any]
+"""(name as given, text, given as a flag?) -> value; raises ConfigError naming `name`."""
 
 
-def safety_from(flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -> Safety:
-    """Build Safety from flag values (keyed by field name, None when absent) and the environment."""
-    values: dict[str, object] = {}
-    for field_name, (flag_name, env_name) in SAFETY_SOURCES.items():
-        from_flag = flags.get(field_name)
-        text = from_flag if from_flag is not None else env.get(env_name, "").strip() or None
-        if text is None:
-            continue
-        name = flag_name if from_flag is not None else env_name
-        if field_name == "min_replicas":
-            if not text.isdigit():
-                raise ConfigError(f"{name}={text!r} is not a number of replicas")
-            values[field_name] = int(text)
-        elif field_name == "prewarm":
-            if text.lower() not in TRUTHY | FALSY:
-                raise ConfigError(f"{name}={text!r} is not on or off")
-            values[field_name] = text.lower() in TRUTHY
-        else:
-            values[field_name] = text.lower()
-    return Safety(**values)  # type: ignore[arg-type]
+def _duration(name: str, text: str, from_flag: bool) -> float:
+    """Seconds; a bare number is seconds on a flag and milliseconds in the environment (ant-ray's names)."""
+    return parse_duration(name, text, bare_unit="s" if from_flag else "ms")
+
+
+def _number(what: str) -> Parser:
+    def parse(name: str, text: str, _from_flag: bool) -> int:
+        if not text.isdigit():
+            raise ConfigError(f"{name}={text!r} is not {what}")
+        return int(text)
+    return parse
+
+
+def _switch(name: str, text: str, _from_flag: bool) -> bool:
+    if text.lower() not in TRUTHY | FALSY:
+        raise ConfigError(f"{name}={text!r} is not on or off")
+    return text.lower() in TRUTHY
+
+
+def _lower(_name: str, text: str, _from_flag: bool) -> str:
+    return text.lower()
+
+
+def _text(_name: str, text: str, _from_flag: bool) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ray-ha option: the dataclass field it sets, its flag and environment variable, and its help."""
+
+    field: str
+    flag: str
+    env: str
+    parse: Parser
+    metavar: str
+    help: str  # ends with the default in brackets
+    choices: Optional[tuple[str, ...]] = None
+
+
+@dataclass(frozen=True)
+class Group(Generic[S]):
+    """A settings group: the record it builds and its settings (which drive flags, env, .env and --help)."""
+
+    kind: Callable[..., S]
+    settings: tuple[Setting, ...]
+    defaults: Callable[[Mapping[str, str]], dict[str, Any]] = lambda env: {}  # those that depend on env
+
+
+def settings_from(group: Group[S], flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -> S:
+    """The group's record: each field from its flag (None when absent), else its environment variable,
+    else the record's default. Precedence flag > env (which .env fills) > default."""
+    values = group.defaults(env)
+    for s in group.settings:
+        flag = flags.get(s.field)
+        text = flag if flag is not None else (env.get(s.env) or "").strip() or None
+        if text is not None:
+            values[s.field] = s.parse(s.flag if flag is not None else s.env, text, flag is not None)
+    return group.kind(**values)
+
+
+D = "DURATION"
+TIMING: Group[Timing] = Group(Timing, (
+    Setting("lease_duration", "--ha-lease-duration", "RAY_HA_KEY_EXPIRE_TIME_MS", _duration, D,
+            "How long the lease lasts without renewal [15s]."),
+    Setting("renew_deadline", "--ha-renew-deadline", "RAY_HA_RENEW_DEADLINE_MS", _duration, D,
+            "Leader kills its head if no renewal succeeded for this long [10s]."),
+    Setting("retry_period", "--ha-retry-period", "RAY_HA_CHECK_INTERVAL_MS", _duration, D,
+            "How often to renew / try to acquire [2s]."),
+    Setting("redis_timeout", "--ha-redis-timeout", "RAY_HA_CONNECT_TIMEOUT_MS", _duration, D,
+            "Timeout of every Redis call [2s]."),
+    Setting("reconnect_timeout", "--ha-reconnect-timeout", "RAY_HA_RECONNECT_TIMEOUT_MS", _duration, D,
+            "Raylet reconnect timeout given to the head [lease + 45s]."),
+    Setting("stop_grace", "--ha-stop-grace", "RAY_HA_STOP_GRACE_MS", _duration, D,
+            "On SIGTERM, time the head gets to stop before SIGKILL [10s]."),
+    Setting("wait_old_gcs", "--ha-wait-old-gcs", "RAY_HA_WAIT_PRE_GCS_STOP_MAX_TIME_MS", _duration, D,
+            "How long a new leader waits for a still-answering old GCS before starting anyway [3 days]."),
+))
+
+REPORTING: Group[Reporting] = Group(Reporting, (
+    Setting("log_format", "--ha-log-format", "RAY_HA_LOG_FORMAT", _lower, "FORMAT",
+            "Log lines as text or json [text].", choices=LOG_FORMATS),
+    Setting("http_port", "--ha-http-port", "RAY_HA_HTTP_PORT", _number("a port number"), "PORT",
+            "Serve /healthz, /leader and /metrics on this port [off]."),
+    Setting("http_host", "--ha-http-host", "RAY_HA_HTTP_HOST", _text, "HOST",
+            "Address the HTTP endpoint binds to [0.0.0.0]."),
+    Setting("on_elected", "--ha-on-elected", "RAY_HA_ON_ELECTED", _text, "CMD",
+            "Shell command run when this node's GCS starts serving as leader."),
+    Setting("on_demoted", "--ha-on-demoted", "RAY_HA_ON_DEMOTED", _text, "CMD",
+            "Shell command run when this node stops leading."),
+    Setting("hook_timeout", "--ha-hook-timeout", "RAY_HA_HOOK_TIMEOUT_MS", _duration, D,
+            "A hook still running after this long is killed [30s]."),
+))
+
+SAFETY: Group[Safety] = Group(Safety, (
+    Setting("min_replicas", "--ha-min-replicas", "RAY_HA_MIN_REPLICAS", _number("a number of replicas"), "N",
+            "A lease write counts once Redis WAIT confirms it on N replicas [0]."),
+    Setting("fence", "--ha-fence", "RAY_HA_FENCE", _lower, "none|acl",
+            "acl: a Redis ACL user per epoch for the GCS; a new leader locks out the old one [none]."),
+    Setting("prewarm", "--ha-prewarm", "RAY_HA_PREWARM", _switch, "on|off",
+            "on: a standby keeps `ray start` imported, ~1 s faster takeover for ~80 MiB [off]."),
+))
+
+
+def _identity_defaults(env: Mapping[str, str]) -> dict[str, Any]:
+    """The host name, and the lease named after Ray's storage namespace."""
+    namespace = env.get("RAY_external_storage_namespace", "").strip() or "default"
+    return {"node_name": socket.gethostname(), "key": f"ray-ha:{namespace}:leader"}
+
+
+IDENTITY: Group[Identity] = Group(Identity, (
+    Setting("node_name", "--ha-node-name", "RAY_HA_NODE_NAME", _text, "NAME",
+            "This candidate's name [host name]."),
+    Setting("key", "--ha-key", "RAY_HA_LEADER_KEY", _text, "KEY",
+            "Lease key [ray-ha:<namespace>:leader]."),
+), _identity_defaults)
+
+#: The groups whose settings `ray-ha start` takes, in the order --help lists them.
+START_GROUPS = (TIMING, REPORTING, SAFETY, IDENTITY)
 
 
 def load_env_file(path: Optional[str]) -> None:
@@ -274,4 +291,6 @@ def load_env_file(path: Optional[str]) -> None:
         raise ConfigError(f"env file not found: {path}")
     candidate = path or os.path.join(os.getcwd(), ".env")
     if os.path.isfile(candidate):
+        import dotenv  # here, not at the top: the light entry point imports this module
+
         dotenv.load_dotenv(candidate, override=False)

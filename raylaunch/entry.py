@@ -1,7 +1,7 @@
 """The `ray-ha` command's entry point: plain `ray start` is recognised before anything heavy loads.
 
 With HA off (or no --head) and no ray-ha option, `ray-ha start ...` is exactly `ray start ...`; this
-module, standard library only, execs it without importing click, dotenv or the rest of ray-ha, so
+module (standard library and raylaunch.config only) execs it without importing click, dotenv or the rest of ray-ha, so
 the passthrough costs one interpreter start over `ray start`. Anything else goes to raylaunch.cli.
 """
 
@@ -12,9 +12,7 @@ import shutil
 import sys
 from typing import Sequence
 
-#: The spellings of yes and no that RAY_ENABLE_HEAD_HA and the other switches accept.
-TRUTHY = frozenset({"1", "true", "yes", "on"})
-FALSY = frozenset({"0", "false", "no", "off", ""})
+from raylaunch.config import FALSY, TRUTHY
 
 
 def plain_ray_start(argv: Sequence[str]) -> bool:

@@ -1,174 +1,112 @@
-"""Runs one child process tree and stops all of it. Knows nothing of Redis or leases.
-
-The launcher becomes a child subreaper, so processes that detach from the tree (double forks,
-Ray's agents orphaned when `ray start` exits) are re-parented to it and stay findable. Stopping is
-always: SIGTERM to the process that knows how to wind the tree down (the drain process, else the
-top), a bounded wait for it, then SIGKILL to every descendant until none is left.
+"""What every ray-ha supervisor process does, whichever mode it runs: hold this node's state file, turn
+stop signals into a stop flag, log with the mode's context, adopt orphaned descendants, reach Redis
+with a few quiet tries, and clean up in order. Head mode (head.runtime) and follow mode
+(follow.runtime) each plug in as a Mode.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
+import logging
 import signal
-import subprocess
 import time
-from typing import Callable, Collection, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Protocol, TypeVar
 
-import psutil
+from raylaunch.local.state import StateFile, SupervisorState
+from raylaunch.logs import setup_logging
+from raylaunch.plan import Plan
+from raylaunch.proc.stopflag import StopFlag, StopSignal
+from raylaunch.proc.tree import become_subreaper
+from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
+from raylaunch.store.redisstore import RedisStore, open_store
 
-PR_SET_CHILD_SUBREAPER = 36
-POLL = 0.05
+T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+CONNECT_ATTEMPTS = 3
+
+log = logging.getLogger("ray-ha")
 
 
-def become_subreaper() -> bool:
-    """Ask Linux to re-parent this process's orphaned descendants to it (False where unsupported)."""
+class RuntimeProblem(Exception):
+    """Something outside the user's input went wrong before the supervisor got going (exit 1)."""
+
+
+@dataclass(frozen=True)
+class Session:
+    """What a mode runs with: the plan, the stop flag its signals set, and its state file."""
+
+    plan: Plan
+    stop: StopFlag
+    state: StateFile
+
+
+class Mode(Protocol):
+    """Head mode or follow mode, as the shared runtime drives it."""
+
+    noun: str  # what its tree is, for messages: "head" or "worker"
+
+    def context(self) -> Mapping[str, object]: ...
+    def check_redis(self) -> None: ...
+    def run(self, session: Session) -> int: ...
+
+
+def supervise(plan: Plan, mode: Mode) -> int:
+    """Run `mode` in this process until it ends; returns its exit code. The state file goes last."""
+    stop = StopFlag()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: stop.set())
+    setup_logging(plan.reporting.log_format, plan.identity.node_name, mode.context)
+    state = claim_state(plan)
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+        for warning in plan.command.warnings:
+            log.warning("%s", warning)
+        if not become_subreaper():
+            log.warning("cannot become a child subreaper; orphaned %s processes may escape supervision", mode.noun)
+        return mode.run(Session(plan, stop, state))
+    finally:
+        state.close()
 
 
-def is_alive(proc: psutil.Process) -> bool:
-    """True while `proc` (the same process, not a reused pid) runs and is not a zombie."""
+def base_state(plan: Plan) -> SupervisorState:
+    """The state record's fixed part: who, which lease, which Redis, the timings, the endpoint."""
+    r = plan.reporting
+    return SupervisorState(node=plan.identity.node_name, key=plan.identity.key, redis=plan.target.display,
+                           lease_duration=plan.timing.lease_duration, retry_period=plan.timing.retry_period,
+                           stop_grace=plan.timing.stop_grace, started=time.time(),
+                           http=f"{r.http_host}:{r.http_port}" if r.http_port is not None else None)
+
+
+def claim_state(plan: Plan) -> StateFile:
+    """This node's local state file, locked for our life (one supervisor per node and machine)."""
+    state = StateFile(plan.state_dir, base_state(plan), heartbeat=plan.timing.retry_period)
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+        state.claim()
+    except OSError as exc:
+        raise RuntimeProblem(f"cannot keep state in {plan.state_dir} (set RAY_HA_RUN_DIR): "
+                             f"{exc.strerror or exc}") from None
+    return state
 
 
-class ProcessTree:
-    """A child started in its own session, plus everything it spawns, watched and stopped as one.
-
-    `watch_name` names the process whose death means the tree has failed; `drain_name` the one a
-    graceful stop sends SIGTERM to and waits for (the top when there is none). `spare` returns the
-    pids of other children of the launcher (hooks, each leading its own session) that are not part of
-    the tree: they and their sessions are never signalled or reaped by it.
-    """
-
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], watch_name: str,
-                 drain_name: Optional[str] = None, spare: Callable[[], Collection[int]] = frozenset) -> None:
-        self.argv, self.env = list(argv), dict(env)
-        self.watch_name, self.drain_name, self.spare = watch_name, drain_name, spare
-        self.popen: Optional[subprocess.Popen] = None
-        self._watched: Optional[psutil.Process] = None
-        self._draining: Optional[psutil.Process] = None
-        self._me = psutil.Process()
-
-    def start(self, adopt: Optional[subprocess.Popen] = None) -> None:
-        """Start the top process in its own session so a terminal's Ctrl-C reaches only the launcher.
-
-        `adopt`: a child of ours already running in its own session (a pre-warmed interpreter told to
-        become this command) is taken as the top instead.
-        """
-        self.popen = adopt or subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
-                                               start_new_session=True)
-
-    def failure(self) -> Optional[str]:
-        """Why the tree is no longer whole (top exited, watched process died), or None while it is."""
-        self._reap_orphans()
-        if self._watched is not None and self.watched() is None:  # the root cause comes first
-            return f"{self.watch_name} (pid {self._watched.pid}) died"
-        code = self.popen.poll() if self.popen else None
-        if code is not None:
-            return f"{os.path.basename(self.argv[0])} exited with code {code}"
-        self.watched()
-        return None
-
-    def watched(self) -> Optional[psutil.Process]:
-        """The process named `watch_name` once it has appeared and while it lives."""
-        if self._watched is None:
-            self._watched = next((p for p in self.members() if _named(p, self.watch_name)), None)
-        return self._watched if self._watched is not None and is_alive(self._watched) else None
-
-    def members(self) -> list[psutil.Process]:
-        """Every living descendant of the launcher: the tree plus the orphans it re-parented to us."""
-        spare = set(self.spare())
+def connect(plan: Plan, stop: StopSignal, build: Callable[[RedisStore], T]) -> T:
+    """`build` (which checks what it needs) on a new connection to the plan's Redis; Redis gets a few
+    quiet tries, one second apart, before we give up. A refusal is not tried again."""
+    target = plan.target
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        store = None
         try:
-            return [p for p in self._me.children(recursive=True) if is_alive(p) and _session(p) not in spare]
-        except psutil.Error:
-            return []
-
-    def terminate(self) -> None:
-        """Begin a graceful stop: SIGTERM to the drain process if it runs, else to the top."""
-        drain = next((p for p in self.members() if self.drain_name and _named(p, self.drain_name)), None)
-        if drain is None and self.popen is not None and self.popen.poll() is None:
-            drain = psutil.Process(self.popen.pid)
-        self._draining = drain
-        if drain is not None:
-            _signal(drain, signal.SIGTERM)
-
-    def drained(self) -> bool:
-        """True once the process a graceful stop waits for has exited."""
-        return self._draining is None or not is_alive(self._draining)
-
-    def top_exited(self) -> bool:
-        """True once the top process has exited (or never started)."""
-        return self.popen is None or self.popen.poll() is not None
-
-    def kill(self, timeout: float = 10.0) -> list[int]:
-        """SIGKILL every descendant until none is left; returns pids that survived `timeout` (should be none)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            members = self.members()
-            if not members and self.top_exited():
-                return []
-            if time.monotonic() >= deadline:
-                return [p.pid for p in members]
-            for proc in members:
-                _signal(proc, signal.SIGKILL)
-            time.sleep(POLL)
-            self._reap_orphans()
-
-    def stop(self, grace: float) -> list[int]:
-        """Graceful stop for up to `grace` s (see terminate), then SIGKILL whatever is left."""
-        self.terminate()
-        deadline = time.monotonic() + grace
-        while not self.drained() and time.monotonic() < deadline:
-            time.sleep(POLL)
-        return self.kill()
-
-    def _reap_orphans(self) -> None:
-        """Collect exited children: Popen's own for the top, waitpid for re-parented orphans.
-
-        waitid(WNOWAIT) asks the kernel which child has exited without reaping it, one syscall
-        instead of a scan of /proc on every tick.
-        """
-        while True:
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            if info is None or info.si_pid in self.spare():
-                return  # a spare child is reaped by its owner
-            if self.popen is not None and info.si_pid == self.popen.pid:
-                self.popen.poll()
-            else:
-                try:
-                    os.waitpid(info.si_pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
+            store = open_store(target, plan.identity.key, plan.timing.redis_timeout)
+            return build(store)
+        except RedisUnavailable as exc:
+            _close(store)
+            if attempt == CONNECT_ATTEMPTS or stop.is_set():
+                raise RedisUnavailable(f"cannot reach Redis at {target.display}: {exc}") from None
+            stop.wait(1.0)
+        except LeaseStoreError as exc:
+            _close(store)
+            raise LeaseStoreError(f"Redis at {target.display}: {exc}", exc.cause) from None
+    raise AssertionError("unreachable")
 
 
-def _named(proc: psutil.Process, name: str) -> bool:
-    """True if the process's name or its executable's file name is `name`."""
-    try:
-        argv0 = (proc.cmdline() or [""])[0]
-        return proc.name() == name or os.path.basename(argv0) == name
-    except psutil.Error:
-        return False
-
-
-def _session(proc: psutil.Process) -> int:
-    try:
-        return os.getsid(proc.pid)
-    except OSError:
-        return -1
-
-
-def _signal(proc: psutil.Process, sig: int) -> None:
-    try:
-        proc.send_signal(sig)
-    except psutil.Error:
-        pass
+def _close(store: Optional[RedisStore]) -> None:
+    if store is not None:
+        store.close()

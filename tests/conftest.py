@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 import psutil
 import pytest
 
-from raylaunch.localredis import LocalRedis, free_port  # noqa: F401  (free_port: for tests)
+from testkit.localredis import LocalRedis, free_port  # noqa: F401  (free_port: for tests)
 from redisbins import VERSIONS as REDIS_VERSIONS, binary as redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent

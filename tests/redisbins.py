@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raylaunch.localredis import server_version
+from testkit.localredis import server_version
 
 DEBIAN_PACKAGES = ("redis-tools", "libjemalloc2", "liblzf1")
 

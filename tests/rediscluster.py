@@ -16,7 +16,7 @@ from typing import Optional
 
 import redis
 
-from raylaunch.localredis import LocalRedis
+from testkit.localredis import LocalRedis
 
 SLOTS = 16384
 

@@ -10,10 +10,15 @@ from typing import Optional
 
 import pytest
 
-from raylaunch.campaign import Campaign, Outcome, Role, Step
+from raylaunch.head.campaign import Campaign
+
+from raylaunch.head.steps import Outcome, Role, Step
 from raylaunch.config import Timing
-from raylaunch.lease import Attempt, Holder, Keys, LeaseStoreError, Record, RedisLease, RedisUnavailable, Switchover
-from raylaunch.redisconn import RedisTarget, connect
+from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
+from raylaunch.store.keys import Keys
+from raylaunch.store.lease import RedisLease
+from raylaunch.store.records import Attempt, Holder, Record, Switchover
+from raylaunch.store.connect import RedisTarget, connect
 
 OTHER = Holder(node="other", host="h2", pid=7, token="t2")
 TIMING = Timing(lease_duration=15, renew_deadline=10, retry_period=2, redis_timeout=2,

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT, RedisServer, free_port, tagged_processes
-from raylaunch.lease import Keys
+from raylaunch.store.keys import Keys
 
 KEYS = Keys("ray-ha:default:leader")
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
@@ -217,32 +217,29 @@ def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured
     assert tagged_processes(leak_guard) == []
 
 
-def test_ray_version_from_metadata_when_ray_is_ours(mocker, tmp_path):
-    from raylaunch import launcher as cli
+def test_ray_version_from_metadata_when_ray_is_ours(tmp_path):
+    from raylaunch.proc.rayexe import ray_version
 
-    ours = tmp_path / "ray"
-    mocker.patch.object(cli.sys, "executable", str(tmp_path / "python"))
-    mocker.patch.object(cli.importlib.metadata, "version", return_value="1.9.2")
-    run_ray = mocker.patch.object(cli.subprocess, "run")
-    assert cli.ray_version(str(ours)) == (1, 9)
-    run_ray.assert_not_called()
+    def never(_exe):
+        raise AssertionError("a ray beside our interpreter is not asked")
+
+    assert ray_version(str(tmp_path / "ray"), python=str(tmp_path / "python"), ours=lambda: "1.9.2", ask=never) == (1, 9)
 
 
-def test_ray_version_asks_a_foreign_ray(mocker, tmp_path):
-    from raylaunch import launcher as cli
+def test_ray_version_asks_a_foreign_ray(tmp_path):
+    from raylaunch.proc.rayexe import ray_version
 
-    mocker.patch.object(cli.sys, "executable", "/elsewhere/python")
-    run_ray = mocker.patch.object(cli.subprocess, "run",
-                                  return_value=subprocess.CompletedProcess([], 0, "ray, version 2.60.0\n", ""))
-    assert cli.ray_version(str(tmp_path / "ray")) == (2, 60)
-    assert run_ray.call_args.args[0] == [str(tmp_path / "ray"), "--version"]
+    asked = []
+    version = ray_version(str(tmp_path / "ray"), python="/elsewhere/python", ours=lambda: "1.9.2",
+                          ask=lambda exe: asked.append(exe) or " 2.60.0\n")
+    assert version == (2, 60) and asked == [str(tmp_path / "ray")]
 
 
-def test_unusable_ray_version_is_a_config_error(mocker, tmp_path):
-    from raylaunch import launcher as cli
+def test_unusable_ray_version_is_a_config_error(tmp_path):
     from raylaunch.config import ConfigError
+    from raylaunch.proc.rayexe import ask_ray_version
 
-    mocker.patch.object(cli.sys, "executable", "/elsewhere/python")
-    mocker.patch.object(cli.subprocess, "run", side_effect=OSError("exec format error"))
+    not_a_program = tmp_path / "ray"
+    not_a_program.write_text("no #! line, not executable")
     with pytest.raises(ConfigError, match="could not run"):
-        cli.ray_version(str(tmp_path / "ray"))
+        ask_ray_version(str(not_a_program))

@@ -9,11 +9,15 @@ import pytest
 import redis
 
 from conftest import FAST_TIMING, LaunchPad, fake_ray_events, tagged_processes, wait_for
-from raylaunch.clusterview import read_view
-from raylaunch.fence import AclFence
-from raylaunch.follower import RedisLeaderSource
-from raylaunch.lease import Holder, Keys, LeaseStoreError, RedisLease, guarded
-from raylaunch.redisconn import RedisTarget, connect, is_cluster
+from raylaunch.store.redisstore import RedisStore
+from raylaunch.store.view import read_cluster
+from raylaunch.store.fence import AclFence
+from raylaunch.store.leader import LeaderSource
+from raylaunch.store.errors import LeaseStoreError, guarded
+from raylaunch.store.keys import Keys
+from raylaunch.store.lease import RedisLease
+from raylaunch.store.records import Holder
+from raylaunch.store.connect import RedisTarget, connect, is_cluster
 from rediscluster import LocalCluster
 from redisbins import binary as redis_binary
 
@@ -61,9 +65,9 @@ def test_the_lease_works_on_a_cluster_of_one_and_of_three_shards(make_cluster, s
     others = [n for n in cluster.masters if n is not owner]
     assert all(n.client().dbsize() == 0 for n in others), "every key of the lease lives on one shard"
 
-    view = read_view(b.client, KEYS, "cluster", [])
-    assert view["leader"]["node"] == "a" and [s["node"] for s in view["standbys"]] == ["b"]
-    source = RedisLeaderSource(b.client, KEYS, "w", ttl=5)
+    view = read_cluster(b.store)
+    assert view.leader_node == "a" and [s.record.node for s in view.standbys] == ["b"]
+    source = LeaderSource(b.store, "w", ttl=5)
     assert source.current(None).gcs_address == "10.0.0.1:6379"
     assert owner.client().get(KEYS.follower("w")) is not None
 
@@ -135,8 +139,8 @@ def test_a_shard_failover_under_a_running_leader_never_gives_two_heads(make_clus
 def test_the_fence_issues_and_revokes_users_on_every_node(make_cluster):
     cluster = make_cluster(shards=1, replicas=1)
     client = connect(RedisTarget("127.0.0.1", cluster.nodes[0].port), 1.0)
-    AclFence(client, KEYS).lock_out(1)
-    fence = AclFence(client, KEYS)
+    AclFence(RedisStore(client, KEYS)).lock_out(1)
+    fence = AclFence(RedisStore(client, KEYS))
     assert fence.lock_out(2) == [f"{KEYS.gcs_user_prefix}1"]
     for node in cluster.nodes:
         users = node.client().acl_users()

@@ -4,8 +4,24 @@ import os
 
 import pytest
 
-from raylaunch.config import (ConfigError, Timing, identity_from, load_env_file, parse_bool,
-                              parse_duration, timing_from)
+from raylaunch.config import (IDENTITY, REPORTING, SAFETY, TIMING, ConfigError, Timing, load_env_file, parse_bool,
+                              parse_duration, settings_from)
+
+
+def timing_from(flags, env):
+    return settings_from(TIMING, flags, env)
+
+
+def identity_from(node, key, env):
+    return settings_from(IDENTITY, {"node_name": node, "key": key}, env)
+
+
+def reporting_from(flags, env):
+    return settings_from(REPORTING, flags, env)
+
+
+def safety_from(flags, env):
+    return settings_from(SAFETY, flags, env)
 
 
 @pytest.mark.parametrize("text", ["1", "true", "TRUE", "Yes", "on", " On "])
@@ -107,7 +123,7 @@ def test_missing_env_file_is_an_error(tmp_path):
 
 
 def test_reporting_from_flags_env_and_defaults():
-    from raylaunch.config import Reporting, reporting_from
+    from raylaunch.config import Reporting
 
     assert reporting_from({}, {}) == Reporting()
     env = {"RAY_HA_HTTP_PORT": "8008", "RAY_HA_LOG_FORMAT": "JSON", "RAY_HA_HOOK_TIMEOUT_MS": "1500",
@@ -123,7 +139,6 @@ def test_reporting_from_flags_env_and_defaults():
     ({"hook_timeout": "0"}, {}, "hook timeout must be > 0"),
 ])
 def test_bad_reporting_settings_are_refused(flags, env, phrase):
-    from raylaunch.config import reporting_from
 
     with pytest.raises(ConfigError, match=phrase):
         reporting_from(flags, env)

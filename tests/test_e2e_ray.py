@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TAG_VAR, Launcher, LaunchPad, tagged_processes, wait_for
-from raylaunch.lease import Keys
-from raylaunch.localredis import free_port
+from raylaunch.store.keys import Keys
+from testkit.localredis import free_port
 from rediscluster import LocalCluster
 
 pytestmark = pytest.mark.ray

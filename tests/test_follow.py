@@ -5,9 +5,10 @@ from typing import Optional
 
 import pytest
 
-from raylaunch.follow import (BACKOFF_FIRST, BACKOFF_MAX, RESTART_GRACE, Decision, Follower, FollowStep, FollowTiming,
+from raylaunch.follow.follower import (BACKOFF_FIRST, BACKOFF_MAX, RESTART_GRACE, Decision, Follower, FollowStep, FollowTiming,
                               on_new_leader)
-from raylaunch.lease import LeaseStoreError, Record, RedisUnavailable
+from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
+from raylaunch.store.records import Record
 
 A1 = Record(node="a", host="ha", gcs_address="10.0.0.1:6379", epoch=1, since=1.0)
 B2 = Record(node="b", host="hb", gcs_address="10.0.0.2:6379", epoch=2, since=2.0)

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import FAST_TIMING, Launcher, fake_ray_events, tagged_processes, wait_for
-from raylaunch.supervisor import is_alive
-from raylaunch.lease import Keys
+from raylaunch.proc.tree import is_alive
+from raylaunch.store.keys import Keys
 
 KEYS = Keys("ray-ha:default:leader")
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>

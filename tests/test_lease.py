@@ -8,9 +8,12 @@ import redis
 
 import json
 
-from raylaunch.lease import (HISTORY_LENGTH, Holder, Keys, LeaseStoreError, RedisLease, RedisUnavailable,
-                             Switchover, guarded)
-from raylaunch.redisconn import RedisTarget, connect
+from raylaunch.store.errors import LeaseStoreError, RedisUnavailable, guarded
+from raylaunch.store.keys import Keys
+from raylaunch.store.lease import RedisLease
+from raylaunch.store.records import Holder, Switchover
+from raylaunch.store.scripts import HISTORY_LENGTH
+from raylaunch.store.connect import RedisTarget, connect
 
 pytestmark = pytest.mark.redis_versions
 

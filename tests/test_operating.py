@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import FAST_TIMING, fake_ray_events, tagged_processes
-from raylaunch.lease import Keys
+from raylaunch.store.keys import Keys
 
 KEYS = Keys("ray-ha:default:leader")
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
@@ -58,14 +58,15 @@ def test_non_block_start_returns_as_leader_with_rays_guidance(detached, redis_se
     ({"role": "standby", "epoch": 2, "leader": "b"}, "standing by; leader is b (epoch 2)"),
 ])
 def test_detached_start_reports_only_settled_states(state, verdict):
-    from raylaunch.launcher import _verdict
-    line, _ = _verdict(state)
+    from raylaunch.local.state import SupervisorState
+    from raylaunch.start.detach import _verdict
+    line, _ = _verdict(SupervisorState(**{"node": "a", **state}))
     assert (line is None) if verdict is None else line.startswith(verdict)
 
 
 def test_non_block_start_of_a_ray_that_says_something_else_still_returns_in_bounded_time(ha_env, tmp_path,
                                                                                         leak_guard):
-    from raylaunch.launcher import RAY_TEXT_GRACE
+    from raylaunch.start.detach import RAY_TEXT_GRACE
 
     env = {**ha_env, "FAKE_RAY_STARTED_TEXT": "Local node is up."}
     started = time.monotonic()
@@ -157,7 +158,7 @@ def test_health_imports_neither_redis_nor_ray(detached, ha_env, tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=10)
     assert result.returncode == 0, result.stderr
     modules = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
-    assert "raylaunch.control" in modules, "the probe ran"
+    assert "raylaunch.local.control" in modules, "the probe ran"
     assert not {m for m in modules if m.split(".")[0] in ("redis", "ray")}
 
 
@@ -185,7 +186,7 @@ def test_status_without_a_leader_exits_1(ha_env, tmp_path):
 
 
 def test_status_with_redis_down_is_one_line(ha_env, tmp_path):
-    from raylaunch.localredis import free_port
+    from testkit.localredis import free_port
 
     result = ray_ha("status", env={**ha_env, "RAY_REDIS_ADDRESS": f"127.0.0.1:{free_port()}"}, cwd=tmp_path)
     assert result.returncode == 1

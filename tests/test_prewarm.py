@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from raylaunch.prewarm import RESPAWN_EVERY, WarmStart, ray_python
+from raylaunch.proc.prewarm import RESPAWN_EVERY, WarmStart, ray_python
 
 CONSOLE_SCRIPT = "# -*- coding: utf-8 -*-\nimport sys\nfrom ray.scripts.scripts import main\nsys.exit(main())\n"
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from raylaunch.config import ConfigError
-from raylaunch.raycmd import (RECONNECT_ENV, build_head_command, merge_system_config, option_value,
+from raylaunch.proc.raycmd import (RECONNECT_ENV, build_head_command, merge_system_config, option_value,
                               parse_version, reconnect_config, redact, without_option)
 
 

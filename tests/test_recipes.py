@@ -14,8 +14,8 @@ import yaml
 
 from conftest import ROOT, tagged_processes, wait_for
 from raylaunch.config import HEAD_START_BUDGET, Timing
-from raylaunch.localredis import LocalRedis, free_port
-from raylaunch.lease import Keys
+from testkit.localredis import LocalRedis, free_port
+from raylaunch.store.keys import Keys
 
 DOCS = ROOT / "docs"
 KEYS = Keys("ray-ha:default:leader")

@@ -3,7 +3,7 @@
 import pytest
 
 from raylaunch.config import ConfigError
-from raylaunch.redisconn import parse_address, target_from
+from raylaunch.store.connect import parse_address, target_from
 
 
 @pytest.mark.parametrize("text, expected", [

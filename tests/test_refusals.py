@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from conftest import FAST_TIMING, LaunchPad, fake_ray_events, tagged_processes, wait_for
-from raylaunch.lease import Keys
-from raylaunch.localredis import free_port
+from raylaunch.store.keys import Keys
+from testkit.localredis import free_port
 from test_reporting import get
 
 pytestmark = pytest.mark.redis_versions

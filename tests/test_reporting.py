@@ -1,23 +1,24 @@
 """What a launcher shows the outside: the HTTP endpoint and its metrics, notify hooks, log lines."""
 
 import json
+import socket
 import urllib.error
 import urllib.request
 
 import pytest
 
 from conftest import tagged_processes, wait_for
-from raylaunch.campaign import Role, Snapshot, Step
-from raylaunch.endpoint import Endpoint, render_metrics
-from raylaunch.lease import Keys
-from raylaunch.localredis import free_port
+from raylaunch.local.endpoint import Endpoint, render_metrics
+from raylaunch.local.state import SupervisorState
+from raylaunch.store.keys import Keys
+from testkit.localredis import free_port
 
 
-def snapshot(role=Role.LEADER, serving=True, **kw):
+def snapshot(role="leader", serving=True, **kw):
+    """A supervisor's state record, as the endpoint is given it."""
     fields = dict(node="a", role=role, epoch=3, leader="a", gcs_address="127.0.0.1:6379", serving=serving,
-                  transitions=2, renew_failures=1, takeover_seconds=1.25, step=Step.LEADING, outcome=None,
-                  lease_confirmed_at=None, redis_refused=None)
-    return Snapshot(**{**fields, **kw})
+                  transitions=2, renew_failures=1, takeover_seconds=1.25, redis_refused=None)
+    return SupervisorState(**{**fields, **kw})
 
 
 def get(port, path):
@@ -29,20 +30,36 @@ def get(port, path):
 
 
 @pytest.fixture
+def gcs():
+    """A listening socket standing in for the leader's GCS: its `host:port`."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+@pytest.fixture
 def endpoint():
     server = Endpoint("127.0.0.1", 0, stale_after=60)
     yield server
     server.close()
 
 
-def test_leader_endpoint_answers_200_only_on_the_serving_leader(endpoint):
+def test_leader_endpoint_answers_200_only_on_the_serving_leader(endpoint, gcs):
     assert get(endpoint.port, "/healthz")[0] == 503, "no snapshot yet"
-    endpoint(snapshot(role=Role.STANDBY, serving=False, leader="b"))
+    endpoint(snapshot(role="standby", serving=False, leader="b"))
     assert get(endpoint.port, "/healthz") == (200, "ok standby\n")
     assert get(endpoint.port, "/leader")[0] == 503
-    endpoint(snapshot())
+    endpoint(snapshot(gcs_address=gcs))
     assert get(endpoint.port, "/leader") == (200, "leader\n")
     assert get(endpoint.port, "/nope")[0] == 404
+
+
+def test_leader_endpoint_and_health_agree_a_leader_whose_gcs_refuses_is_not_healthy(endpoint):
+    closed = f"127.0.0.1:{free_port()}"
+    endpoint(snapshot(gcs_address=closed))
+    assert get(endpoint.port, "/leader") == (503, "leader\n")
+    assert snapshot(gcs_address=closed).health("leader") == (
+        False, f"leader, but its GCS at {closed} does not accept connections")
 
 
 def test_stale_snapshot_fails_both_probes():
@@ -68,13 +85,13 @@ def test_metrics_are_prometheus_text_with_the_six_series(endpoint):
 
 
 def test_a_node_stuck_on_a_redis_refusal_fails_healthz_and_says_so_in_its_metrics(endpoint):
-    endpoint(snapshot(role=Role.STANDBY, serving=False, redis_refused="the Redis user may not run ... (NOPERM)"))
+    endpoint(snapshot(role="standby", serving=False, redis_refused="the Redis user may not run ... (NOPERM)"))
     assert get(endpoint.port, "/healthz") == (503, "refused by Redis standby\n")
     assert 'ray_ha_redis_refused{node="a"} 1' in get(endpoint.port, "/metrics")[1]
 
 
 def test_metrics_leave_out_takeover_time_until_there_is_one():
-    body = render_metrics(snapshot(role=Role.STANDBY, serving=False, takeover_seconds=None))
+    body = render_metrics(snapshot(role="standby", serving=False, takeover_seconds=None))
     assert "ray_ha_is_leader{node=\"a\"} 0" in body and "takeover" not in body
 
 

@@ -9,10 +9,10 @@ import pytest
 import redis
 
 from conftest import fake_ray_events, tagged_processes, wait_for
-from raylaunch.localredis import free_port
+from testkit.localredis import free_port
 from redisbins import binary as redis_binary
-from raylaunch.lease import Keys
-from raylaunch.redisconn import RedisTarget, connect, sentinel_master, server_mode
+from raylaunch.store.keys import Keys
+from raylaunch.store.connect import RedisTarget, connect, sentinel_master, server_mode
 
 pytestmark = pytest.mark.redis_versions
 
@@ -138,8 +138,8 @@ def test_min_replicas_holds_the_lease_only_while_a_replica_confirms(launch, repl
 
 
 def test_min_replicas_is_checked():
-    from raylaunch.config import ConfigError, safety_from
+    from raylaunch.config import SAFETY, ConfigError, settings_from
 
     with pytest.raises(ConfigError, match="not a number of replicas"):
-        safety_from({"min_replicas": "one"}, {})
-    assert safety_from({}, {"RAY_HA_MIN_REPLICAS": "2"}).min_replicas == 2
+        settings_from(SAFETY, {"min_replicas": "one"}, {})
+    assert settings_from(SAFETY, {}, {"RAY_HA_MIN_REPLICAS": "2"}).min_replicas == 2

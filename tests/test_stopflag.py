@@ -5,7 +5,7 @@ import signal
 import threading
 import time
 
-from raylaunch.stopflag import StopFlag
+from raylaunch.proc.stopflag import StopFlag
 
 
 def test_wait_times_out_when_not_set():

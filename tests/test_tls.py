@@ -2,8 +2,14 @@
 
 import pytest
 
-from raylaunch.lease import Holder, Keys, RedisLease, RedisUnavailable, guarded
-from raylaunch.redisconn import connect, target_from
+from raylaunch.store.errors import RedisUnavailable, guarded
+
+from raylaunch.store.keys import Keys
+
+from raylaunch.store.lease import RedisLease
+
+from raylaunch.store.records import Holder
+from raylaunch.store.connect import connect, target_from
 from tlsproxy import TLSProxy, make_certs
 
 pytestmark = pytest.mark.redis_versions

@@ -15,8 +15,8 @@ import psutil
 import pytest
 
 from conftest import fake_ray_events, tagged_processes, wait_for
-from raylaunch import watchdog
-from raylaunch.supervisor import is_alive
+from raylaunch.head import watchdog
+from raylaunch.proc.tree import is_alive
 
 STAND_IN = """
 import os, subprocess, sys, time

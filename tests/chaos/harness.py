@@ -56,7 +56,7 @@ class ChaosRun:
 
     def __init__(self, workdir: Path, launchers: int = 3, seconds: float = 60.0, seed: Optional[int] = None,
                  log: Callable[[str], None] = lambda line: None) -> None:
-        from raylaunch.localredis import LocalRedis
+        from testkit.localredis import LocalRedis
 
         self.workdir, self.seconds, self.log = Path(workdir), seconds, log
         self.seed = seed if seed is not None else random.randrange(1 << 30)

@@ -12,10 +12,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-import redis
-
-from raylaunch.lease import Keys, guarded
-from raylaunch.redisconn import on_every_node
+from raylaunch.store.connect import on_every_node
+from raylaunch.store.redisstore import RedisStore
 
 # What a GCS may do: everything, on every key and channel. ACL key patterns cannot exclude ray-ha's
 # own keys, and Ray's needs change between versions.
@@ -32,21 +30,21 @@ class AclFence:
     """Issues and revokes the per-epoch GCS users of one lease, on every node of a cluster-mode Redis
     (ACL users are each node's own, and the GCS follows its slots to whichever node owns them)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        self.client, self.keys = client, keys
-        self.prefix = keys.gcs_user_prefix
+    def __init__(self, store: RedisStore) -> None:
+        self.store, self.client = store, store.client
+        self.prefix = store.keys.gcs_user_prefix
         self._issued: dict[int, Credentials] = {}
 
     def check(self) -> None:
         """Fail at start, not at the first election, if our Redis user may not manage ACL users."""
-        guarded(lambda: on_every_node(self.client, "ACL", "USERS"), self.keys.lease)
+        self.store.guard(lambda: on_every_node(self.client, "ACL", "USERS"))
 
     def lock_out(self, epoch: int) -> list[str]:
         """Create this epoch's user, then remove every older epoch's; returns the users removed.
 
         Idempotent: a retry after a Redis error picks up where it stopped.
         """
-        return guarded(lambda: self._do_lock_out(epoch), self.keys.lease)
+        return self.store.guard(lambda: self._do_lock_out(epoch))
 
     def credentials(self, epoch: int) -> Credentials:
         """The user and password issued for `epoch` (lock_out first)."""

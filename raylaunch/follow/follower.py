@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
-from raylaunch.lease import LeaseStoreError, Record, RedisUnavailable
-from raylaunch.stopflag import StopSignal
-from raylaunch.trouble import RedisTrouble
+from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
+
+from raylaunch.store.records import Record
+from raylaunch.proc.stopflag import StopSignal
+from raylaunch.store.trouble import RedisTrouble
 
 log = logging.getLogger("ray-ha")
 
@@ -34,13 +36,13 @@ WAIT_LOG_EVERY = 60.0
 
 
 class LeaderSource(Protocol):
-    """Who leads now (follower.RedisLeaderSource in production); also tells Redis whom we follow."""
+    """Who leads now (store.leader.LeaderSource in production); also tells Redis whom we follow."""
 
     def current(self, following: Optional[Record]) -> Optional[Record]: ...
 
 
 class Worker(Protocol):
-    """The worker node's tree (follower.RayWorker in production)."""
+    """The worker node's tree (follow.runtime.RayWorker in production)."""
 
     def start(self, address: str, epoch: int) -> None: ...
     def failure(self) -> Optional[str]: ...

@@ -3,45 +3,19 @@
 from __future__ import annotations
 
 import logging
-import socket
-from typing import TYPE_CHECKING, Callable, Collection, Optional
+from typing import Callable, Collection, Optional
 
 import psutil
 
-from raylaunch.prewarm import WarmStart
-from raylaunch.raycmd import HeadCommand, with_redis_credentials
-from raylaunch.supervisor import ProcessTree
-
-if TYPE_CHECKING:  # fence needs redis; `ray-ha health` imports this module and must not load it
-    from raylaunch.fence import Credentials
+from raylaunch.proc.net import join_address, tcp_accepts
+from raylaunch.proc.prewarm import WarmStart
+from raylaunch.proc.raycmd import GCS_NAME, RAYLET_NAME, RayCommand, with_redis_credentials
+from raylaunch.proc.tree import ProcessTree
+from raylaunch.store.fence import Credentials
 
 log = logging.getLogger("ray-ha")
 
-GCS_NAME = "gcs_server"
-#: On a graceful stop the raylet goes first: it unregisters the node and stops its workers and agents.
-RAYLET_NAME = "raylet"
 WILDCARDS = ("0.0.0.0", "::", "")
-
-
-def tcp_accepts(address: str, timeout: float = 0.5) -> bool:
-    """True if something accepts a TCP connection at `host:port` right now."""
-    host, port = split_address(address)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` into (host, port)."""
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def join_address(host: str, port: int) -> str:
-    """(host, port) as `host:port`, bracketing IPv6."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def gcs_address(gcs: psutil.Process, node_ip: Optional[str]) -> Optional[str]:
@@ -72,7 +46,7 @@ def _arg(args: list[str], name: str) -> Optional[str]:
 class RayHead:
     """Runs `ray start --head --block` under a ProcessTree and reports on its GCS."""
 
-    def __init__(self, command: HeadCommand, node_ip: Optional[str],
+    def __init__(self, command: RayCommand, node_ip: Optional[str],
                  probe: Callable[[str], bool] = tcp_accepts,
                  spare: Callable[[], Collection[int]] = frozenset,
                  credentials: Optional[Callable[[int], Credentials]] = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Optional
 
-from raylaunch.lease import LeaseStoreError
+from raylaunch.store.errors import LeaseStoreError
 
 log = logging.getLogger("ray-ha")
 

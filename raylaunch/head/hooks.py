@@ -14,7 +14,7 @@ import subprocess
 import threading
 from typing import Mapping, Optional
 
-from raylaunch.campaign import Role, Snapshot
+from raylaunch.head.steps import Role, Snapshot
 
 log = logging.getLogger("ray-ha")
 

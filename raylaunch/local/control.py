@@ -10,12 +10,10 @@ from typing import Optional
 
 import psutil
 
-from raylaunch.head import tcp_accepts
-from raylaunch.localstate import LocalSupervisor, local_supervisors
+from raylaunch.local.state import LocalSupervisor, SupervisorState, gcs_probe, local_supervisors
 
 #: Extra time `stop` allows beyond a supervisor's own grace (s).
 STOP_SLACK = 10.0
-PROBE_TIMEOUT = 0.2
 
 
 def stop_supervisors(directory: Path, node: Optional[str]) -> tuple[list[str], list[str]]:
@@ -28,7 +26,8 @@ def stop_supervisors(directory: Path, node: Optional[str]) -> tuple[list[str], l
             pass
     stopped, failed = [], []
     for sup in running:
-        bound = float(sup.state.get("stop_grace") or 10) + float(sup.state.get("lease_duration") or 15)
+        state = sup.state or SupervisorState(node=sup.node)  # not written yet: the default timings
+        bound = state.stop_grace + state.lease_duration
         if _wait_gone(directory, sup, bound + STOP_SLACK):
             stopped.append(f"stopped the ray-ha supervisor of node {sup.node} (pid {sup.pid})")
         else:
@@ -65,17 +64,8 @@ def health(directory: Path, node: Optional[str], role: str) -> tuple[bool, str]:
 
 
 def _probe(sup: LocalSupervisor, role: str) -> tuple[bool, str]:
-    state = sup.state
     who = f"node {sup.node} (pid {sup.pid})"
-    if not sup.fresh():
+    if sup.state is None or not sup.fresh():
         return False, f"{who}: supervisor state is stale (loop stuck or frozen?)"
-    if state.get("redis_refused"):
-        return False, f"{who}: {state.get('role')}, stuck: Redis refuses it: {state.get('redis_refused')}"
-    if role == "any":
-        return True, f"{who}: {state.get('role')}"
-    if state.get("role") != "leader" or not state.get("serving"):
-        return False, f"{who}: not the serving leader ({state.get('role')})"
-    address = str(state.get("gcs_address") or "")
-    if not tcp_accepts(address, timeout=PROBE_TIMEOUT):
-        return False, f"{who}: leader, but its GCS at {address} does not accept connections"
-    return True, f"{who}: leader, epoch {state.get('epoch')}, GCS at {address}"
+    ok, why = sup.state.health(role, gcs_probe)
+    return ok, f"{who}: {why}"

@@ -26,7 +26,7 @@ import time
 from typing import IO, TYPE_CHECKING, Callable, Iterable, Optional
 
 if TYPE_CHECKING:
-    from raylaunch.campaign import Snapshot
+    from raylaunch.head.steps import Snapshot
 
 #: How long a sweep keeps killing processes that a dying tree may still spawn (s).
 SWEEP_FOR = 5.0

@@ -17,6 +17,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from raylaunch.config import ConfigError
+from raylaunch.proc.net import split_host_port
 
 TLS_FILE_VARS = ("RAY_REDIS_CA_CERT", "RAY_REDIS_CLIENT_CERT", "RAY_REDIS_CLIENT_KEY")
 
@@ -65,19 +66,10 @@ def parse_address(text: str) -> tuple[str, int, bool]:
 
 
 def _split_host_port(text: str) -> tuple[str, str]:
-    """`host:port` or `[v6]:port` into its parts; a bare IPv6 address is ambiguous and refused."""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":") or not host:
-            raise ConfigError(f"RAY_REDIS_ADDRESS {text!r} is not of the form [ipv6]:port")
-        return host, rest[1:]
-    if text.count(":") != 1:
-        hint = " (IPv6 needs brackets: [::1]:6379)" if text.count(":") > 1 else ""
-        raise ConfigError(f"RAY_REDIS_ADDRESS {text!r} is not of the form host:port{hint}")
-    host, port = text.split(":")
-    if not host or "/" in host or "/" in port:
-        raise ConfigError(f"RAY_REDIS_ADDRESS {text!r} is not of the form host:port")
-    return host, port
+    try:
+        return split_host_port(text)
+    except ValueError as exc:
+        raise ConfigError(f"RAY_REDIS_ADDRESS {text!r} {exc}") from None
 
 
 def _tls_files(env: Mapping[str, str]) -> dict[str, Optional[str]]:

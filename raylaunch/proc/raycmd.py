@@ -21,12 +21,16 @@ OLD_RETRIES_KEY = "ping_gcs_rpc_server_max_retries"
 OLD_INTERVAL_KEY = "ping_gcs_rpc_server_interval_milliseconds"
 #: Environment a follower reads but its worker node must not inherit.
 WORKER_DROPS = ("RAY_REDIS_ADDRESS", "RAY_REDIS_PASSWORD")
+#: Ray's process names: the GCS (whose death ends a head), and the raylet, which goes first on a graceful
+#: stop (it unregisters the node and stops its workers and agents).
+GCS_NAME = "gcs_server"
+RAYLET_NAME = "raylet"
 #: ray start options whose value is a secret, hidden from every log line.
 SECRET_OPTIONS = ("--redis-password",)
 
 
 @dataclass(frozen=True)
-class HeadCommand:
+class RayCommand:
     """What a leader (or a follower) runs: argv, the child's full environment, and warnings to log once."""
 
     argv: tuple[str, ...]
@@ -132,7 +136,7 @@ def child_env(base: Mapping[str, str], version: tuple[int, int], timeout: float)
 
 
 def build_head_command(ray_exe: str, user_args: Sequence[str], version: tuple[int, int],
-                       reconnect_timeout: float, base_env: Mapping[str, str]) -> HeadCommand:
+                       reconnect_timeout: float, base_env: Mapping[str, str]) -> RayCommand:
     """`ray start <user args> --block --system-config <merged>` with the environment the head needs."""
     merged, warnings = merge_system_config(option_value(user_args, "--system-config"),
                                            reconnect_config(version, reconnect_timeout))
@@ -141,11 +145,11 @@ def build_head_command(ray_exe: str, user_args: Sequence[str], version: tuple[in
         args.append("--block")
     env, env_warnings = child_env(base_env, version, reconnect_timeout)
     argv = (ray_exe, "start", *args, "--system-config", json.dumps(merged, sort_keys=True))
-    return HeadCommand(argv=argv, env=env, warnings=tuple(warnings + env_warnings))
+    return RayCommand(argv=argv, env=env, warnings=tuple(warnings + env_warnings))
 
 
 def build_worker_command(ray_exe: str, user_args: Sequence[str], version: tuple[int, int],
-                         reconnect_timeout: float, base_env: Mapping[str, str]) -> HeadCommand:
+                         reconnect_timeout: float, base_env: Mapping[str, str]) -> RayCommand:
     """`ray start <user args> --block` for a follower, its --address left to with_address().
 
     The worker's own raylet reads the reconnect timeout from its environment (not from the head's
@@ -157,7 +161,7 @@ def build_worker_command(ray_exe: str, user_args: Sequence[str], version: tuple[
     env, warnings = child_env(base_env, version, reconnect_timeout)
     for name in WORKER_DROPS:  # a worker never talks to Redis: keep its password out of every process
         env.pop(name, None)
-    return HeadCommand(argv=(ray_exe, "start", *args), env=env, warnings=tuple(warnings))
+    return RayCommand(argv=(ray_exe, "start", *args), env=env, warnings=tuple(warnings))
 
 
 def with_address(argv: Sequence[str], address: str) -> list[str]:

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import os
-import shutil
-import sys
-from typing import NoReturn, Optional, Sequence
+from typing import Optional, Sequence
 
 from raylaunch.config import ConfigError, load_env_file, parse_bool
+from raylaunch.proc.rayexe import exec_ray
 
 
 def check_no_ha_typos(ray_args: Sequence[str]) -> None:
@@ -32,19 +31,3 @@ def pass_through_unless_ha(ray_args: Sequence[str], env_file: Optional[str], fol
     enabled = parse_bool("RAY_ENABLE_HEAD_HA", os.environ.get("RAY_ENABLE_HEAD_HA"))
     if not enabled or "--head" not in ray_args:
         exec_ray(["start", *ray_args])
-
-
-def find_ray() -> str:
-    """The `ray` executable on PATH, or a usage error saying how to get it."""
-    ray = shutil.which("ray")
-    if ray is None:
-        raise ConfigError("`ray` not found on PATH: install Ray (pip install 'ray[default]')")
-    return ray
-
-
-def exec_ray(args: Sequence[str]) -> NoReturn:
-    """Replace this process with `ray <args>`: same arguments, same exit code, no extra process."""
-    ray = find_ray()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(ray, ["ray", *args])

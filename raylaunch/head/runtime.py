@@ -1,0 +1,146 @@
+"""Head mode: the campaign wired to the real lease, head, fence, watchdog, hooks and HTTP endpoint.
+
+The shared runtime (raylaunch.supervisor) has taken signals, logging, the state file and orphans;
+this adds what only a head candidate has, and closes it in order: the campaign has stopped the
+head's tree before the watchdog is dismissed and before the lease's connection goes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Mapping, Optional
+
+from raylaunch.config import EXIT_HEAD_DIED, EXIT_LOST, EXIT_OK, EXIT_RUNTIME
+from raylaunch.head.campaign import Campaign
+from raylaunch.head.hooks import Hooks
+from raylaunch.head.rayhead import RayHead
+from raylaunch.head.steps import Outcome, Snapshot, Step, Watcher
+from raylaunch.head.watchdog import Watchdog
+from raylaunch.local.endpoint import Endpoint
+from raylaunch.local.state import SupervisorState
+from raylaunch.plan import Plan
+from raylaunch.proc.prewarm import WarmStart
+from raylaunch.proc.raycmd import redact
+from raylaunch.proc.stopflag import StopFlag, StopSignal
+from raylaunch.store.fence import AclFence
+from raylaunch.store.lease import RedisLease
+from raylaunch.store.records import Holder
+from raylaunch.store.redisstore import RedisStore
+from raylaunch.supervisor import RuntimeProblem, Session, connect
+
+OUTCOME_CODES = {Outcome.STOPPED: EXIT_OK, Outcome.FAILED: EXIT_RUNTIME,
+                 Outcome.LOST: EXIT_LOST, Outcome.HEAD_DIED: EXIT_HEAD_DIED}
+
+log = logging.getLogger("ray-ha")
+
+
+def head_state(base: SupervisorState, snapshot: Snapshot) -> SupervisorState:
+    """The state record of a campaign after a tick."""
+    return replace(base, role=snapshot.role.value, epoch=snapshot.epoch, leader=snapshot.leader,
+                   gcs_address=snapshot.gcs_address, serving=snapshot.serving,
+                   transitions=snapshot.transitions, renew_failures=snapshot.renew_failures,
+                   takeover_seconds=snapshot.takeover_seconds,
+                   waiting_old_gcs=snapshot.step is Step.WAITING_OLD_GCS, redis_refused=snapshot.redis_refused)
+
+
+class HeadMode:
+    """A head candidate: campaign for the lease, run and supervise the head while leading."""
+
+    noun = "head"
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.campaign: Optional[Campaign] = None
+
+    def context(self) -> Mapping[str, object]:
+        """Role, epoch and leader for every log line, read from the campaign at the moment of logging."""
+        c = self.campaign
+        return {} if c is None else {"role": c.role.value, "epoch": c.epoch, "leader": c.leader}
+
+    def check_redis(self) -> None:
+        """Reach Redis once and check what the campaign will need (before detaching)."""
+        lease = connect_lease(self.plan, StopFlag())
+        try:
+            make_fence(self.plan, lease)
+        finally:
+            lease.close()
+
+    def run(self, session: Session) -> int:
+        plan = self.plan
+        endpoint = start_endpoint(plan)
+        hooks = Hooks(plan.reporting.on_elected, plan.reporting.on_demoted, plan.reporting.hook_timeout,
+                      plan.command.env)
+        lease = watchdog = None
+        head: Optional[RayHead] = None
+        try:
+            lease = connect_lease(plan, session.stop)
+            log.info("campaigning as %s for %s on %s (lease %gs, renew deadline %gs, retry %gs)",
+                     plan.identity.node_name, lease.key, plan.target.display, plan.timing.lease_duration,
+                     plan.timing.renew_deadline, plan.timing.retry_period)
+            log.info("head command: %s", " ".join(redact(plan.command.argv)))
+            watchdog = dog = Watchdog(plan.timing.renew_deadline, plan.timing.lease_duration,
+                                      lambda: head.session() if head else None)
+            fence = make_fence(plan, lease)
+            warm = WarmStart(plan.warm_python, plan.command.env) if plan.warm_python else None
+            head = RayHead(plan.command, plan.node_ip, spare=lambda: hooks.pids() | dog.pids(),
+                           credentials=fence.credentials if fence else None, warm=warm)
+            watchers: list[Watcher] = [dog, self._publisher(session, endpoint), hooks]
+            self.campaign = Campaign(lease, head, plan.timing, session.stop, name=plan.identity.node_name,
+                                     watchers=watchers, fence=fence)
+            return OUTCOME_CODES[self.campaign.run()]
+        finally:
+            if head:
+                head.close()  # an unused pre-warmed interpreter
+            if watchdog:
+                watchdog.close()  # the campaign has stopped the tree by now
+            hooks.close()
+            if endpoint:
+                endpoint.close()
+            if lease:
+                lease.close()
+
+    @staticmethod
+    def _publisher(session: Session, endpoint: Optional[Endpoint]) -> Watcher:
+        """A watcher that turns each snapshot into the state record, for the state file and the endpoint."""
+        def publish(snapshot: Snapshot) -> None:
+            record = head_state(session.state.base, snapshot)
+            session.state.update(record)
+            if endpoint:
+                endpoint(record)
+        return publish
+
+
+def start_endpoint(plan: Plan) -> Optional[Endpoint]:
+    """The HTTP endpoint if asked for; a port that cannot be bound is a runtime problem (exit 1)."""
+    r = plan.reporting
+    if r.http_port is None:
+        return None
+    try:
+        endpoint = Endpoint(r.http_host, r.http_port, stale_after=plan.timing.lease_duration)
+    except OSError as exc:
+        raise RuntimeProblem(f"cannot serve HTTP on {r.http_host}:{r.http_port}: {exc.strerror or exc}") from None
+    log.info("HTTP endpoint on %s:%d (/healthz, /leader, /metrics)", r.http_host, endpoint.port)
+    return endpoint
+
+
+def connect_lease(plan: Plan, stop: StopSignal) -> RedisLease:
+    """A checked lease handle for this candidate (Redis gets a few quiet tries)."""
+    me = Holder.me(plan.identity.node_name, plan.identity.host)
+
+    def build(store: RedisStore) -> RedisLease:
+        lease = RedisLease(store.client, store.keys, me, plan.timing.lease_duration,
+                           min_replicas=plan.safety.min_replicas, wait_timeout=plan.timing.redis_timeout / 2)
+        lease.check()
+        return lease
+
+    return connect(plan, stop, build)
+
+
+def make_fence(plan: Plan, lease: RedisLease) -> Optional[AclFence]:
+    """The storage fence asked for, checked (LeaseStoreError if our user may not manage ACLs)."""
+    if plan.safety.fence != "acl":
+        return None
+    fence = AclFence(lease.store)
+    fence.check()
+    return fence

@@ -1,0 +1,44 @@
+"""host:port, the one parser, and whether something accepts TCP connections there. Standard library only."""
+
+from __future__ import annotations
+
+import socket
+
+
+def split_host_port(text: str) -> tuple[str, str]:
+    """`host:port` or `[v6]:port` into (host, port text); ValueError saying what form was expected.
+
+    A bare IPv6 address is ambiguous and refused.
+    """
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":") or not host:
+            raise ValueError("is not of the form [ipv6]:port")
+        return host, rest[1:]
+    if text.count(":") != 1:
+        hint = " (IPv6 needs brackets: [::1]:6379)" if text.count(":") > 1 else ""
+        raise ValueError(f"is not of the form host:port{hint}")
+    host, port = text.split(":")
+    if not host or "/" in host or "/" in port:
+        raise ValueError("is not of the form host:port")
+    return host, port
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` into (host, port); ValueError if it is neither."""
+    host, port = split_host_port(address)
+    return host, int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    """(host, port) as `host:port`, bracketing IPv6."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tcp_accepts(address: str, timeout: float = 0.5) -> bool:
+    """True if something accepts a TCP connection at `host:port` right now."""
+    try:
+        with socket.create_connection(split_address(address), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,90 @@
+"""What `ray-ha status` shows: the cluster as Redis sees it (store.view) and this machine's supervisors
+(local.state), as JSON (layout versioned by SCHEMA; fields are only ever added within a version) or as
+a table like `patronictl list`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from raylaunch.local.state import LocalSupervisor
+from raylaunch.store.view import ClusterView
+
+SCHEMA = 1
+
+
+def status_json(view: ClusterView, redis_display: str, local: list[LocalSupervisor]) -> dict[str, Any]:
+    """The view in the JSON layout documented in the README."""
+    lead = view.leadership
+    leader = None
+    if lead.holder is not None:
+        serving = lead.serving
+        leader = {"node": lead.holder.node, "host": lead.holder.host, "pid": lead.holder.pid, "epoch": lead.epoch,
+                  "gcs_address": serving.gcs_address if serving else None,
+                  "since": serving.since if serving else None, "lease_left_s": lead.lease_left}
+    request = view.switchover
+    return {
+        "schema": SCHEMA, "key": view.key, "redis": redis_display, "epoch": lead.epoch, "leader": leader,
+        "standbys": [{"node": s.record.node, "host": s.record.host, "pid": s.record.pid, "role": s.record.role,
+                      "since": s.record.since, "expires_in_s": s.expires_in} for s in view.standbys],
+        "followers": [{"node": f.record.node, "host": f.record.host, "pid": f.record.pid, "epoch": f.record.epoch,
+                       "leader": f.record.leader, "gcs_address": f.record.gcs_address, "since": f.record.since,
+                       "expires_in_s": f.expires_in} for f in view.followers],
+        "history": [vars(r) for r in view.history],
+        "switchover": {"from": request.source, "to": request.target or None, "epoch": request.epoch}
+        if request else None,
+        "local": [_local(s) for s in local],
+    }
+
+
+def _local(sup: LocalSupervisor) -> dict[str, Any]:
+    state = sup.state
+    role = (state.role if state else None) if sup.running and sup.fresh() else ("stale" if sup.running else "gone")
+    return {"node": sup.node, "pid": sup.pid, "role": role, "epoch": state.epoch if state else None,
+            "leader": state.leader if state else None, "gcs_address": state.gcs_address if state else None,
+            "serving": bool(state and state.serving) and sup.running,
+            "redis_refused": state.redis_refused if state and sup.running else None}
+
+
+def render(view: dict[str, Any]) -> str:
+    """The view as a readable table, like `patronictl list`."""
+    lines = [f"lease {view['key']} on {view['redis']}, epoch {view['epoch']}", ""]
+    rows: list[tuple[str, ...]] = [("NODE", "ROLE", "HOST", "PID", "EPOCH", "GCS ADDRESS", "SINCE", "LEASE LEFT")]
+    if view["leader"]:
+        lead = view["leader"]
+        rows.append((lead["node"], "leader", lead["host"], str(lead["pid"]), str(lead["epoch"]),
+                     lead["gcs_address"] or "(starting)", _when(lead["since"]), f"{lead['lease_left_s']:.1f}s"))
+    for cand in view["standbys"]:
+        rows.append((cand["node"], cand["role"], str(cand["host"]), str(cand["pid"]), "-", "-",
+                     _when(cand["since"]), "-"))
+    for fol in view["followers"]:
+        rows.append((fol["node"], "follower", str(fol["host"]), str(fol["pid"]),
+                     str(fol["epoch"]) if fol["epoch"] is not None else "-", fol["gcs_address"] or "(waiting)",
+                     _when(fol["since"]), "-"))
+    if len(rows) > 1:
+        lines += _table(rows)
+    if not view["leader"]:
+        lines.append("no leader: nobody holds the lease")
+    if view["switchover"]:
+        sw = view["switchover"]
+        lines.append(f"switchover pending: {sw['from']} -> {sw['to'] or 'any standby'}")
+    if view["history"]:
+        lines += ["", "recent leaders (newest first):"]
+        lines += _table([("EPOCH", "NODE", "GCS ADDRESS", "SINCE")] + [
+            (str(h["epoch"]), h["node"], h["gcs_address"], _when(h["since"])) for h in view["history"]])
+    if view["local"]:
+        lines += ["", "supervisors on this machine:"]
+        lines += [f"  {s['node']} (pid {s['pid']}): {s['role']}"
+                  + (f", epoch {s['epoch']}" if s["role"] in ("leader", "follower") and s["epoch"] else "")
+                  + (f"; STUCK, Redis refuses it: {s['redis_refused']}" if s["redis_refused"] else "")
+                  for s in view["local"]]
+    return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _when(stamp: Optional[float]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"

@@ -1,0 +1,76 @@
+"""The key layout: every Redis name of one cluster's lease, derived from its name in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raylaunch.config import check_key_name
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis name of one cluster's lease, from its name (`--ha-key`, braces not allowed).
+
+    Each key carries the hash tag `{name}`, so all fall in one hash slot: a cluster-mode Redis runs
+    ray-ha's multi-key scripts on the one shard that owns it. The ACL fence's users are not keys and
+    carry no tag.
+    """
+
+    name: str
+
+    def __post_init__(self) -> None:
+        check_key_name(self.name)  # a ConfigError (a ValueError) otherwise
+
+    @property
+    def lease(self) -> str:
+        return "{" + self.name + "}"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.lease}:epoch"
+
+    @property
+    def record(self) -> str:
+        return f"{self.lease}:record"
+
+    @property
+    def history(self) -> str:
+        return f"{self.lease}:history"
+
+    @property
+    def switchover(self) -> str:
+        return f"{self.lease}:switchover"
+
+    @property
+    def grant(self) -> str:
+        return f"{self.lease}:grant"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.lease}:released"
+
+    @property
+    def probe(self) -> str:
+        """A name ray-ha never sets: the start check's harmless write."""
+        return f"{self.lease}:probe"
+
+    def candidate(self, node: str) -> str:
+        return f"{self.lease}:candidate:{node}"
+
+    def follower(self, node: str) -> str:
+        return f"{self.lease}:follower:{node}"
+
+    @property
+    def gcs_user_prefix(self) -> str:
+        """The ACL fence's per-epoch GCS users are this prefix and the epoch."""
+        return f"{self.name}:gcs:e"
+
+    @property
+    def legacy_lease(self) -> str:
+        """Where ray-ha before 0.2 kept this lease (no hash tag): checked at start, never written."""
+        return self.name
+
+    def types(self) -> dict[str, str]:
+        """The keys ray-ha keeps, each with the Redis type it must have if it exists."""
+        return {self.lease: "string", self.epoch: "string", self.record: "string", self.history: "list",
+                self.switchover: "string", self.grant: "hash"}

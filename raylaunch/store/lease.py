@@ -1,0 +1,166 @@
+"""The leader lease in Redis: acquire with a fencing epoch, renew, release, the leader's record.
+
+No Ray and no processes here. Every write is one of the Lua scripts in store.scripts. "Not ours" is
+a False; Redis trouble is RedisUnavailable (transient) or LeaseStoreError (permanent), judged by
+store.errors. Public methods translate Redis errors; their _do_ twins talk to Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Callable, Optional, TypeVar, cast
+
+import redis
+
+from raylaunch.proc.stopflag import StopSignal
+from raylaunch.store.connect import on_slot_owner
+from raylaunch.store.errors import ReplicasBehind
+from raylaunch.store.keys import Keys
+from raylaunch.store.records import Attempt, StandbyHeartbeat, Holder, Record, Switchover
+from raylaunch.store.redisstore import RedisStore
+from raylaunch.store.scripts import ACQUIRE, HISTORY_LENGTH, RELEASE, RENEW, WRITE_RECORD
+
+T = TypeVar("T")
+
+
+class RedisLease:
+    """One candidate's view of the lease key `key` (epoch, record and channel live beside it)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, me: Holder, lease_duration: float,
+                 min_replicas: int = 0, wait_timeout: float = 1.0) -> None:
+        self.store = RedisStore(client, keys)
+        self.client, self.keys, self.me = client, keys, me
+        self.key = keys.lease
+        self.min_replicas, self.wait_ms = min_replicas, max(1, int(wait_timeout * 1000))
+        self.ttl_ms = max(1, int(lease_duration * 1000))
+        self.started = time.time()
+        self._acquire = client.register_script(ACQUIRE)
+        self._renew = client.register_script(RENEW)
+        self._release = client.register_script(RELEASE)
+        self._write_record = client.register_script(WRITE_RECORD)
+        self._pubsub: Optional[redis.client.PubSub] = None
+        self.seen_epoch = 0  # the highest epoch any reply has shown us: a floor for the next one we take
+
+    def check(self) -> None:
+        """Fail early on what would fail later: the store's checks, and Lua scripts that will not load."""
+        self._guard(self._do_check)
+
+    def try_acquire(self) -> Attempt:
+        """Take the lease if it is free (SET NX PX); a win increments the fencing epoch atomically."""
+        return self._guard(self._do_try_acquire)
+
+    def renew(self, epoch: int) -> int:
+        """Extend our lease of `epoch` by the full duration; returns the epoch we hold, 0 if not ours.
+
+        A higher epoch than ours means Redis had lost the key and we took it again.
+        """
+        return self._guard(lambda: self._replicated(self._saw(int(self._renew(
+            keys=[self.key, self.keys.epoch, self.keys.grant], args=[self.me.value, self.ttl_ms, epoch])))))
+
+    def release(self) -> bool:
+        """Delete our lease and notify standbys; False if it was not ours (nothing is touched)."""
+        return self._guard(
+            lambda: self._release(keys=[self.key, self.keys.grant], args=[self.me.value, self.keys.channel]) == 1)
+
+    def write_record(self, gcs_address: str, epoch: int, since: float) -> bool:
+        """Publish our GCS address and epoch next to the lease; False if the lease is not ours."""
+        record = Record(node=self.me.node, host=self.me.host, gcs_address=gcs_address,
+                        epoch=epoch, since=since)
+        text = json.dumps(asdict(record), sort_keys=True)
+        return self._guard(lambda: self._write_record(keys=[self.key, self.keys.record, self.keys.history],
+                                                      args=[self.me.value, text, HISTORY_LENGTH]) == 1)
+
+    def read_record(self) -> Optional[Record]:
+        """The last leader's record, or None if none was written."""
+        return Record.decode(self._guard(lambda: cast(Optional[str], self.client.get(self.keys.record))))
+
+    def switchover_request(self) -> Optional[Switchover]:
+        """The pending planned handover, if any (the leader checks it once per renewal)."""
+        return Switchover.decode(self._guard(lambda: cast(Optional[str], self.client.get(self.keys.switchover))))
+
+    def forget_candidate(self) -> None:
+        """Remove our standby heartbeat when we leave, so status stops listing us at once."""
+        self._guard(lambda: self.client.delete(self.keys.candidate(self.me.node)))
+
+    def wait_released(self, timeout: float, stop: StopSignal) -> bool:
+        """Wait up to `timeout` s for a release notification; returns early (False) when `stop` is set.
+
+        A broken subscription falls back to plain waiting: polling still finds a free lease.
+        """
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._do_wait_message(min(left, 0.2), stop):
+                return True
+        return False
+
+    def close(self) -> None:
+        """Drop the subscription and the connection pool."""
+        self._drop_pubsub()
+        self.client.close()
+
+    def _do_check(self) -> None:
+        self.store.check()
+        for script in (self._acquire, self._renew, self._release, self._write_record):
+            self.client.script_load(script.script)  # fails here, not mid-campaign, without Lua
+
+    def _do_try_acquire(self) -> Attempt:
+        candidate = StandbyHeartbeat(node=self.me.node, host=self.me.host, pid=self.me.pid, since=self.started).encode()
+        reply = self._acquire(keys=[self.key, self.keys.epoch, self.keys.candidate(self.me.node),
+                                    self.keys.switchover, self.keys.grant],
+                              args=[self.me.value, self.ttl_ms, self.me.node, candidate, self.seen_epoch])
+        if int(reply[0]) == 1:
+            self._drop_pubsub()  # a leader has no use for release notifications
+            try:
+                self._replicated(True)
+            except ReplicasBehind:
+                self._release(keys=[self.key, self.keys.grant], args=[self.me.value, self.keys.channel])
+                raise
+            return Attempt(won=True, epoch=self._saw(int(reply[1])), holder=self.me, ttl_ms=self.ttl_ms)
+        holder = Holder.decode(reply[1]) if reply[1] else None
+        return Attempt(won=False, epoch=self._saw(int(reply[2])), holder=holder, ttl_ms=int(reply[3]))
+
+    def _replicated(self, result: T) -> T:
+        """With min_replicas, `result` stands only once WAIT confirms our writes on that many replicas.
+
+        A lease write that a Redis failover could lose is no lease: ReplicasBehind, like no answer.
+        WAIT gets half the Redis timeout so it returns before the socket gives up.
+        """
+        if self.min_replicas and result:
+            confirmed = int(on_slot_owner(self.client, self.key, "WAIT", self.min_replicas, self.wait_ms))
+            if confirmed < self.min_replicas:
+                raise ReplicasBehind(f"only {confirmed} of {self.min_replicas} required replica(s) confirmed "
+                                     f"the lease write within {self.wait_ms} ms")
+        return result
+
+    def _saw(self, epoch: int) -> int:
+        """Remember the highest epoch seen; returns `epoch`."""
+        self.seen_epoch = max(self.seen_epoch, epoch)
+        return epoch
+
+    def _do_wait_message(self, timeout: float, stop: StopSignal) -> bool:
+        try:
+            if self._pubsub is None:
+                self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub.subscribe(self.keys.channel)
+            message = self._pubsub.get_message(timeout=timeout)
+            return bool(message and message.get("type") == "message")
+        except (redis.RedisError, OSError):
+            self._drop_pubsub()
+            stop.wait(timeout)
+            return False
+
+    def _drop_pubsub(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except (redis.RedisError, OSError):
+                pass
+            self._pubsub = None
+
+    def _guard(self, call: Callable[[], T]) -> T:
+        return self.store.guard(call)

@@ -1,0 +1,113 @@
+"""The cluster as Redis sees it: leader, standbys, followers, recent leaders, a pending switchover;
+and the one write an operator makes, the switchover request. Read through store.leader."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar, cast
+
+from raylaunch.store.leader import Leadership, leadership_from, queue_leadership, read_leadership
+from raylaunch.store.records import StandbyHeartbeat, FollowerHeartbeat, Record, Switchover
+from raylaunch.store.redisstore import RedisStore
+
+HISTORY_SHOWN = 10
+M = TypeVar("M", StandbyHeartbeat, FollowerHeartbeat)
+
+
+class SwitchoverError(Exception):
+    """A switchover that cannot be asked for: no leader, no such standby, one already pending."""
+
+
+@dataclass(frozen=True)
+class Live:
+    """A heartbeat record with the seconds it has left."""
+
+    record: Any  # StandbyHeartbeat or FollowerHeartbeat
+    expires_in: float
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Everything Redis holds about one cluster, read in two round trips (plus a scan of heartbeats)."""
+
+    key: str                     # the lease key
+    leadership: Leadership
+    standbys: tuple[Live, ...]   # live candidates other than the leader, by node
+    followers: tuple[Live, ...]  # live follow-mode workers, by node
+    history: tuple[Record, ...]  # recent leaders, newest first
+    switchover: Optional[Switchover]
+
+    @property
+    def leader_node(self) -> Optional[str]:
+        return self.leadership.holder.node if self.leadership.holder else None
+
+
+def read_cluster(store: RedisStore) -> ClusterView:
+    """The whole view (status, switchover)."""
+    return store.guard(lambda: _read_cluster(store))
+
+
+def _read_cluster(store: RedisStore) -> ClusterView:
+    keys = store.keys
+    pipe = store.client.pipeline(transaction=False)
+    queue_leadership(pipe, keys)
+    pipe.get(keys.switchover)
+    pipe.lrange(keys.history, 0, HISTORY_SHOWN - 1)
+    replies = cast(list[Any], pipe.execute())
+    leadership = leadership_from(replies)
+    leader = leadership.holder.node if leadership.holder else None
+    standbys = [c for c in _heartbeats(store, keys.candidate(""), StandbyHeartbeat) if c.record.node != leader]
+    return ClusterView(key=keys.lease, leadership=leadership, standbys=tuple(standbys),
+                       followers=tuple(_heartbeats(store, keys.follower(""), FollowerHeartbeat)),
+                       history=tuple(r for r in map(Record.decode, replies[5]) if r is not None),
+                       switchover=Switchover.decode(replies[4]))
+
+
+def _heartbeats(store: RedisStore, prefix: str, kind: type[M]) -> list[Live]:
+    """Every live record under `prefix`, sorted by key."""
+    found = []
+    for name in sorted(store.client.scan_iter(match=_glob_escape(prefix) + "*", count=1000)):
+        text, ttl = store.client.get(name), store.client.pttl(name)
+        record = kind.decode(text)
+        if record is not None and ttl > 0:
+            found.append(Live(record, ttl / 1000))
+    return found
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
+
+
+def request_switchover(store: RedisStore, target: Optional[str], ttl: float) -> Switchover:
+    """Ask the current leader to hand over to `target` (any standby if None); checks it can happen."""
+    view = read_cluster(store)
+    holder = view.leadership.holder
+    if holder is None:
+        raise SwitchoverError("there is no leader to switch over from")
+    standbys = [live.record.node for live in view.standbys]
+    if target == holder.node:
+        raise SwitchoverError(f"{target} already leads")
+    if target and target not in standbys:
+        raise SwitchoverError(f"no live standby named {target} (standbys: {', '.join(standbys) or 'none'})")
+    if not standbys:
+        raise SwitchoverError("there is no standby to take over")
+    request = Switchover(source=holder.node, target=target or "", epoch=view.leadership.epoch)
+    keys = store.keys
+    if not store.guard(lambda: store.client.set(keys.switchover, request.encode(), nx=True, px=int(ttl * 1000))):
+        raise SwitchoverError("another switchover is already pending")
+    return request
+
+
+def await_switchover(store: RedisStore, request: Switchover, timeout: float) -> Optional[Leadership]:
+    """Wait for a new leader serving in a later epoch; returns it, or None (the request is withdrawn)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = read_leadership(store)
+        if now.serving is not None and now.epoch > request.epoch:
+            return now
+        time.sleep(0.1)
+    keys = store.keys
+    store.guard(lambda: store.client.delete(keys.switchover)
+                if store.client.get(keys.switchover) == request.encode() else 0)
+    return None

@@ -1,0 +1,1 @@
+"""Test and demo tooling that is not part of ray-ha: a local Redis, process helpers."""
