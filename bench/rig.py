@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import psutil
 
 from testkit.localredis import LocalRedis, free_port
+from testkit.procs import kill_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_RAY = ROOT / "tests" / "fakeray"  # a `ray` whose head starts in milliseconds, for the scale test
@@ -141,21 +141,6 @@ class Round:
             proc.wait()
         self.redis.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def kill_tree(pid: int) -> None:
-    """kill -9 of `pid` and every descendant, at once."""
-    try:
-        top = psutil.Process(pid)
-        victims = [top, *top.children(recursive=True)]
-    except psutil.Error:
-        return
-    for proc in victims:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(victims, timeout=10)
 
 
 def ports(n: int) -> list[int]:

@@ -7,7 +7,8 @@ import time
 
 import psutil
 
-from bench.rig import FAKE_RAY, RETRY, Round, kill_tree, now, ports
+from bench.rig import FAKE_RAY, RETRY, Round, now, ports
+from testkit.procs import kill_tree
 from raylaunch.store.keys import Keys
 
 

@@ -25,11 +25,11 @@ from typing import Callable, Optional
 
 import psutil
 
-from bench.rig import kill_tree
 from raylaunch.config import Timing
+from raylaunch.proc.raycmd import NEW_KEY, OLD_RETRIES_KEY, parse_version
 from raylaunch.store.keys import Keys
 from testkit.localredis import LocalRedis, free_port
-from raylaunch.proc.raycmd import NEW_KEY, OLD_RETRIES_KEY, parse_version
+from testkit.procs import kill_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VERSIONS = ("2.9.3", "2.24.0", "2.40.0", "2.50.1", "2.60.0")

@@ -57,3 +57,9 @@ def setup_logging(log_format: str, node: str, context: Context) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+def report_leftovers(pids: list[int]) -> None:
+    """Log the pids of a stopped tree that would not die (SIGKILL could not end them)."""
+    if pids:
+        log.error("processes that would not die: %s", " ".join(map(str, pids)))

@@ -15,11 +15,11 @@ import psutil
 import pytest
 
 from testkit.localredis import LocalRedis, free_port  # noqa: F401  (free_port: for tests)
+from testkit.procs import TAG_VAR, tagged_processes  # noqa: F401  (for tests)
 from redisbins import VERSIONS as REDIS_VERSIONS, binary as redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_RAY_DIR = Path(__file__).resolve().parent / "fakeray"
-TAG_VAR = "RAY_HA_TEST_TAG"
 
 
 RedisServer = LocalRedis
@@ -38,6 +38,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             raise pytest.UsageError(f"{REDIS_LIMIT_VAR}: no Redis version {', '.join(sorted(unknown))} "
                                     f"(known: {', '.join(REDIS_VERSIONS)})")
         metafunc.parametrize("redis_version", limit or list(REDIS_VERSIONS), indirect=True)
+
+
+#: Fixtures that start ray-ha processes (each an interpreter start and waits on a lease) or a
+#: cluster-mode Redis: a test that uses one takes seconds.
+SLOW_FIXTURES = frozenset({"fake_ray_env", "make_cluster"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` once, here: real Ray, the chaos round, and every test that starts ray-ha processes or
+    a cluster-mode Redis, so `pytest -m "not slow"` is the quick check while editing."""
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("ray") or item.get_closest_marker("chaos") or uses & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -59,19 +73,6 @@ def redis_server(tmp_path: Path, make_redis) -> Iterator[RedisServer]:
     server = make_redis(tmp_path).start()
     yield server
     server.stop()
-
-
-def tagged_processes(tag: str) -> list[psutil.Process]:
-    """Every living process whose environment carries the test's tag."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid != os.getpid() and proc.environ().get(TAG_VAR) == tag \
-                    and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 @pytest.fixture

@@ -142,3 +142,16 @@ def test_bad_reporting_settings_are_refused(flags, env, phrase):
 
     with pytest.raises(ConfigError, match=phrase):
         reporting_from(flags, env)
+
+
+def test_every_setting_is_a_start_option_whose_help_names_its_environment_variable():
+    from click.testing import CliRunner
+
+    from raylaunch.cli import main
+    from raylaunch.config import START_GROUPS
+
+    out = CliRunner().invoke(main, ["start", "--help"]).output
+    for group in START_GROUPS:
+        for setting in group.settings:
+            assert setting.flag in out and setting.env in out, setting.field
+            assert settings_from(group, {setting.field: None}, {}) == settings_from(group, {}, {})

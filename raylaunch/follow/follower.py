@@ -20,8 +20,9 @@ from typing import Callable, Optional, Protocol
 
 from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
 
-from raylaunch.store.records import Record
+from raylaunch.logs import report_leftovers
 from raylaunch.proc.stopflag import StopSignal
+from raylaunch.store.records import Record
 from raylaunch.store.trouble import RedisTrouble
 
 log = logging.getLogger("ray-ha")
@@ -147,7 +148,7 @@ class Follower:
             return FollowStep.KEPT
         log.info("leader is now %s (epoch %d) at %s, not %s; restarting the worker against it",
                  leader.node, leader.epoch, leader.gcs_address, self.following.gcs_address)
-        self._report_leftovers(self.worker.stop(min(RESTART_GRACE, self.timing.stop_grace)))
+        report_leftovers(self.worker.stop(min(RESTART_GRACE, self.timing.stop_grace)))
         self.restarts += 1
         self._start(leader)
         return FollowStep.RESTARTED
@@ -161,7 +162,7 @@ class Follower:
         if self.clock() - self.started_at >= BACKOFF_RESET:
             self.backoff = BACKOFF_FIRST
         log.error("worker: %s; starting it again in %.0fs", why, self.backoff)
-        self._report_leftovers(self.worker.stop(0.0))
+        report_leftovers(self.worker.stop(0.0))
         self.following, self.next_start = None, self.clock() + self.backoff
         self.backoff = min(BACKOFF_MAX, self.backoff * 2)
         self.restarts += 1
@@ -170,7 +171,7 @@ class Follower:
     def _stop_worker(self, why: str) -> FollowStep:
         if self.following is not None:
             log.info("%s; stopping the worker", why)
-            self._report_leftovers(self.worker.stop(self.timing.stop_grace))
+            report_leftovers(self.worker.stop(self.timing.stop_grace))
             self.following = None
         return FollowStep.STOPPED
 
@@ -179,7 +180,3 @@ class Follower:
             self._next_wait_log = self.clock() + WAIT_LOG_EVERY
             log.info("waiting for a leader: no head serves yet")
 
-    @staticmethod
-    def _report_leftovers(pids: list[int]) -> None:
-        if pids:
-            log.error("processes that would not die: %s", " ".join(map(str, pids)))

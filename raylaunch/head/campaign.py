@@ -14,10 +14,11 @@ from typing import Callable, Optional, Sequence
 
 from raylaunch.config import Timing
 from raylaunch.head.steps import HOLDING, Fence, Head, LeaseStore, Outcome, Role, Snapshot, Step, Watcher
+from raylaunch.logs import report_leftovers
 from raylaunch.proc.net import tcp_accepts
+from raylaunch.proc.stopflag import StopSignal
 from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
 from raylaunch.store.records import Attempt, describe
-from raylaunch.proc.stopflag import StopSignal
 from raylaunch.store.trouble import RedisTrouble
 
 log = logging.getLogger("ray-ha")
@@ -336,7 +337,7 @@ class Campaign:
         log.error("leader epoch %d: %s; killing the head (grace %.1fs, lease ends in %.1fs)",
                   self.epoch, "lease taken by another candidate" if why is Step.LEASE_LOST
                   else "no renewal within the renew deadline", grace, left)
-        self._report_leftovers(self.head.stop(grace))
+        report_leftovers(self.head.stop(grace))
         if why is Step.DEADLINE_PASSED:
             self._release()
         self._finish(Outcome.LOST, why, "leadership lost")
@@ -350,12 +351,8 @@ class Campaign:
         return Step.HEAD_DIED
 
     def _kill_all(self) -> None:
-        self._report_leftovers(self.head.kill())
+        report_leftovers(self.head.kill())
 
-    @staticmethod
-    def _report_leftovers(pids: list[int]) -> None:
-        if pids:
-            log.error("processes that would not die: %s", " ".join(map(str, pids)))
 
     def _release(self) -> None:
         """Release (compare-and-set) so a standby takes over now; on failure the lease simply expires."""

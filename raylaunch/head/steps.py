@@ -12,7 +12,7 @@ from raylaunch.store.records import Attempt, Record, Switchover
 
 
 class LeaseStore(Protocol):
-    """What the campaign needs of the lease (raylaunch.lease.RedisLease in production)."""
+    """What the campaign needs of the lease (store.lease.RedisLease in production)."""
 
     def try_acquire(self) -> Attempt: ...
     def renew(self, epoch: int) -> int: ...
@@ -25,7 +25,7 @@ class LeaseStore(Protocol):
 
 
 class Head(Protocol):
-    """What the campaign needs of the head (raylaunch.head.RayHead in production)."""
+    """What the campaign needs of the head (head.rayhead.RayHead in production)."""
 
     def start(self, epoch: int) -> None: ...
     def prepare(self) -> None: ...
@@ -38,7 +38,7 @@ class Head(Protocol):
 
 
 class Fence(Protocol):
-    """Locks older epochs out of Ray's storage (fence.AclFence)."""
+    """Locks older epochs out of Ray's storage (store.fence.AclFence in production)."""
 
     def lock_out(self, epoch: int) -> list[str]: ...
 

@@ -25,10 +25,10 @@ import redis
 from checker import Fault, Report, check
 from proxy import ProxyHub
 from tenures import TenureRecorder, now
+from testkit.procs import TAG_VAR, kill, tagged_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_RAY_DIR = ROOT / "tests" / "fakeray"
-TAG_VAR = "RAY_HA_TEST_TAG"
 LEASE, RENEW_DEADLINE, RETRY, REDIS_TIMEOUT = 3.0, 2.0, 0.5, 0.5
 TIMING = [f"--ha-lease-duration={LEASE}", f"--ha-renew-deadline={RENEW_DEADLINE}", f"--ha-retry-period={RETRY}",
           f"--ha-redis-timeout={REDIS_TIMEOUT}", "--ha-stop-grace=2"]
@@ -120,7 +120,7 @@ class ChaosRun:
     def _kill_tree(self, slot: Slot) -> None:
         for proc in self._descendants(slot):
             if not _is_watchdog(proc):
-                _kill(proc)
+                kill(proc)
 
     def _freeze_launcher(self, slot: Slot) -> None:
         if not slot.proc or slot.proc.poll() is not None:
@@ -220,25 +220,14 @@ class ChaosRun:
             self.hub.close()
         self.redis.stop()
         time.sleep(0.5)
-        leftovers = tagged(self.tag)
+        leftovers = tagged_processes(self.tag)
         for proc in leftovers:
             self.log(f"left running: {proc.pid} {_name(proc)}")
-            _kill(proc)
+            kill(proc)
         if self.recorder:
             time.sleep(0.3)  # let the recorder see the EOFs of what was just killed
             self.recorder.close()
         return len(leftovers)
-
-
-def tagged(tag: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid != os.getpid() and proc.environ().get(TAG_VAR) == tag and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 def _is_watchdog(proc: psutil.Process) -> bool:
@@ -253,10 +242,3 @@ def _name(proc: psutil.Process) -> str:
         return proc.name()
     except psutil.Error:
         return "?"
-
-
-def _kill(proc: psutil.Process) -> None:
-    try:
-        proc.kill()
-    except psutil.Error:
-        pass
