@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import re
 import shutil
 import socket
@@ -19,9 +20,37 @@ from typing import Mapping, Optional, Sequence
 import redis
 
 
+_GIVEN: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as sock:
+    """A TCP port on 127.0.0.1 nobody listens on right now, below the kernel's ephemeral range.
+
+    A port from bind(0) lies in that range, so an outgoing connection's own local port could take it
+    before the test's server binds it (seen: an HTTP endpoint's port taken so); ports below it are only
+    ever bound on purpose. Never the same port twice in one process.
+    """
+    low = _ephemeral_low()
+    for _ in range(500):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    with socket.socket() as sock:  # the low range is full: the kernel's choice
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
