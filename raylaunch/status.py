@@ -39,7 +39,7 @@ def status_json(view: ClusterView, redis_display: str, local: list[LocalSupervis
 
 def _local(sup: LocalSupervisor) -> dict[str, Any]:
     state = sup.state
-    role = (state.role if state else None) if sup.running and sup.fresh() else ("stale" if sup.running else "gone")
+    role = state.role if state and sup.running and sup.fresh() else ("stale" if sup.running else "gone")
     return {"node": sup.node, "pid": sup.pid, "role": role, "epoch": state.epoch if state else None,
             "leader": state.leader if state else None, "gcs_address": state.gcs_address if state else None,
             "serving": bool(state and state.serving) and sup.running,

@@ -33,9 +33,8 @@ class RuntimeProblem(Exception):
 
 @dataclass(frozen=True)
 class Session:
-    """What a mode runs with: the plan, the stop flag its signals set, and its state file."""
+    """What a mode runs with: the stop flag its signals set, and its state file."""
 
-    plan: Plan
     stop: StopFlag
     state: StateFile
 
@@ -62,7 +61,7 @@ def supervise(plan: Plan, mode: Mode) -> int:
             log.warning("%s", warning)
         if not become_subreaper():
             log.warning("cannot become a child subreaper; orphaned %s processes may escape supervision", mode.noun)
-        return mode.run(Session(plan, stop, state))
+        return mode.run(Session(stop, state))
     finally:
         state.close()
 

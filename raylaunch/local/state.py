@@ -79,10 +79,9 @@ class SupervisorState:
             return None
         return state if state.schema == SCHEMA else None
 
-    def fresh(self, now: float, stale_after: Optional[float] = None) -> bool:
-        """True if written within `stale_after` s (default one lease): a frozen loop goes stale."""
-        limit = self.lease_duration if stale_after is None else stale_after
-        return self.updated is not None and now - self.updated <= limit
+    def fresh(self, now: float) -> bool:
+        """True if written within one lease duration: a frozen loop goes stale."""
+        return self.updated is not None and now - self.updated <= self.lease_duration
 
     def health(self, role: str, probe: Callable[[str], bool] = tcp_accepts) -> tuple[bool, str]:
         """The one definition of healthy, for `ray-ha health` and the HTTP endpoint (freshness aside).

@@ -66,9 +66,14 @@ def _read_cluster(store: RedisStore) -> ClusterView:
 
 def _heartbeats(store: RedisStore, prefix: str, kind: type[M]) -> list[Live]:
     """Every live record under `prefix`, sorted by key."""
+    names = sorted(store.client.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+    pipe = store.client.pipeline(transaction=False)
+    for name in names:
+        pipe.get(name)
+        pipe.pttl(name)
+    replies = cast(list[Any], pipe.execute()) if names else []
     found = []
-    for name in sorted(store.client.scan_iter(match=_glob_escape(prefix) + "*", count=1000)):
-        text, ttl = store.client.get(name), store.client.pttl(name)
+    for text, ttl in zip(replies[::2], replies[1::2]):
         record = kind.decode(text)
         if record is not None and ttl > 0:
             found.append(Live(record, ttl / 1000))
