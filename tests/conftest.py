@@ -16,6 +16,7 @@ import pytest
 
 from testkit.localredis import LocalRedis, free_port  # noqa: F401  (free_port: for tests)
 from testkit.procs import TAG_VAR, tagged_processes  # noqa: F401  (for tests)
+from testkit.hosts import Rig, RigUnavailable
 from redisbins import VERSIONS as REDIS_VERSIONS, binary as redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +51,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     a cluster-mode Redis, so `pytest -m "not slow"` is the quick check while editing."""
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))
-        if item.get_closest_marker("ray") or item.get_closest_marker("chaos") or uses & SLOW_FIXTURES:
+        if any(item.get_closest_marker(m) for m in ("ray", "chaos", "hosts")) or uses & SLOW_FIXTURES:
             item.add_marker(pytest.mark.slow)
 
 
@@ -209,3 +210,17 @@ def fake_ray_events(env: dict[str, str]) -> list[dict]:
 
     path = Path(env["FAKE_RAY_LOG"])
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    """Hosts made of namespaces for one test (tests/hosts/); closing kills all on them, pass or fail.
+
+    Where the namespaces cannot be made the test fails with one line that says why; it never skips.
+    """
+    try:
+        made = Rig(tmp_path)
+    except RigUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield made
+    made.close()

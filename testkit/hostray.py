@@ -1,0 +1,231 @@
+"""ray-ha and Ray laid out on rig hosts: a Redis host, head candidates, follow-mode workers, a driver.
+
+Used by the end-to-end tests on hosts, the chaos harness's hosts mode and the bench. Every address is a
+rig address (testkit.hosts), every process runs on a host, so closing the rig stops all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import psutil
+
+from testkit.hosts import Host, HostProcess
+from testkit.localredis import redis_server_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_PORT = 6379
+GCS_PORT = 6380
+CLIENT_PORT = 10001  # Ray Client, for the driver host
+DRIVER = ROOT / "demo" / "actor_driver.py"
+
+#: Runs Redis commands given as JSON lines on stdin; prints each reply (or {"error": ...}) as a JSON line.
+_PROBE = """
+import json, sys, redis
+client = redis.Redis(host=sys.argv[1], port=int(sys.argv[2]), decode_responses=True, socket_timeout=2,
+                     socket_connect_timeout=2)
+for line in sys.stdin:
+    try:
+        reply = client.execute_command(*json.loads(line))
+    except Exception as exc:
+        reply = {"error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(reply), flush=True)
+"""
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without RAY_* settings, with the checkout importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "FAKE_RAY_"))}
+    # GRPC_ENABLE_FORK_SUPPORT=0: with grpcio's fork handlers, the head's Ray Client proxy crashed forking
+    # a client's server (grpcio 1.85.1: "Check failed: next_worker->state == KICKED").
+    env.update({"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "GRPC_ENABLE_FORK_SUPPORT": "0",
+                **extra})
+    return env
+
+
+class HostRedis:
+    """redis-server on a host's storage address with an fsync-always AOF; `command` asks it from that host."""
+
+    def __init__(self, host: Host, workdir: Path, binary: Optional[str] = None,
+                 env: Optional[dict[str, str]] = None) -> None:
+        self.host, self.workdir = host, Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.binary, self.env = binary or redis_server_binary(), env
+        self.server: Optional[HostProcess] = None
+        self._probe: Optional[HostProcess] = None
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host.storage_ip}:{REDIS_PORT}"
+
+    def start(self, timeout: float = 15) -> "HostRedis":
+        """Start redis-server (on the AOF it already has, if any) and wait until it answers."""
+        argv = [self.binary, "--bind", self.host.storage_ip, "--port", str(REDIS_PORT), "--dir", str(self.workdir),
+                "--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        env = {**os.environ, **self.env} if self.env else None
+        with open(self.workdir / "redis.log", "ab") as out:
+            self.server = self.host.popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.command("PING") is True:
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not come up on {self.address}")
+
+    def kill(self) -> None:
+        """kill -9 of redis-server (the AOF keeps every acknowledged write)."""
+        if self.server and self.server.poll() is None:
+            self.server.signal(9)
+            self.server.wait(10)
+
+    def command(self, *args: str):
+        """One Redis command run from the Redis host; the reply, or {"error": ...}."""
+        with self._lock:
+            if self._probe is None or self._probe.poll() is not None:
+                self._probe = self.host.popen([sys.executable, "-c", _PROBE, self.host.storage_ip, str(REDIS_PORT)],
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=clean_env())
+            self._probe.proc.stdin.write((json.dumps(args) + "\n").encode())
+            self._probe.proc.stdin.flush()
+            return json.loads(self._probe.proc.stdout.readline() or b'{"error": "probe died"}')
+
+    def record(self, key: str = "ray-ha:default:leader") -> dict:
+        """The leader record ray-ha keeps (empty if none)."""
+        raw = self.command("GET", "{%s}:record" % key)
+        return json.loads(raw) if isinstance(raw, str) else {}
+
+
+class HostLauncher:
+    """`ray-ha start ARGS --block` on a host, its output appended to `log_path`. With `restart`, a shell
+    loop starts it again a second after it exits, as systemd's Restart=always would."""
+
+    def __init__(self, host: Host, args: Sequence[str], env: dict[str, str], log_path: Path,
+                 restart: bool = False, restart_delay: float = 1.0) -> None:
+        self.host, self.log_path = host, Path(log_path)
+        argv = [sys.executable, "-m", "raylaunch", "start", *args, "--block"]
+        if restart:
+            argv = ["sh", "-c", f'while :; do "$@"; echo "[restart] exited $?"; sleep {restart_delay}; done',
+                    "restart-always", *argv]
+        with open(self.log_path, "ab") as out:
+            self.process = host.popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, cwd=str(ROOT))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, timeout: float, since: int = 0) -> None:
+        """Wait until `text` appears in the log after character `since`; AssertionError with the log if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log()[since:]:
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{self.host.name}: no {text!r} within {timeout}s:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, as systemd's stop would; the exit code."""
+        self.process.signal(15)
+        return self.process.wait(timeout)
+
+
+def head_args(host: Host, *extra: str) -> list[str]:
+    """`ray-ha start --head` arguments for a head candidate on `host` (one CPU, no dashboard)."""
+    return ["--head", f"--port={GCS_PORT}", f"--node-ip-address={host.ip}", "--num-cpus=1",
+            "--include-dashboard=false", "--disable-usage-stats", *extra]
+
+
+def worker_args(host: Host, *extra: str) -> list[str]:
+    """`ray-ha start --ha-follow` arguments for a worker on `host` with the custom resource `pinned`."""
+    return ["--ha-follow", f"--node-ip-address={host.ip}", "--num-cpus=1", '--resources={"pinned": 1}',
+            "--disable-usage-stats", *extra]
+
+
+def drive(host: Host, head_ip: str, action: str, timeout: float = 180) -> dict:
+    """Run demo/actor_driver.py on `host` through Ray Client at `head_ip`; its JSON answer."""
+    result = host.run([sys.executable, str(DRIVER), f"ray://{head_ip}:{CLIENT_PORT}", action], timeout=timeout,
+                      check=False, env=clean_env())
+    if result.returncode != 0:
+        raise AssertionError(f"driver {action} via {head_ip} exited {result.returncode}:\n{result.stderr[-6000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class Life:
+    """One process seen by a ProcessWatch: where, since when (its start, wall clock), and when it was
+    first seen gone (None: still alive at the last look)."""
+
+    host: str
+    pid: int
+    started: float
+    gone: Optional[float] = None
+
+
+class ProcessWatch:
+    """Polls the hosts every 20 ms for processes named `name` and keeps when each lived, so a test can
+    judge by process life (not logs) that one host's head died before another's started."""
+
+    def __init__(self, hosts: Sequence[Host], name: str = "gcs_server", interval: float = 0.02) -> None:
+        self.hosts, self.name, self.interval = list(hosts), name, interval
+        self.lives: dict[int, Life] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"watch-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.look()
+            self._stop.wait(self.interval)
+
+    def look(self) -> None:
+        seen: set[int] = set()
+        for host in self.hosts:
+            for proc in host.processes():
+                try:
+                    if proc.name() == self.name:
+                        seen.add(proc.pid)
+                        self.lives.setdefault(proc.pid, Life(host.name, proc.pid, proc.create_time()))
+                except psutil.Error:
+                    continue
+        stamp = time.time()
+        for life in self.lives.values():
+            if life.gone is None and life.pid not in seen:
+                life.gone = stamp
+
+    def on(self, host: str) -> list[Life]:
+        return sorted((life for life in self.lives.values() if life.host == host), key=lambda life: life.started)
+
+    def alive(self) -> list[Life]:
+        return [life for life in self.lives.values() if life.gone is None]
+
+    def overlaps(self) -> list[tuple[Life, Life]]:
+        """Pairs of processes on different hosts whose lives may have overlapped (a later one started
+        before the earlier one was seen gone)."""
+        lives = sorted(self.lives.values(), key=lambda life: life.started)
+        return [(a, b) for i, a in enumerate(lives) for b in lives[i + 1:]
+                if a.host != b.host and (a.gone is None or b.started < a.gone)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.look()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
+    """Poll `predicate` until truthy; AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
