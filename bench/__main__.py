@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from bench import scenarios
+from bench import hosts, scenarios
 from bench.rig import Poller, Round
 
 Figure = Union[float, dict]
 #: passthrough's target is a ratio to `ray start` in the same round, not an allowance.
 PASSTHROUGH_TARGET = 1.02
-SCENARIOS: dict[str, Callable[[Round], Figure]] = {
+SCENARIOS: dict[str, Callable[..., Figure]] = {
     "baseline": scenarios.baseline,
     "crash-failover": scenarios.crash_failover,
     "crash-failover-prewarm": scenarios.crash_failover_prewarm,
@@ -30,11 +30,16 @@ SCENARIOS: dict[str, Callable[[Round], Figure]] = {
     "gcs-crash": scenarios.gcs_crash,
     "passthrough": scenarios.passthrough,
     "follower-rejoin": scenarios.follower_rejoin,
+    "crash-failover-hosts": hosts.crash_failover_hosts,
+    "follower-rejoin-hosts": hosts.follower_rejoin_hosts,
 }
+#: Scenarios laid out on rig hosts (bench/hosts.py): each round builds its own hosts and poller.
+ON_HOSTS = frozenset({"crash-failover-hosts", "follower-rejoin-hosts"})
 #: scenario -> its allowance over 1.10 x baseline (s), given the lease: the issue's targets.
 TARGETS: dict[str, Callable[[float], float]] = {
     "crash-failover": lambda lease: lease,
     "crash-failover-prewarm": lambda lease: lease,
+    "crash-failover-hosts": lambda lease: lease,
     "graceful-handover": lambda lease: 0.5,
     "gcs-crash": lambda lease: 1.0,
 }
@@ -47,7 +52,7 @@ def run(rounds: int, lease: float, only: list[str], log: Callable[[str], None]) 
     try:
         for i in range(rounds):
             for name in only:
-                rnd = Round(poller, lease)
+                rnd = hosts.HostsRound(lease) if name in ON_HOSTS else Round(poller, lease)
                 try:
                     figure = SCENARIOS[name](rnd)
                 finally:

@@ -1,6 +1,6 @@
 """The bench's test bed: a fresh loopback Redis per round, real Ray heads, ray-ha launchers, a GCS poller.
 
-Every head gets its own port, temp dir, one CPU, no dashboard and --node-ip-address=127.0.0.1, so
+Every head gets its own port, temp dir, one CPU, no dashboard and --node-ip-address=127.0.0.2, so
 all traffic stays on loopback. Everything a round starts is killed when the round ends.
 """
 
@@ -68,7 +68,7 @@ class Round:
 
     def head_flags(self, name: str, port: int) -> list[str]:
         return ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                "--node-ip-address=127.0.0.1", f"--temp-dir={self.dir / name}", "--disable-usage-stats"]
+                "--node-ip-address=127.0.0.2", f"--temp-dir={self.dir / name}", "--disable-usage-stats"]
 
     def timing(self) -> list[str]:
         renew = self.lease * 0.6
@@ -92,7 +92,7 @@ class Round:
     def follower(self, name: str) -> subprocess.Popen:
         """`ray-ha start --ha-follow --block`: a worker node (1 CPU) that joins whoever leads."""
         argv = [sys.executable, "-m", "raylaunch", "start", "--ha-follow", f"--ha-node-name={name}", "--num-cpus=1",
-                "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block", *self.timing()]
+                "--node-ip-address=127.0.0.2", "--disable-usage-stats", "--block", *self.timing()]
         return self._spawn(argv, name)
 
     def peer_head(self, name: str, port: int, env: dict[str, str]) -> subprocess.Popen:
@@ -123,17 +123,10 @@ class Round:
             time.sleep(0.02)
 
     def logged_at(self, name: str, text: str, after: float) -> Optional[float]:
-        """Wall-clock time of the first line of `name`'s log containing `text` stamped after `after`."""
-        for line in self.log(name).splitlines():
-            match = STAMP.match(line)
-            if match and text in line:
-                stamp = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                if stamp >= after:
-                    return stamp
-        return None
+        return logged_at(self.log(name), text, after)
 
     def answered(self, port: int) -> float:
-        return self.poller.answered(f"127.0.0.1:{port}")
+        return self.poller.answered(f"127.0.0.2:{port}")
 
     def close(self) -> None:
         for proc in self.procs:
@@ -141,6 +134,17 @@ class Round:
             proc.wait()
         self.redis.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def logged_at(log: str, text: str, after: float) -> Optional[float]:
+    """Wall-clock time of the first line of `log` containing `text` stamped after `after`."""
+    for line in log.splitlines():
+        match = STAMP.match(line)
+        if match and text in line:
+            stamp = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if stamp >= after:
+                return stamp
+    return None
 
 
 def ports(n: int) -> list[int]:

@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from bench.rig import FAKE_RAY, RETRY, Round, now, ports
+from bench.rig import FAKE_RAY, RETRY, Round, logged_at, now, ports
 from testkit.procs import kill_tree
 from raylaunch.store.keys import Keys
 
@@ -50,12 +50,17 @@ def crash_failover(rnd: Round, *standby_flags: str) -> dict[str, float]:
     wall, killed = time.time(), now()
     kill_tree(leader.pid)
     serving = rnd.answered(port_b) - killed
-    elected = rnd.logged_at("b", "elected leader", wall - 0.001)
-    started = rnd.logged_at("b", "head started", wall - 0.001)
+    return split(rnd.log("b"), wall, serving)
+
+
+def split(standby_log: str, wall: float, serving: float) -> dict[str, float]:
+    """A crash failover's `serving` time (from the kill at wall-clock `wall`) in three parts: detection
+    (until the standby was elected), takeover (until its head started) and start (until its GCS answered)."""
+    elected = logged_at(standby_log, "elected leader", wall - 0.001)
+    started = logged_at(standby_log, "head started", wall - 0.001)
     detection = (elected or wall) - wall
     takeover = (started or wall) - wall - detection
-    return {"total": serving, "detection": detection, "takeover": takeover,
-            "start": serving - detection - takeover}
+    return {"total": serving, "detection": detection, "takeover": takeover, "start": serving - detection - takeover}
 
 
 #: What a worker's `ray start` prints once its node has registered with the GCS.

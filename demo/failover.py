@@ -36,7 +36,7 @@ def say(message: str) -> None:
 
 def start_head(name: str, workdir: Path, env: dict, lease: float) -> subprocess.Popen:
     args = [sys.executable, "-m", "raylaunch", "start", "--head", "--port=0", "--num-cpus=1",
-            "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={workdir / name}",
+            "--include-dashboard=false", "--node-ip-address=127.0.0.2", f"--temp-dir={workdir / name}",
             "--disable-usage-stats", f"--ha-node-name={name}", f"--ha-lease-duration={lease}",
             f"--ha-renew-deadline={lease * 0.6}", f"--ha-retry-period={lease / 10}", "--ha-redis-timeout=1",
             "--block"]

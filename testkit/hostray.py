@@ -19,7 +19,8 @@ from typing import Callable, Optional, Sequence
 import psutil
 
 from testkit.hosts import Host, HostProcess
-from testkit.localredis import redis_server_binary
+from testkit.localredis import redis_server_binary, server_major
+from testkit.published import published_gcs_addresses
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_PORT = 6379
@@ -28,10 +29,13 @@ CLIENT_PORT = 10001  # Ray Client, for the driver host
 DRIVER = ROOT / "demo" / "actor_driver.py"
 
 #: Runs Redis commands given as JSON lines on stdin; prints each reply (or {"error": ...}) as a JSON line.
+#: Never retried (a retried DEBUG SLEEP would stall Redis again), and given time for a DEBUG SLEEP.
 _PROBE = """
 import json, sys, redis
-client = redis.Redis(host=sys.argv[1], port=int(sys.argv[2]), decode_responses=True, socket_timeout=2,
-                     socket_connect_timeout=2)
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+client = redis.Redis(host=sys.argv[1], port=int(sys.argv[2]), decode_responses=True, socket_timeout=30,
+                     socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
 for line in sys.stdin:
     try:
         reply = client.execute_command(*json.loads(line))
@@ -71,6 +75,8 @@ class HostRedis:
         """Start redis-server (on the AOF it already has, if any) and wait until it answers."""
         argv = [self.binary, "--bind", self.host.storage_ip, "--port", str(REDIS_PORT), "--dir", str(self.workdir),
                 "--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        if server_major(self.binary, self.env) >= 7:  # DEBUG SLEEP stands in for a stalled Redis
+            argv += ["--enable-debug-command", "yes"]
         env = {**os.environ, **self.env} if self.env else None
         with open(self.workdir / "redis.log", "ab") as out:
             self.server = self.host.popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -96,6 +102,10 @@ class HostRedis:
             self._probe.proc.stdin.write((json.dumps(args) + "\n").encode())
             self._probe.proc.stdin.flush()
             return json.loads(self._probe.proc.stdout.readline() or b'{"error": "probe died"}')
+
+    def published(self) -> list[str]:
+        """Every GCS address ray-ha published here (records, history, heartbeats)."""
+        return published_gcs_addresses(self.command)
 
     def record(self, key: str = "ray-ha:default:leader") -> dict:
         """The leader record ray-ha keeps (empty if none)."""

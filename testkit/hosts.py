@@ -181,6 +181,16 @@ class HostProcess:
         except (ProcessLookupError, RuntimeError):
             pass
 
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def send_signal(self, sig: int) -> None:
+        """As Popen's. A SIGCONT also wakes the nsenter in front: it stops itself when its program stops
+        (job control), and stopped it would never reap the program nor exit."""
+        self.signal(sig)
+        if sig == signal.SIGCONT and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def poll(self) -> Optional[int]:
         return self.proc.poll()
 

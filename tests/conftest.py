@@ -13,17 +13,32 @@ from typing import Iterator, Optional
 
 import psutil
 import pytest
+import redis
 
 from testkit.localredis import LocalRedis, free_port  # noqa: F401  (free_port: for tests)
 from testkit.procs import TAG_VAR, tagged_processes  # noqa: F401  (for tests)
 from testkit.hosts import Rig, RigUnavailable
+from testkit.published import published_gcs_addresses, strays
 from redisbins import VERSIONS as REDIS_VERSIONS, binary as redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_RAY_DIR = Path(__file__).resolve().parent / "fakeray"
 
 
-RedisServer = LocalRedis
+class RedisServer(LocalRedis):
+    """A test's Redis: when it stops, the test fails if a ray-ha component published in it a GCS address
+    off loopback (127.0.0.0/8) and off the rig's network, that is, if test traffic could leave the machine."""
+
+    def stop(self) -> None:
+        found: list[str] = []
+        if self.proc and self.proc.poll() is None:
+            try:
+                found = strays(published_gcs_addresses(self.client().execute_command))
+            except redis.RedisError:  # a test that locked the default user out, or a stalled server
+                pass
+        super().stop()
+        if found:
+            pytest.fail(f"a GCS address off loopback was published: {', '.join(found)}", pytrace=False)
 
 
 #: Limits the Redis versions of redis_versions tests (comma-separated), e.g. RAY_HA_TEST_REDIS=6.2.

@@ -1,6 +1,6 @@
 """End to end with real Ray 2.60: two HA heads on this machine sharing one Redis.
 
-Each head has its own --temp-dir, --port=0, one CPU, no dashboard and --node-ip-address=127.0.0.1.
+Each head has its own --temp-dir, --port=0, one CPU, no dashboard and --node-ip-address=127.0.0.2.
 A detached actor created through the leader must answer again after the standby takes over, in the
 same Ray session (GCS fault tolerance resumes it from Redis).
 """
@@ -50,7 +50,7 @@ def ray_pad(redis_address, leak_guard, tmp_path):
 
     def start(name, *args, **kw):
         return pad(name, "--port=0", "--num-cpus=1", "--include-dashboard=false",
-                   "--node-ip-address=127.0.0.1", f"--temp-dir={short / name}", "--disable-usage-stats", *args,
+                   "--node-ip-address=127.0.0.2", f"--temp-dir={short / name}", "--disable-usage-stats", *args,
                    **kw)
 
     start.env = env
@@ -154,7 +154,7 @@ def test_a_follower_rejoins_the_new_leader_and_its_pinned_task_runs_again(ray_la
     standby.wait_log("standing by; leader is a", timeout=60)
     worker = Launcher("f", ["--ha-follow", "--ha-node-name=f", "--ha-lease-duration=5", "--ha-renew-deadline=3",
                             "--ha-retry-period=0.5", "--ha-redis-timeout=1", "--num-cpus=1",
-                            '--resources={"pinned": 1}', "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                            '--resources={"pinned": 1}', "--node-ip-address=127.0.0.2", "--disable-usage-stats",
                             "--block"],
                       {**ray_launch.env, "RAY_REDIS_ADDRESS": redis_server.address}, tmp_path)
     try:
@@ -179,7 +179,7 @@ def test_a_follower_rejoins_the_new_leader_and_its_pinned_task_runs_again(ray_la
 
 def test_a_follower_keeps_its_worker_when_the_new_leader_serves_at_the_same_address(ray_launch, redis_server,
                                                                                      tmp_path):
-    """Both heads on one fixed port of 127.0.0.1 stand in for a VIP: the worker's raylet reconnects by itself."""
+    """Both heads on one fixed port of 127.0.0.2 stand in for a VIP: the worker's raylet reconnects by itself."""
     port = free_port()
     leader = ray_launch("a", f"--port={port}")
     leader.wait_log("GCS serving", timeout=90)
@@ -187,7 +187,7 @@ def test_a_follower_keeps_its_worker_when_the_new_leader_serves_at_the_same_addr
     standby.wait_log("standing by; leader is a", timeout=60)
     worker = Launcher("f", ["--ha-follow", "--ha-node-name=f", "--ha-lease-duration=5", "--ha-renew-deadline=3",
                             "--ha-retry-period=0.5", "--ha-redis-timeout=1", "--num-cpus=1",
-                            '--resources={"pinned": 1}', "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                            '--resources={"pinned": 1}', "--node-ip-address=127.0.0.2", "--disable-usage-stats",
                             "--block"],
                       {**ray_launch.env, "RAY_REDIS_ADDRESS": redis_server.address}, tmp_path)
     try:
@@ -238,7 +238,7 @@ def test_non_block_start_health_and_stop_with_real_ray(redis_server, leak_guard,
     ray_ha = [sys.executable, "-m", "raylaunch"]
     try:
         started = subprocess.run([*ray_ha, "start", "--head", "--port=0", "--num-cpus=1", "--include-dashboard=false",
-                                  "--node-ip-address=127.0.0.1", f"--temp-dir={short / 'a'}", "--disable-usage-stats",
+                                  "--node-ip-address=127.0.0.2", f"--temp-dir={short / 'a'}", "--disable-usage-stats",
                                   "--ha-node-name=a"], env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stdout + started.stderr
         assert "Ray runtime started" in started.stdout and "ray-ha: leading as a (epoch 1)" in started.stdout

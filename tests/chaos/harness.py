@@ -94,8 +94,10 @@ class ChaosRun:
         for slot in self.slots:
             self._start(slot)
 
+    kinds = KINDS
+
     def _one_fault(self) -> None:
-        kind = self.rng.choice(KINDS)
+        kind = self.rng.choice(self.kinds)
         target = self._target()
         injected = now()
         getattr(self, "_" + kind.replace("-", "_"))(target)
@@ -115,7 +117,7 @@ class ChaosRun:
 
     def _kill_launcher(self, slot: Slot) -> None:
         if slot.proc and slot.proc.poll() is None:
-            slot.proc.kill()
+            os.kill(slot.proc.pid, signal.SIGKILL)
 
     def _kill_tree(self, slot: Slot) -> None:
         for proc in self._descendants(slot):
@@ -126,12 +128,12 @@ class ChaosRun:
         if not slot.proc or slot.proc.poll() is not None:
             return
         pid = slot.proc.pid
-        os.kill(pid, signal.SIGSTOP)
+        slot.proc.send_signal(signal.SIGSTOP)
         self._frozen.add(pid)
         try:
             self._pump(self.rng.uniform(0.5, 2 * LEASE))
         finally:
-            os.kill(pid, signal.SIGCONT)
+            slot.proc.send_signal(signal.SIGCONT)
             self._frozen.discard(pid)
 
     def _redis_restart(self, slot: Slot) -> None:
@@ -167,15 +169,27 @@ class ChaosRun:
     def _start(self, slot: Slot) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "FAKE_RAY_"))}
         env.update({"PATH": f"{FAKE_RAY_DIR}{os.pathsep}{env.get('PATH', '')}", "PYTHONPATH": str(ROOT),
-                    TAG_VAR: self.tag, "RAY_ENABLE_HEAD_HA": "1", "RAY_REDIS_ADDRESS": slot.proxy.address,
+                    TAG_VAR: self.tag, "RAY_ENABLE_HEAD_HA": "1", "RAY_REDIS_ADDRESS": self._redis_address(slot),
                     "RAY_HA_RUN_DIR": str(self.workdir / "run"), "RAY_HA_TEST_NODE": slot.name,
                     "FAKE_RAY_TENURE_SOCKET": self.recorder.path})
         argv = [sys.executable, "-m", "raylaunch", "start", "--head", "--port=0", "--block",
                 f"--temp-dir={self.workdir / ('ray-' + slot.name)}", f"--ha-node-name={slot.name}", *TIMING]
         with open(self.workdir / f"{slot.name}.log", "ab") as out:
-            slot.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+            slot.proc = self._spawn(slot, argv, env, out)
         slot.exited_at, slot.starts = None, slot.starts + 1
+
+    # -- where the launchers run: this machine, each through its own proxy (HostsChaosRun: hosts) --
+
+    def _redis_address(self, slot: Slot) -> str:
+        return slot.proxy.address
+
+    def _spawn(self, slot: Slot, argv: list[str], env: dict[str, str], out) -> subprocess.Popen:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def _close_network(self) -> None:
+        if self.hub:
+            self.hub.close()
+        self.redis.stop()
 
     def _pump(self, seconds: float) -> None:
         """Wait `seconds`, restarting launchers that exited (RESTART_DELAY after they did)."""
@@ -206,7 +220,7 @@ class ChaosRun:
         """Stop everything the way an operator would; returns how many processes had to be killed after."""
         for slot in self.slots:
             if slot.proc and slot.proc.poll() is None:
-                os.kill(slot.proc.pid, signal.SIGCONT)
+                slot.proc.send_signal(signal.SIGCONT)
                 slot.proc.send_signal(signal.SIGTERM)
         for slot in self.slots:
             if slot.proc:
@@ -216,14 +230,12 @@ class ChaosRun:
                     self.log(f"{slot.name} did not stop on SIGTERM within 20 s")
                     slot.proc.kill()
                     slot.proc.wait()
-        if self.hub:
-            self.hub.close()
-        self.redis.stop()
         time.sleep(0.5)
         leftovers = tagged_processes(self.tag)
         for proc in leftovers:
             self.log(f"left running: {proc.pid} {_name(proc)}")
             kill(proc)
+        self._close_network()
         if self.recorder:
             time.sleep(0.3)  # let the recorder see the EOFs of what was just killed
             self.recorder.close()

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Run the chaos harness for a while and print its figures: `python tests/chaos/run.py --minutes 10`.
+"""Run the chaos harness for a while and print its figures: `python tests/chaos/run.py --minutes 10`
+(`--hosts`: each launcher on its own rig host, real network cuts).
 
 Exit 0 when every rule held (no overlap, rising epochs, leader back in time, nothing left running),
 1 otherwise. Each fault is logged as it happens; the figures end with a Markdown table row.
@@ -14,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from harness import BOUND, LEASE, ChaosRun  # noqa: E402
+from hostsmode import HostsChaosRun  # noqa: E402
 
 
 def main() -> int:
@@ -21,11 +23,14 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--launchers", type=int, default=5)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--hosts", action="store_true",
+                        help="each launcher on its own rig host, real cuts instead of the proxy")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ray-ha-chaos-") as workdir:
-        run = ChaosRun(Path(workdir), args.launchers, args.minutes * 60, args.seed, log=print)
-        print(f"seed {run.seed}, {args.launchers} launchers, {args.minutes:g} min, lease {LEASE:g}s, "
-              f"bound lease + {BOUND:g}s")
+        kind = HostsChaosRun if args.hosts else ChaosRun
+        run = kind(Path(workdir), args.launchers, args.minutes * 60, args.seed, log=print)
+        print(f"seed {run.seed}, {args.launchers} launchers{' on hosts' if args.hosts else ''}, "
+              f"{args.minutes:g} min, lease {LEASE:g}s, bound lease + {BOUND:g}s")
         report = run.run()
     by_kind: dict[str, list[float]] = {}
     for fault, recovery in zip(run.faults, report.recoveries):

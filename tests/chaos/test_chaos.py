@@ -9,7 +9,9 @@ from redis.retry import Retry
 
 from checker import Fault, Tenure, check, outages
 from harness import BOUND, LEASE, ChaosRun
+from hostsmode import HostsChaosRun
 from proxy import ProxyHub
+from testkit.hosts import RigUnavailable
 
 
 def tenure(node, epoch, start, end, others=()):
@@ -106,6 +108,21 @@ def test_short_chaos_round_holds_every_rule(tmp_path):
     lines = []
     run = ChaosRun(tmp_path, launchers=3, seconds=45, log=lines.append)
     report = run.run()
+    assert report.ok, f"seed {run.seed}: " + "; ".join(report.problems()) + "\n" + "\n".join(lines)
+    assert report.faults >= 5 and report.takeovers >= 2, "the round did inject faults and move the lease"
+    assert report.worst_recovery <= LEASE + BOUND
+
+
+@pytest.mark.chaos
+@pytest.mark.hosts
+def test_short_chaos_round_on_hosts_holds_every_rule(tmp_path):
+    """The same on rig hosts: each launcher on its own host, real cuts (silent drop), Redis on its own host."""
+    lines = []
+    run = HostsChaosRun(tmp_path, launchers=3, seconds=40, log=lines.append)
+    try:
+        report = run.run()
+    except RigUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
     assert report.ok, f"seed {run.seed}: " + "; ".join(report.problems()) + "\n" + "\n".join(lines)
     assert report.faults >= 5 and report.takeovers >= 2, "the round did inject faults and move the lease"
     assert report.worst_recovery <= LEASE + BOUND

@@ -19,6 +19,7 @@ import pytest
 from testkit.hostray import (GCS_PORT, HostLauncher, HostRedis, ProcessWatch, clean_env, drive, head_args,
                              wait_until, worker_args)
 from testkit.hosts import Host, Rig
+from testkit.published import strays
 
 pytestmark = [pytest.mark.ray, pytest.mark.hosts]
 
@@ -72,6 +73,9 @@ def cluster(rig: Rig, tmp_path) -> Cluster:
     worker.wait_log("joining leader h1 (epoch 1)", timeout=60)
     yield Cluster(rig, redis, {"h1": h1, "h2": h2}, worker, driver, watch)
     watch.close()
+    published = redis.published()
+    assert published and not strays(published), f"GCS addresses off the rig: {strays(published)}"
+    assert {a.rsplit(":", 1)[0] for a in published} <= {h.ip for h in rig.hosts.values()}
 
 
 def test_kill_9_of_the_leader_host(cluster: Cluster):
