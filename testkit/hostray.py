@@ -14,12 +14,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import psutil
 
 from testkit.hosts import Host, HostProcess
 from testkit.localredis import redis_server_binary, server_major
+from testkit.procs import TAG_VAR
 from testkit.published import published_gcs_addresses
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +47,9 @@ for line in sys.stdin:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without RAY_* settings, with the checkout importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "FAKE_RAY_"))}
+    """This process's environment without RAY_* settings (but a test's leak-guard tag), with the checkout
+    importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "FAKE_RAY_")) or k == TAG_VAR}
     # GRPC_ENABLE_FORK_SUPPORT=0: with grpcio's fork handlers, the head's Ray Client proxy crashed forking
     # a client's server (grpcio 1.85.1: "Check failed: next_worker->state == KICKED").
     env.update({"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "GRPC_ENABLE_FORK_SUPPORT": "0",
@@ -229,13 +231,3 @@ class ProcessWatch:
         self._thread.join(5)
         self.look()
 
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
-    """Poll `predicate` until truthy; AssertionError naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -27,6 +27,8 @@ from typing import Optional, Sequence
 
 import psutil
 
+from testkit.procs import kill
+
 HOSTS_NET = "198.18.0"
 STORAGE_NET = "198.18.1"
 RIG_NETWORK = "198.18.0.0/15"
@@ -132,10 +134,7 @@ class Host:
         """kill -9 of every process on this host (its PID 1 stays, as a machine's kernel would); how many."""
         victims = self.processes()
         for proc in victims:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
+            kill(proc)
         psutil.wait_procs(victims, timeout=10)
         return len(victims)
 

@@ -33,13 +33,15 @@ def test_the_prewarmed_takeover_is_held_to_the_stretch_goal():
 
 
 @pytest.mark.ray
+@pytest.mark.hosts
 def test_one_round_runs_and_leaves_nothing(leak_guard):
     result = subprocess.run([sys.executable, "-m", "bench", "--rounds", "1", "--only", "gcs-crash",
-                             "--cost-seconds", "2", "--scale", "5"], cwd=ROOT,
+                             "crash-failover-hosts", "--cost-seconds", "2", "--scale", "5"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "RAY_HA_TEST_TAG": leak_guard})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| gcs-crash |" in result.stdout and "| baseline |" in result.stdout
+    assert "| crash-failover-hosts |" in result.stdout, "the host layout (heads on hosts of their own)"
     assert "| standby RSS MiB |" in result.stdout and "| heads at once (overlaps) | 0 | 0 | yes |" in result.stdout
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from testkit.hostray import (GCS_PORT, HostLauncher, HostRedis, ProcessWatch, clean_env, drive, head_args,
-                             wait_until, worker_args)
+                             worker_args)
 from testkit.hosts import Host, Rig
 from testkit.published import strays
 
@@ -169,7 +170,7 @@ def test_redis_restarted_under_a_running_leader(cluster: Cluster):
     time.sleep(1.0)
     cluster.redis.start()
     time.sleep(LEASE * 2)
-    leader = wait_until(cluster.leader, 90, "a leader after the restart")
+    leader = wait_for(cluster.leader, 90, interval=0.2, what="a leader after the restart")
     cluster.heads[leader].wait_log("GCS serving", timeout=90)
     assert cluster.epoch() <= 2, "at most one leader change"
     assert cluster.watch.overlaps() == []
