@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.rig import ROOT, RETRY, now
+from bench.rig import ROOT, now, timing
 from bench.scenarios import JOINED, split
 from testkit.hostray import GCS_PORT, HostLauncher, HostRedis, clean_env, head_args, worker_args
 from testkit.hosts import Rig
@@ -42,21 +42,16 @@ class HostsRound:
             self.close()
             raise
 
-    def timing(self) -> list[str]:
-        renew = self.lease * 0.6
-        return [f"--ha-lease-duration={self.lease:g}", f"--ha-renew-deadline={renew:g}",
-                f"--ha-retry-period={RETRY:g}", f"--ha-redis-timeout={min(1.0, (self.lease - renew) / 2):g}"]
-
     def launcher(self, name: str, *extra: str) -> HostLauncher:
         host = self.rig.hosts[name]
         env = clean_env(RAY_ENABLE_HEAD_HA="1", RAY_REDIS_ADDRESS=self.redis.address)
-        self.launchers[name] = HostLauncher(host, head_args(host, *self.timing(), *extra), env,
+        self.launchers[name] = HostLauncher(host, head_args(host, *timing(self.lease), *extra), env,
                                             self.dir / f"{name}.log")
         return self.launchers[name]
 
     def follower(self, name: str) -> HostLauncher:
         host = self.rig.hosts[name]
-        self.launchers[name] = HostLauncher(host, worker_args(host, *self.timing()),
+        self.launchers[name] = HostLauncher(host, worker_args(host, *timing(self.lease)),
                                             clean_env(RAY_REDIS_ADDRESS=self.redis.address), self.dir / f"{name}.log")
         return self.launchers[name]
 

@@ -71,9 +71,7 @@ class Round:
                 "--node-ip-address=127.0.0.2", f"--temp-dir={self.dir / name}", "--disable-usage-stats"]
 
     def timing(self) -> list[str]:
-        renew = self.lease * 0.6
-        return [f"--ha-lease-duration={self.lease:g}", f"--ha-renew-deadline={renew:g}",
-                f"--ha-retry-period={RETRY:g}", f"--ha-redis-timeout={min(1.0, (self.lease - renew) / 2):g}"]
+        return timing(self.lease)
 
     def plain_head(self, port: int) -> subprocess.Popen:
         """`ray start --head --block` on this round's Redis (GCS fault tolerance on, as for ray-ha)."""
@@ -134,6 +132,13 @@ class Round:
             proc.wait()
         self.redis.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def timing(lease: float) -> list[str]:
+    """The launchers' timing flags for `lease`: renew deadline 0.6 x lease, Redis timeout at most 1 s."""
+    renew = lease * 0.6
+    return [f"--ha-lease-duration={lease:g}", f"--ha-renew-deadline={renew:g}", f"--ha-retry-period={RETRY:g}",
+            f"--ha-redis-timeout={min(1.0, (lease - renew) / 2):g}"]
 
 
 def logged_at(log: str, text: str, after: float) -> Optional[float]:

@@ -92,7 +92,7 @@ class HostRedis:
     def kill(self) -> None:
         """kill -9 of redis-server (the AOF keeps every acknowledged write)."""
         if self.server and self.server.poll() is None:
-            self.server.signal(9)
+            self.server.kill()
             self.server.wait(10)
 
     def command(self, *args: str):
@@ -120,11 +120,11 @@ class HostLauncher:
     loop starts it again a second after it exits, as systemd's Restart=always would."""
 
     def __init__(self, host: Host, args: Sequence[str], env: dict[str, str], log_path: Path,
-                 restart: bool = False, restart_delay: float = 1.0) -> None:
+                 restart: bool = False) -> None:
         self.host, self.log_path = host, Path(log_path)
         argv = [sys.executable, "-m", "raylaunch", "start", *args, "--block"]
         if restart:
-            argv = ["sh", "-c", f'while :; do "$@"; echo "[restart] exited $?"; sleep {restart_delay}; done',
+            argv = ["sh", "-c", 'while :; do "$@"; echo "[restart] exited $?"; sleep 1; done',
                     "restart-always", *argv]
         with open(self.log_path, "ab") as out:
             self.process = host.popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -143,11 +143,6 @@ class HostLauncher:
                 break
             time.sleep(0.1)
         raise AssertionError(f"{self.host.name}: no {text!r} within {timeout}s:\n{self.log()[-4000:]}")
-
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM, as systemd's stop would; the exit code."""
-        self.process.signal(15)
-        return self.process.wait(timeout)
 
 
 def head_args(host: Host, *extra: str) -> list[str]:

@@ -15,6 +15,7 @@ closing the rig (or the test process dying) kills every process on every host.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -158,8 +159,9 @@ class HostProcess:
     host: Host
     proc: subprocess.Popen
 
-    @property
+    @functools.cached_property
     def pid(self) -> int:
+        """The program's own pid (nsenter's one child), found once."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -173,22 +175,18 @@ class HostProcess:
             time.sleep(0.01)
         raise RuntimeError(f"{self.host.name}: the program did not start")
 
-    def signal(self, sig: int) -> None:
-        """Send `sig` to the program (not to the nsenter in front of it)."""
+    def send_signal(self, sig: int) -> None:
+        """As Popen's: to the program, not the nsenter in front. A SIGCONT wakes that nsenter too: it stops
+        itself when its program stops (job control), and stopped it would never reap the program nor exit."""
         try:
             os.kill(self.pid, sig)
         except (ProcessLookupError, RuntimeError):
             pass
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-
-    def send_signal(self, sig: int) -> None:
-        """As Popen's. A SIGCONT also wakes the nsenter in front: it stops itself when its program stops
-        (job control), and stopped it would never reap the program nor exit."""
-        self.signal(sig)
         if sig == signal.SIGCONT and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
     def poll(self) -> Optional[int]:
         return self.proc.poll()

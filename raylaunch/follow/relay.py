@@ -64,7 +64,7 @@ class Relay:
     def connections(self) -> int:
         """How many connections are being relayed now."""
         with self._lock:
-            return len({id(p) for p in self._pipes.values()})
+            return len(self._pipes) // 2  # each pipe is filed under both of its sockets
 
     def close(self) -> None:
         """Stop: every connection and the listener closed, the thread joined."""
@@ -192,12 +192,16 @@ class Relay:
                 self._selector.unregister(sock)
             except (KeyError, ValueError):
                 pass
-            _reset(sock) if reset else sock.close()
+            if reset:
+                _reset(sock)
+            else:
+                sock.close()
 
     def _drop_all(self) -> None:
         """Close every relayed connection at once (a reset, so both ends notice now)."""
-        for pipe in {id(p): p for p in list(self._pipes.values())}.values():
-            self._drop(pipe, reset=True)
+        for pipe in list(self._pipes.values()):
+            if pipe.client in self._pipes:  # each pipe once, though filed under both sockets
+                self._drop(pipe, reset=True)
 
 
 def _reset(sock: socket.socket) -> None:

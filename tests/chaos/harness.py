@@ -67,7 +67,6 @@ class ChaosRun:
         self.recorder: Optional[TenureRecorder] = None
         self.slots = [Slot(f"n{i + 1}", None) for i in range(launchers)]
         self.faults: list[Fault] = []
-        self._frozen: set[int] = set()
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -86,10 +85,7 @@ class ChaosRun:
         return report
 
     def _set_up(self) -> None:
-        self.redis.start()
-        self.hub = ProxyHub()
-        for slot in self.slots:
-            slot.proxy = self.hub.proxy(("127.0.0.1", self.redis.port))
+        self._open_network()
         self.recorder = TenureRecorder(str(self.workdir / "tenures.sock"))
         for slot in self.slots:
             self._start(slot)
@@ -127,14 +123,11 @@ class ChaosRun:
     def _freeze_launcher(self, slot: Slot) -> None:
         if not slot.proc or slot.proc.poll() is not None:
             return
-        pid = slot.proc.pid
         slot.proc.send_signal(signal.SIGSTOP)
-        self._frozen.add(pid)
         try:
             self._pump(self.rng.uniform(0.5, 2 * LEASE))
         finally:
             slot.proc.send_signal(signal.SIGCONT)
-            self._frozen.discard(pid)
 
     def _redis_restart(self, slot: Slot) -> None:
         self.redis.stop()  # kill -9; the fsync-always AOF keeps every acknowledged write
@@ -179,6 +172,12 @@ class ChaosRun:
         slot.exited_at, slot.starts = None, slot.starts + 1
 
     # -- where the launchers run: this machine, each through its own proxy (HostsChaosRun: hosts) --
+
+    def _open_network(self) -> None:
+        self.redis.start()
+        self.hub = ProxyHub()
+        for slot in self.slots:
+            slot.proxy = self.hub.proxy(("127.0.0.1", self.redis.port))
 
     def _redis_address(self, slot: Slot) -> str:
         return slot.proxy.address

@@ -15,7 +15,6 @@ from typing import Optional
 from harness import LEASE, ChaosRun, Slot
 from testkit.hostray import HostRedis
 from testkit.hosts import Host, Rig
-from tenures import TenureRecorder
 
 KINDS = ("kill-launcher", "kill-tree", "kill-host", "freeze-launcher", "redis-restart", "redis-stall", "cut-host",
          "cut-storage")
@@ -31,15 +30,12 @@ class HostsChaosRun(ChaosRun):
         self.rig: Optional[Rig] = None
         self.hosts: dict[str, Host] = {}
 
-    def _set_up(self) -> None:
+    def _open_network(self) -> None:
         self.rig = Rig(self.workdir)
         redis_host = self.rig.add("redis", 2, storage=True, hosts=False)
         for number, slot in enumerate(self.slots, start=11):
             self.hosts[slot.name] = self.rig.add(slot.name, number, storage=True)
         self.redis = HostRedis(redis_host, self.workdir / "redis").start()
-        self.recorder = TenureRecorder(str(self.workdir / "tenures.sock"))
-        for slot in self.slots:
-            self._start(slot)
 
     def _redis_address(self, slot: Slot) -> str:
         return self.redis.address

@@ -203,7 +203,7 @@ while True:
             self.proc = host.popen([sys.executable, "-c", self.CODE, str(GCS_PORT), *ips], stdout=sink)
 
     def close(self) -> dict[str, list[float]]:
-        self.proc.signal(9)
+        self.proc.kill()
         self.proc.wait(10)
         out = self.out.read_text()
         answers: dict[str, list[float]] = {ip: [] for ip in self.ips}
