@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
-from raylaunch.config import (IDENTITY, REPORTING, SAFETY, TIMING, Identity, Reporting, Safety, Timing,
-                              settings_from)
+from raylaunch.config import (FOLLOWING, IDENTITY, REPORTING, SAFETY, TIMING, Following, Identity, Reporting, Safety,
+                              Timing, settings_from)
 from raylaunch.local.state import run_dir
 from raylaunch.proc.raycmd import RayCommand, build_head_command, build_worker_command, option_value
 from raylaunch.proc.rayexe import find_ray, ray_version, warm_python
@@ -45,6 +45,7 @@ class Plan:
     log_path: Path
     warm_python: Optional[str] = None  # the interpreter a standby pre-warms (--ha-prewarm), else None
     follow: bool = False  # a follower: command is a worker's `ray start`
+    following: Following = Following()  # a follower's way to the GCS (relay or not)
 
 
 def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Plan:
@@ -53,6 +54,7 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
     identity = settings_from(IDENTITY, request.flags, env)
     reporting = settings_from(REPORTING, request.flags, env)
     safety = settings_from(SAFETY, request.flags, env)
+    following = settings_from(FOLLOWING, request.flags, env)
     ray_exe = find_ray()
     args = request.ray_args
     version = ray_version(ray_exe)
@@ -64,7 +66,7 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
                 safety=safety, node_ip=option_value(args, "--node-ip-address"), state_dir=run_dir(env),
                 log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log",
                 warm_python=warm_python(ray_exe, version) if safety.prewarm and not request.follow else None,
-                follow=request.follow)
+                follow=request.follow, following=following)
 
 
 def ray_temp_dir(env: Mapping[str, str]) -> str:

@@ -42,7 +42,7 @@ def _local(sup: LocalSupervisor) -> dict[str, Any]:
     role = state.role if state and sup.running and sup.fresh() else ("stale" if sup.running else "gone")
     return {"node": sup.node, "pid": sup.pid, "role": role, "epoch": state.epoch if state else None,
             "leader": state.leader if state else None, "gcs_address": state.gcs_address if state else None,
-            "serving": bool(state and state.serving) and sup.running,
+            "serving": bool(state and state.serving) and sup.running, "relay": state.relay if state else None,
             "redis_refused": state.redis_refused if state and sup.running else None}
 
 
@@ -76,6 +76,7 @@ def render(view: dict[str, Any]) -> str:
         lines += ["", "supervisors on this machine:"]
         lines += [f"  {s['node']} (pid {s['pid']}): {s['role']}"
                   + (f", epoch {s['epoch']}" if s["role"] in ("leader", "follower") and s["epoch"] else "")
+                  + (f", relay {s['relay']}" if s.get("relay") else "")
                   + (f"; STUCK, Redis refuses it: {s['redis_refused']}" if s["redis_refused"] else "")
                   for s in view["local"]]
     return "\n".join(lines)

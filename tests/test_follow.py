@@ -1,5 +1,6 @@
 """Follow mode's decisions on a fake clock, with our own seams faked (who leads, the worker's tree)."""
 
+import logging
 import threading
 from typing import Optional
 
@@ -39,9 +40,17 @@ class Source:
 
 
 class Worker:
-    def __init__(self) -> None:
+    """The worker's tree as events; `relayed` as the test sets it (retarget is only called on a relayed one)."""
+
+    def __init__(self, relayed: bool = False) -> None:
         self.events: list = []
         self.why: Optional[str] = None
+        self.relayed = relayed
+
+    def retarget(self, address: Optional[str]) -> None:
+        assert self.relayed, "only a relayed worker is retargeted"
+        if not self.events or self.events[-1] != ("retarget", address):
+            self.events.append(("retarget", address))
 
     def start(self, address: str, epoch: int) -> None:
         self.events.append(("start", address, epoch))
@@ -55,16 +64,27 @@ class Worker:
         return []
 
 
-@pytest.fixture
-def world():
-    source, worker, clock, stop = Source(), Worker(), Clock(), threading.Event()
+def make_world(relayed: bool):
+    source, worker, clock, stop = Source(), Worker(relayed), Clock(), threading.Event()
     follower = Follower(source, worker, FollowTiming(poll=0.5, stop_grace=3.0), stop, clock=clock)
     return follower, source, worker, clock, stop
 
 
-@pytest.mark.parametrize("new, decision", [(VIP2, Decision.KEEP), (B2, Decision.RESTART)])
-def test_same_address_keeps_the_worker_a_new_address_restarts_it(new, decision):
-    assert on_new_leader(A1, new) is decision
+@pytest.fixture
+def world():
+    return make_world(relayed=False)
+
+
+@pytest.fixture
+def relayed():
+    return make_world(relayed=True)
+
+
+@pytest.mark.parametrize("new, relayed, decision", [
+    (VIP2, False, Decision.KEEP), (B2, False, Decision.RESTART),
+    (VIP2, True, Decision.KEEP), (B2, True, Decision.RETARGET)])
+def test_same_address_keeps_the_worker_a_new_address_restarts_it_or_moves_the_relay(new, relayed, decision):
+    assert on_new_leader(A1, new, relayed) is decision
 
 
 def test_waits_for_a_serving_leader_then_joins_its_gcs(world):
@@ -83,7 +103,7 @@ def test_new_leader_at_a_new_address_stops_the_tree_before_joining_again(world):
     source.leader = A1
     follower.tick()
     source.leader = None  # between leaders: the worker is left to Ray's reconnect
-    assert follower.tick() is FollowStep.FOLLOWING
+    assert follower.tick() is FollowStep.BETWEEN_LEADERS
     source.leader = B2
     assert follower.tick() is FollowStep.RESTARTED
     assert worker.events[1:] == [("stop", RESTART_GRACE), ("start", "10.0.0.2:6379", 2)], \
@@ -178,3 +198,41 @@ def test_stop_while_waiting_starts_nothing(world):
     source.leader = A1
     assert follower.tick() is FollowStep.STOPPED
     assert worker.events == []
+
+
+def test_a_relayed_worker_stays_the_relay_refuses_between_leaders_then_forwards_to_the_new_one(relayed, caplog):
+    follower, source, worker, clock, stop = relayed
+    caplog.set_level(logging.INFO, "ray-ha")
+    source.leader = A1
+    assert follower.tick() is FollowStep.STARTED
+    source.leader = None
+    assert [follower.tick() for _ in range(3)] == [FollowStep.BETWEEN_LEADERS] * 3
+    assert caplog.text.count("the relay refuses new GCS connections") == 1, "said once per gap"
+    source.leader = B2
+    assert follower.tick() is FollowStep.RETARGETED
+    assert worker.events == [("start", "10.0.0.1:6379", 1), ("retarget", None), ("retarget", "10.0.0.2:6379")], \
+        "no stop, no second start: the worker's tree is kept"
+    assert follower.following == B2 and follower.restarts == 0
+    assert follower.tick() is FollowStep.FOLLOWING
+
+
+def test_a_relayed_worker_goes_straight_to_a_new_leader_and_back_to_its_own_after_a_gap(relayed):
+    follower, source, worker, clock, stop = relayed
+    source.leader = A1
+    follower.tick()
+    source.leader = B2  # no gap seen between the two leaders
+    assert follower.tick() is FollowStep.RETARGETED
+    source.leader = None
+    follower.tick()
+    source.leader = B2  # the same leader again (a read between records): forward to it again
+    assert follower.tick() is FollowStep.FOLLOWING
+    assert worker.events[1:] == [("retarget", "10.0.0.2:6379"), ("retarget", None), ("retarget", "10.0.0.2:6379")]
+
+
+def test_a_relayed_worker_at_the_same_address_keeps_the_relay_where_it_points(relayed):
+    follower, source, worker, clock, stop = relayed
+    source.leader = A1
+    follower.tick()
+    source.leader = VIP2
+    assert follower.tick() is FollowStep.KEPT
+    assert worker.events == [("start", "10.0.0.1:6379", 1), ("retarget", "10.0.0.1:6379")]

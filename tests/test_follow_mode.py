@@ -4,12 +4,15 @@ re-joins after a failover, shows in status, detaches for `ray up` and stops with
 
 import json
 import signal
+import socket
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 
 from conftest import FAST_TIMING, Launcher, fake_ray_events, tagged_processes, wait_for
+from raylaunch.proc.net import split_address, tcp_accepts
 from raylaunch.proc.tree import is_alive
 from raylaunch.store.keys import Keys
 
@@ -51,9 +54,9 @@ def joins(env) -> list[dict]:
     return [e for e in fake_ray_events(env) if e["event"] == "join"]
 
 
-def test_a_follower_waits_joins_and_rejoins_the_new_leader_at_its_new_address(
+def test_without_a_relay_a_follower_waits_joins_and_rejoins_the_new_leader_at_its_new_address(
         launch, follower, redis_server, fake_ray_env, tmp_path, leak_guard):
-    worker = follower("f", "--resources={\"pinned\": 1}")
+    worker = follower("f", "--ha-relay=off", "--resources={\"pinned\": 1}")
     worker.wait_log("waiting for a leader")
     assert joins(fake_ray_env) == [], "nothing starts while nobody leads"
 
@@ -91,6 +94,93 @@ def test_a_follower_waits_joins_and_rejoins_the_new_leader_at_its_new_address(
     assert worker.wait(20) == 0
     assert worker.descendants() == []
     assert redis_server.client().get(f"{KEY}:follower:f") is None, "status stops listing it at once"
+
+
+def answer_through(address: str) -> Optional[dict]:
+    """What the GCS behind `address` says (the fake one names its node and epoch); None if reset."""
+    try:
+        with socket.create_connection(split_address(address), timeout=5) as sock:
+            line = sock.makefile().readline()
+    except OSError:
+        return None
+    return json.loads(line) if line else None
+
+
+def local_view(env, tmp_path, node) -> dict:
+    view = json.loads(ray_ha("status", "--json", cwd=tmp_path, env=env).stdout)
+    return next((s for s in view["local"] if s["node"] == node), {})
+
+
+def test_a_follower_keeps_its_worker_across_a_failover_and_its_relay_follows_the_leader(
+        launch, follower, redis_server, fake_ray_env, tmp_path, leak_guard):
+    env = {**fake_ray_env, "RAY_REDIS_ADDRESS": redis_server.address}
+    worker = follower("f")
+    wait_for(lambda: local_view(env, tmp_path, "f").get("role") == "follower", 10, what="the follower's state")
+    assert local_view(env, tmp_path, "f")["relay"] is None, "no relay before a leader says which network"
+
+    leader = launch("a")
+    worker.wait_log("joining leader a (epoch 1)", timeout=20)
+    wait_for(lambda: joins(fake_ray_env), 10, what="the worker's ray start")
+    relay = local_view(env, tmp_path, "f")["relay"]
+    assert relay.startswith("127.0.0.2:"), "the leader is on loopback: 127.0.0.2, which Ray does not rewrite"
+    assert joins(fake_ray_env)[0]["address"] == relay, "the worker dials the relay, not the leader"
+    assert answer_through(relay) == {"node": "a", "epoch": "1"}
+
+    standby = launch("b")
+    standby.wait_log("standing by")
+    wait_for(lambda: raylets_of(worker), 10, what="the worker's raylet")
+    (raylet,) = raylets_of(worker)
+    leader.kill_tree()
+    worker.wait_log("leader is now b (epoch 2)", timeout=20)
+    assert "the relay forwards there now, the worker stays" in worker.log()
+    assert answer_through(relay) == {"node": "b", "epoch": "2"}
+    assert len(joins(fake_ray_env)) == 1 and raylets_of(worker) == [raylet], "the same worker, never restarted"
+    assert local_view(env, tmp_path, "f")["relay"] == relay
+
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    assert worker.descendants() == []
+    assert answer_through(relay) is None and not tcp_accepts(relay), "the relay went with its follower"
+
+
+def test_between_leaders_the_relay_resets_new_connections(launch, follower, redis_server, fake_ray_env, tmp_path,
+                                                          leak_guard):
+    env = {**fake_ray_env, "RAY_REDIS_ADDRESS": redis_server.address}
+    worker = follower("f")
+    leader = launch("a")
+    worker.wait_log("joining leader a (epoch 1)", timeout=20)
+    relay = local_view(env, tmp_path, "f")["relay"]
+    leader.kill_tree()  # nobody stands by: no leader once a's lease lapses
+    worker.wait_log("no leader serves; the relay refuses new GCS connections", timeout=20)
+    with socket.create_connection(split_address(relay), timeout=5) as sock:
+        with pytest.raises(ConnectionResetError):
+            sock.recv(1)
+    launch("b")
+    worker.wait_log("leader is now b (epoch 2)", timeout=20)
+    assert answer_through(relay) == {"node": "b", "epoch": "2"}
+
+
+@pytest.mark.parametrize("relay, phrase", [
+    ("--ha-relay=127.0.0.1", "Ray rewrites 127.0.0.1"),
+    ("--ha-relay=127.0.0.3:99999", "is not auto, off or HOST[:PORT]"),
+])
+def test_a_relay_where_ray_cannot_use_it_is_one_line(relay, phrase, fake_ray_env, redis_server, tmp_path, leak_guard):
+    env = {**fake_ray_env, "RAY_REDIS_ADDRESS": redis_server.address}
+    result = ray_ha("start", "--ha-follow", "--block", relay, env=env, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and phrase in lines[0], result.stderr
+    assert fake_ray_events(fake_ray_env) == [] and tagged_processes(leak_guard) == []
+
+
+def test_a_relay_port_in_use_is_one_line_and_starts_nothing(fake_ray_env, redis_server, tmp_path, leak_guard):
+    env = {**fake_ray_env, "RAY_REDIS_ADDRESS": redis_server.address}
+    with socket.create_server(("127.0.0.3", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = ray_ha("start", "--ha-follow", "--block", f"--ha-relay=127.0.0.3:{port}", env=env, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert f"cannot listen for the GCS relay on 127.0.0.3:{port}: Address already in use" in lines[0]
+    assert fake_ray_events(fake_ray_env) == [] and tagged_processes(leak_guard) == []
 
 
 def test_non_block_follow_returns_once_joined_and_ray_ha_stop_stops_it(

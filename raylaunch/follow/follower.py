@@ -3,10 +3,12 @@
 The only place that decides for a follower, on an injectable monotonic clock. Each tick reads who
 leads (through a LeaderSource) and returns a FollowStep the log and tests can read:
 
-- no worker yet: wait for a serving leader, then start `ray start --address=<its GCS> --block`;
+- no worker yet: wait for a serving leader, then start `ray start --address=<its GCS, or the relay> --block`;
 - a new epoch at the *same* GCS address (a DNS name or VIP that moved): keep the worker, Ray's GCS
   fault tolerance reconnects it;
-- a new epoch at a *different* address: stop the worker's tree, start it against the new address;
+- a new epoch at a *different* address: point the relay there and keep the worker (the default), or,
+  with no relay, stop the worker's tree and start it against the new address;
+- between leaders: the relay refuses new connections (Ray backs off); the worker keeps running;
 - the worker's own processes died: start again after a backoff that doubles up to a ceiling.
 """
 
@@ -43,21 +45,27 @@ class LeaderSource(Protocol):
 
 
 class Worker(Protocol):
-    """The worker node's tree (follow.runtime.RayWorker in production)."""
+    """The worker node's tree (follow.runtime.RayWorker, or RelayedWorker, in production)."""
+
+    relayed: bool  # its processes dial a relay that retarget() points at the leader
 
     def start(self, address: str, epoch: int) -> None: ...
+    def retarget(self, address: Optional[str]) -> None: ...
     def failure(self) -> Optional[str]: ...
     def stop(self, grace: float) -> list[int]: ...
 
 
 class Decision(enum.Enum):
     KEEP = "keep"          # same GCS address: Ray reconnects the worker by itself
-    RESTART = "restart"    # the GCS moved: the worker must join the new address
+    RETARGET = "retarget"  # the GCS moved, the worker dials a relay: point the relay there
+    RESTART = "restart"    # the GCS moved, the worker dials it directly: it must join the new address
 
 
-def on_new_leader(following: Record, leader: Record) -> Decision:
+def on_new_leader(following: Record, leader: Record, relayed: bool) -> Decision:
     """What a running worker does when the leader (epoch) changes."""
-    return Decision.KEEP if leader.gcs_address == following.gcs_address else Decision.RESTART
+    if leader.gcs_address == following.gcs_address:
+        return Decision.KEEP
+    return Decision.RETARGET if relayed else Decision.RESTART
 
 
 class FollowStep(enum.Enum):
@@ -65,6 +73,8 @@ class FollowStep(enum.Enum):
     STARTED = "started"                 # the worker was started against the leader's GCS
     FOLLOWING = "following"             # the worker runs; the leader is the one it joined
     KEPT = "kept"                       # a new epoch at the same address; worker left alone
+    RETARGETED = "retargeted"           # a new epoch at a new address; the relay forwards there, worker kept
+    BETWEEN_LEADERS = "between-leaders"  # nobody serves; worker kept, the relay (if any) refuses connections
     RESTARTED = "restarted"             # a new epoch at a new address; worker stopped and started again
     WORKER_DIED = "worker-died"         # its processes died; a start is scheduled after a backoff
     BACKING_OFF = "backing-off"         # waiting out that backoff
@@ -94,6 +104,7 @@ class Follower:
         self.restarts = 0
         self.trouble = RedisTrouble(lambda: "follower", clock, note="; the worker, if any, keeps running")
         self._next_wait_log = 0.0
+        self._relay_paused = False
 
     def run(self, report: Callable[[FollowStep], None] = lambda step: None) -> FollowStep:
         """Tick until a stop is asked, telling `report` each step; the worker's tree is gone at the end."""
@@ -123,8 +134,11 @@ class Follower:
         # 4. No worker: start one once a leader serves and any backoff is over.
         if self.following is None:
             return self._maybe_start(leader)
-        # 5. A worker runs: a new leader means keep (same address) or restart (new address).
-        if leader is None or leader.epoch == self.following.epoch:
+        # 5. A worker runs: between leaders it waits; a new leader means keep, retarget or restart.
+        if leader is None:
+            return self._between_leaders()
+        if leader.epoch == self.following.epoch:
+            self._point_relay(self.following.gcs_address)  # back from between leaders (a no-op otherwise)
             return FollowStep.FOLLOWING
         return self._new_leader(leader)
 
@@ -141,17 +155,36 @@ class Follower:
 
     def _new_leader(self, leader: Record) -> FollowStep:
         assert self.following is not None
-        if on_new_leader(self.following, leader) is Decision.KEEP:
+        decision = on_new_leader(self.following, leader, self.worker.relayed)
+        if decision is Decision.KEEP:
             log.info("leader is now %s (epoch %d) at the same GCS address %s; the worker stays",
                      leader.node, leader.epoch, leader.gcs_address)
+            self._point_relay(leader.gcs_address)
             self.following = leader
             return FollowStep.KEPT
+        if decision is Decision.RETARGET:
+            log.info("leader is now %s (epoch %d) at %s; the relay forwards there now, the worker stays",
+                     leader.node, leader.epoch, leader.gcs_address)
+            self._point_relay(leader.gcs_address)
+            self.following = leader
+            return FollowStep.RETARGETED
         log.info("leader is now %s (epoch %d) at %s, not %s; restarting the worker against it",
                  leader.node, leader.epoch, leader.gcs_address, self.following.gcs_address)
         report_leftovers(self.worker.stop(min(RESTART_GRACE, self.timing.stop_grace)))
         self.restarts += 1
         self._start(leader)
         return FollowStep.RESTARTED
+
+    def _between_leaders(self) -> FollowStep:
+        if self.worker.relayed and not self._relay_paused:
+            log.info("no leader serves; the relay refuses new GCS connections until one does, the worker stays")
+        self._point_relay(None)
+        return FollowStep.BETWEEN_LEADERS
+
+    def _point_relay(self, address: Optional[str]) -> None:
+        if self.worker.relayed:
+            self.worker.retarget(address)
+            self._relay_paused = address is None
 
     def _start(self, leader: Record) -> None:
         log.info("joining leader %s (epoch %d) at %s", leader.node, leader.epoch, leader.gcs_address)

@@ -50,6 +50,11 @@ class Relay:
         self._thread.start()
 
     @property
+    def alive(self) -> bool:
+        """False once the relay's thread has ended (closed, or a bug)."""
+        return self._thread.is_alive()
+
+    @property
     def target(self) -> Target:
         return self._target
 

@@ -1,18 +1,24 @@
 """Follow mode: the follower's decisions (follow.follower) wired to Redis and the worker's process tree.
 
-`ray-ha start --ha-follow [ray start options]` runs `ray start --address=<leader's GCS> --block` and
-supervises it like a head (subreaper, whole-tree stop) under the shared runtime (raylaunch.supervisor).
+`ray-ha start --ha-follow [ray start options]` runs `ray start --address=<relay> --block` (or, with
+`--ha-relay=off`, `--address=<leader's GCS>`) and supervises it like a head (subreaper, whole-tree stop)
+under the shared runtime (raylaunch.supervisor). The relay is a thread of this process: it cannot
+outlive the follower, and it closes only after the worker's tree has stopped (a raylet drains through it).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import replace
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
-from raylaunch.follow.follower import Follower, FollowStep, FollowTiming
+from raylaunch.config import EXIT_USAGE, REWRITTEN_HOSTS, ConfigError
+from raylaunch.follow.follower import Follower, FollowStep, FollowTiming, Worker
+from raylaunch.follow.relay import Relay, Target
 from raylaunch.local.state import SupervisorState
 from raylaunch.plan import Plan
+from raylaunch.proc.net import join_address, local_address_towards, split_address
 from raylaunch.proc.raycmd import RAYLET_NAME, RayCommand, with_address
 from raylaunch.proc.stopflag import StopFlag, StopSignal
 from raylaunch.proc.tree import ProcessTree
@@ -23,12 +29,21 @@ from raylaunch.supervisor import Session, connect
 log = logging.getLogger("ray-ha")
 
 
+#: Where the relay listens when the leader is on this machine's loopback: Ray leaves 127.0.0.2 alone.
+LOOPBACK_RELAY_HOST = "127.0.0.2"
+
+
 class RayWorker:
     """`ray start --address=<GCS> --block <options>` under a ProcessTree, raylet watched and drained."""
+
+    relayed = False
 
     def __init__(self, command: RayCommand) -> None:
         self.command = command
         self.tree: Optional[ProcessTree] = None
+
+    def retarget(self, address: Optional[str]) -> None:
+        """Nothing to point: this worker dials the leader itself."""
 
     def start(self, address: str, epoch: int) -> None:
         env = {**self.command.env, "RAY_HA_EPOCH": str(epoch), "RAY_HA_FOLLOWER": "1"}
@@ -42,14 +57,93 @@ class RayWorker:
     def stop(self, grace: float) -> list[int]:
         return self.tree.stop(grace) if self.tree else []
 
+    def close(self) -> None:
+        """Nothing held besides the tree."""
 
-def follow_state(base: SupervisorState, follower: Follower, step: FollowStep) -> SupervisorState:
+
+def relay_host(bind_host: Optional[str], node_ip: Optional[str], leader_gcs: Optional[str]) -> Optional[str]:
+    """Where the relay listens: --ha-relay's host, else the worker's --node-ip-address, else the address
+    this machine reaches the leader from (the node IP Ray would pick; None before a leader is known);
+    never an address Ray rewrites."""
+    for host in (bind_host, node_ip):
+        if host and host.lower() not in REWRITTEN_HOSTS:
+            return host
+    if leader_gcs is None:
+        return None
+    host = local_address_towards(split_address(leader_gcs)[0])
+    return LOOPBACK_RELAY_HOST if host in REWRITTEN_HOSTS else host
+
+
+def resolve(address: str) -> Target:
+    """`host:port` as the (ip, port) the relay connects to; None (refuse) if the name does not resolve."""
+    host, port = split_address(address)
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        log.warning("cannot resolve the leader's GCS address %s (%s); the relay refuses until it can", address, exc)
+        return None
+    return info[0][4][0], port
+
+
+class RelayedWorker:
+    """A RayWorker whose processes dial a relay on this host instead of the leader; the relay follows it."""
+
+    relayed = True
+
+    def __init__(self, worker: RayWorker, bind: tuple[Optional[str], int], node_ip: Optional[str]) -> None:
+        self.worker, self.bind, self.node_ip = worker, bind, node_ip
+        self.relay: Optional[Relay] = None
+
+    @property
+    def address(self) -> Optional[str]:
+        """What the worker's processes dial (None before the first start)."""
+        return join_address(*self.relay.address) if self.relay else None
+
+    def open(self, leader_gcs: Optional[str] = None) -> None:
+        """Listen (again, if its thread ended); the host is known without a leader only if it was given."""
+        if self.relay is not None and self.relay.alive:
+            return
+        host = relay_host(self.bind[0], self.node_ip, leader_gcs)
+        if host is None:
+            return
+        try:
+            self.relay = Relay(host, self.bind[1])
+        except OSError as exc:
+            raise ConfigError(f"cannot listen for the GCS relay on {join_address(host, self.bind[1])}: "
+                              f"{exc.strerror or exc} (see --ha-relay)") from None
+        log.info("GCS relay listening on %s", self.address)
+
+    def start(self, address: str, epoch: int) -> None:
+        self.open(address)
+        assert self.relay is not None
+        self.retarget(address)
+        self.worker.start(join_address(*self.relay.address), epoch)
+
+    def retarget(self, address: Optional[str]) -> None:
+        if self.relay is not None:
+            self.relay.retarget(resolve(address) if address else None)
+
+    def failure(self) -> Optional[str]:
+        if self.relay is not None and not self.relay.alive:
+            return "the GCS relay stopped"
+        return self.worker.failure()
+
+    def stop(self, grace: float) -> list[int]:
+        return self.worker.stop(grace)  # the relay stays: a draining raylet still talks to the GCS
+
+    def close(self) -> None:
+        """Close the relay (after the tree has stopped)."""
+        if self.relay is not None:
+            self.relay.close()
+
+def follow_state(base: SupervisorState, follower: Follower, step: FollowStep,
+                 relay: Optional[str] = None) -> SupervisorState:
     """The state record of a follower after a tick (read by status, health and a detached start)."""
     following = follower.following
     return replace(base, role="follower", step=step.value, joined=following is not None,
                    epoch=following.epoch if following else None, leader=following.node if following else None,
                    gcs_address=following.gcs_address if following else None, serving=False,
-                   restarts=follower.restarts, redis_refused=follower.trouble.refused)
+                   restarts=follower.restarts, redis_refused=follower.trouble.refused, relay=relay)
 
 
 class FollowMode:
@@ -73,26 +167,47 @@ class FollowMode:
     def run(self, session: Session) -> int:
         """Follow the leader until a stop is asked; 0 once the worker's tree is gone."""
         plan = self.plan
+        worker = make_worker(plan)
+        if isinstance(worker, RelayedWorker):
+            worker.open()  # a given host and port are checked now, not at the first leader
         store = connect_store(plan, session.stop)
         source = LeaderSource(store, plan.identity.node_name,
                               ttl=max(plan.timing.lease_duration, 3 * plan.timing.retry_period))
-        self.follower = follower = Follower(source, RayWorker(plan.command),
+        self.follower = follower = Follower(source, worker,
                                             FollowTiming(plan.timing.retry_period, plan.timing.stop_grace),
                                             session.stop)
-        log.info("following the leader of %s on %s", store.keys.lease, plan.target.display)
+        log.info("following the leader of %s on %s%s", store.keys.lease, plan.target.display,
+                 "" if worker.relayed else " (no relay: the worker is restarted when the leader moves)")
+
+        def report(step: FollowStep) -> None:
+            session.state.update(follow_state(session.state.base, follower, step, relay_of(worker)))
         try:
-            follower.run(report=lambda step: session.state.update(follow_state(session.state.base, follower, step)))
+            follower.run(report=report)
+        except ConfigError as exc:  # the relay cannot listen where --ha-relay says
+            log.error("%s", exc)
+            return EXIT_USAGE
         except Exception:
             log.exception("internal error; stopping the worker")
             return 1
         finally:
-            follower.worker.stop(0.0)  # after an internal error too: no worker outlives its supervisor
+            worker.stop(0.0)  # after an internal error too: no worker outlives its supervisor
+            worker.close()    # the relay last, once nothing dials it
             try:
                 source.forget()
             except Exception as exc:  # the record expires by itself
                 log.warning("could not remove the follower record: %s", exc)
             store.close()
         return 0
+
+
+def make_worker(plan: Plan) -> Union[RayWorker, RelayedWorker]:
+    """The worker node's tree, behind a relay unless --ha-relay=off."""
+    worker = RayWorker(plan.command)
+    return RelayedWorker(worker, plan.following.bind, plan.node_ip) if plan.following.relayed else worker
+
+
+def relay_of(worker: Worker) -> Optional[str]:
+    return worker.address if isinstance(worker, RelayedWorker) else None
 
 
 def connect_store(plan: Plan, stop: StopSignal) -> RedisStore:

@@ -61,6 +61,7 @@ class SupervisorState:
     step: Optional[str] = None      # follow mode: the last FollowStep
     joined: bool = False
     restarts: int = 0
+    relay: Optional[str] = None     # follow mode: the relay's address, which the worker dials
     pid: Optional[int] = None       # set by StateFile on every write
     updated: Optional[float] = None
     schema: int = SCHEMA

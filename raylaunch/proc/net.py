@@ -42,3 +42,11 @@ def tcp_accepts(address: str, timeout: float = 0.5) -> bool:
             return True
     except (OSError, ValueError):
         return False
+
+
+def local_address_towards(host: str) -> str:
+    """The address this machine sends from to reach `host` (the route's source; nothing is sent)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, 9))
+        return probe.getsockname()[0]

@@ -90,7 +90,8 @@ def _verdict(state: SupervisorState) -> tuple[Optional[str], bool]:
     if state.role == "standby" and state.leader:
         return f"standing by; leader is {state.leader} (epoch {state.epoch})", False
     if state.role == "follower" and state.joined:
-        return (f"following {state.leader} (epoch {state.epoch}); worker joined {state.gcs_address}"), True
+        via = f" through the relay at {state.relay}" if state.relay else ""
+        return (f"following {state.leader} (epoch {state.epoch}); worker joined {state.gcs_address}{via}"), True
     if state.role == "follower" and state.step == "waiting-leader":
         return "no leader serves yet; the follower joins one as soon as it does", False
     if state.role == "waiting" and state.waiting_old_gcs:
