@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -164,6 +165,34 @@ def drive(host: Host, head_ip: str, action: str, timeout: float = 180) -> dict:
     if result.returncode != 0:
         raise AssertionError(f"driver {action} via {head_ip} exited {result.returncode}:\n{result.stderr[-6000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+class ServingDriver:
+    """demo/actor_driver.py `serve` on `host`, connected once at `address` (`auto`: this node's Ray, as
+    `ray.init("auto")` finds it) and kept: `ask` runs one action in that same driver."""
+
+    def __init__(self, host: Host, address: str = "auto") -> None:
+        self.host = host
+        self.process = host.popen([sys.executable, str(DRIVER), address, "serve"], env=clean_env(),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def ask(self, action: str, timeout: float = 180) -> dict:
+        """The driver's answer to `action`; AssertionError if it errs, dies or says nothing in time."""
+        proc = self.process.proc
+        proc.stdin.write((action + "\n").encode())
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else b""
+        answer = json.loads(line) if line else {"error": f"no answer within {timeout}s (driver alive: "
+                                                         f"{self.process.poll() is None})"}
+        if "error" in answer:
+            raise AssertionError(f"driver on {self.host.name}, {action}: {answer['error']}")
+        return answer
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Real Ray 2.60 across hosts: Redis on its own host, two head candidates, a follow-mode worker, a driver.
+"""Real Ray 2.60 across hosts: Redis on its own host, two head candidates, a follow-mode worker (through
+its relay, the default), a driver.
 
 Every host is a rig host (tests/hosts/test_rig.py): its own network, host name, PIDs and /tmp. The heads
 reach Redis over the storage network, the worker and the driver reach the heads over the hosts' network,
@@ -9,16 +10,18 @@ Whether two heads ever ran at once is judged by the life of the gcs_server proce
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 from conftest import wait_for
-from testkit.hostray import (GCS_PORT, HostLauncher, HostRedis, ProcessWatch, clean_env, drive, head_args,
-                             worker_args)
+from testkit.hostray import (GCS_PORT, HostLauncher, HostRedis, ProcessWatch, ServingDriver, clean_env, drive,
+                             head_args, worker_args)
 from testkit.hosts import Host, Rig
 from testkit.published import strays
 
@@ -79,39 +82,89 @@ def cluster(rig: Rig, tmp_path) -> Cluster:
     assert {a.rsplit(":", 1)[0] for a in published} <= {h.ip for h in rig.hosts.values()}
 
 
+class WorkerWork:
+    """What runs on w1 and must survive a failover: its raylet, a detached actor that counts, and a
+    driver started on w1 with `ray.init("auto")` (so it reaches the GCS through the relay)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster, self.host = cluster, cluster.rig.hosts["w1"]
+        self.raylet = wait_for(self.raylet_pid, 60, what="w1's raylet")
+        self.driver = ServingDriver(self.host)
+        first = self.driver.ask("worker-create")
+        assert first["value"] == 1
+        self.actor, self.node, self.count = first["pid"], first["node"], 1
+
+    def raylet_pid(self) -> Optional[int]:
+        pids = [p.pid for p in self.host.processes() if p.name() == "raylet"]
+        assert len(pids) <= 1, f"w1 runs {len(pids)} raylets"
+        return pids[0] if pids else None
+
+    def check(self, leader: Host) -> None:
+        """Through the new leader (a Ray Client driver on d1) and from the driver on w1: the actor's state
+        goes on in the same process, a task runs on w1, and w1's raylet is the one it always was."""
+        for answer in (drive(self.cluster.driver, leader.ip, "worker-get"), self.driver.ask("worker-get")):
+            self.count += 1
+            assert (answer["value"], answer["pid"], answer["node"]) == (self.count, self.actor, self.node), \
+                f"the actor's state and process carry on: {answer}"
+        assert drive(self.cluster.driver, leader.ip, "pinned")["node"] == self.node, "a new task ran on w1"
+        assert self.raylet_pid() == self.raylet, "w1's raylet is the same process"
+        assert "restarting the worker" not in self.cluster.worker.log() and self.cluster.worker.process.poll() is None
+
+    def relay(self) -> str:
+        line = next(l for l in self.cluster.worker.log().splitlines() if "GCS relay listening on" in l)
+        return line.rsplit(" ", 1)[-1]
+
+    def stopped_clean(self, how: str) -> None:
+        """Stop the follower (SIGTERM or `ray-ha stop`): nothing is left on w1, the relay's port included."""
+        relay = self.relay()
+        self.driver.close()
+        if how == "sigterm":
+            self.cluster.worker.process.send_signal(signal.SIGTERM)
+        else:
+            self.host.run([sys.executable, "-m", "raylaunch", "stop"], env=clean_env(), timeout=90)
+        assert self.cluster.worker.process.wait(90) == 0
+        assert self.host.processes() == [], f"left on w1: {[p.name() for p in self.host.processes()]}"
+        probe = self.host.run([sys.executable, "-c", CONNECT, relay], check=False)
+        assert probe.returncode != 0, f"the relay at {relay} still accepts"
+
+
+CONNECT = "import socket, sys; h, p = sys.argv[1].rsplit(':', 1); socket.create_connection((h, int(p)), 2)"
+
+
 def test_kill_9_of_the_leader_host(cluster: Cluster):
-    """Everything on the leader's machine dies at once: the standby serves, the worker re-joins, the
-    detached actor answers through the new leader, and nothing of the old host's tree is left."""
+    """Everything on the leader's machine dies at once: the standby serves, the worker's relay follows it,
+    and everything on the worker carries on: the detached actor's state, its raylet, a driver on it."""
     h1, h2 = cluster.head("h1"), cluster.head("h2")
     before = drive(cluster.driver, h1.ip, "create")
     assert before["value"] == 1
-    pinned = drive(cluster.driver, h1.ip, "pinned")
+    work = WorkerWork(cluster)
 
     killed_at = time.monotonic()
     killed = h1.kill_all()
     assert h1.processes() == [], "kill -9 of every process on the host"
     cluster.heads["h2"].wait_log("GCS serving", timeout=90)
     serving = time.monotonic() - killed_at
-    cluster.worker.wait_log("joining leader h2 (epoch 2)", timeout=60)
-    after = drive(cluster.driver, h2.ip, "get")
-    again = drive(cluster.driver, h2.ip, "pinned")
+    cluster.worker.wait_log("leader is now h2 (epoch 2)", timeout=60)
+    work.check(h2)
     took = time.monotonic() - killed_at
-    assert after["session"] == before["session"], "the new head resumes the same session"
-    assert after["value"] >= 1
-    assert again["session"] == before["session"] and again["node"] != pinned["node"], \
-        "the pinned task ran on the worker's new raylet"
+    assert took < 45, f"the worker's actor answered through h2 {took:.1f}s after the kill (bound 45 s)"
+    after = drive(cluster.driver, h2.ip, "get")
+    assert after["session"] == before["session"] and after["value"] >= 1, "the new head resumes the session"
     assert cluster.leader() == "h2" and cluster.epoch() == 2
     assert cluster.watch.overlaps() == [], "never two gcs_server processes alive at once"
     assert h1.processes() == [], "nothing of the old host's tree came back"
-    print(f"kill -9 of h1 ({killed} processes): h2's GCS serving after {serving:.1f}s; worker re-joined "
-          f"and the actor answered after {took:.1f}s (lease {LEASE:g}s)")
+    print(f"kill -9 of h1 ({killed} processes): h2's GCS serving after {serving:.1f}s; w1's actor answered "
+          f"through h2 with its state, and a task ran on w1, {took:.1f}s after the kill (lease {LEASE:g}s)")
+    work.stopped_clean("sigterm")
 
 
 def test_the_leader_host_cut_off_entirely(cluster: Cluster):
-    """Its links down: its head is dead before any other head starts; healed, its launcher (restarted
-    as systemd's Restart=always would) comes back as a standby."""
+    """Its links down: its head is dead before any other head starts, the worker's work carries on
+    through the new leader; healed, its launcher (restarted as systemd's Restart=always would) comes back
+    as a standby."""
     h1, h2 = cluster.head("h1"), cluster.head("h2")
     before = drive(cluster.driver, h1.ip, "create")
+    work = WorkerWork(cluster)
     cut_at = time.time()
     h1.cut()
     cluster.heads["h2"].wait_log("GCS serving", timeout=90)
@@ -122,7 +175,10 @@ def test_the_leader_host_cut_off_entirely(cluster: Cluster):
         f"h1's GCS was seen alive {old.gone - new.started:.2f}s after h2's started"
     after = drive(cluster.driver, h2.ip, "get")
     assert after["session"] == before["session"]
-    cluster.worker.wait_log("joining leader h2 (epoch 2)", timeout=60)
+    cluster.worker.wait_log("leader is now h2 (epoch 2)", timeout=60)
+    work.check(h2)
+    took = time.time() - cut_at
+    assert took < 45, f"the worker's actor answered through h2 {took:.1f}s after the cut (bound 45 s)"
 
     mark = len(cluster.heads["h1"].log())
     h1.heal()
@@ -130,8 +186,30 @@ def test_the_leader_host_cut_off_entirely(cluster: Cluster):
     assert cluster.leader() == "h2" and cluster.watch.overlaps() == []
     assert [life.host for life in cluster.watch.alive()] == ["h2"]
     print(f"h1 cut off: its GCS gone {old.gone - cut_at:.1f}s after the cut, h2's GCS started "
-          f"{new.started - cut_at:.1f}s after it ({new.started - old.gone:.1f}s apart); h1 stands by after "
-          "the heal")
+          f"{new.started - cut_at:.1f}s after it ({new.started - old.gone:.1f}s apart); w1's actor answered "
+          f"through h2 {took:.1f}s after the cut; h1 stands by after the heal")
+    work.stopped_clean("ray-ha stop")
+
+
+def test_two_failovers_in_a_row(cluster: Cluster, tmp_path):
+    """h1 killed, then (once h1 stands by again) h2 killed: the worker's work carries on through both."""
+    h1, h2 = cluster.head("h1"), cluster.head("h2")
+    work = WorkerWork(cluster)
+    h1.kill_all()
+    cluster.worker.wait_log("leader is now h2 (epoch 2)", timeout=90)
+    work.check(h2)
+    cluster.heads["h1"] = start_head(cluster.rig, cluster.redis, "h1", tmp_path)  # its machine is back
+    cluster.heads["h1"].wait_log("standing by; leader is h2", timeout=90)
+    killed_at = time.monotonic()
+    h2.kill_all()
+    cluster.worker.wait_log("leader is now h1 (epoch 3)", timeout=90)
+    work.check(h1)
+    took = time.monotonic() - killed_at
+    assert took < 45, f"after the second failover the actor answered {took:.1f}s after the kill (bound 45 s)"
+    assert cluster.watch.overlaps() == []
+    print(f"two failovers in a row: after the second, w1's actor answered through h1 {took:.1f}s after the kill; "
+          f"count {work.count}, same actor and raylet throughout")
+    work.stopped_clean("sigterm")
 
 
 def test_the_leader_cut_from_redis_only(cluster: Cluster):
@@ -144,7 +222,7 @@ def test_the_leader_cut_from_redis_only(cluster: Cluster):
         cut_at = time.time()
         h1.cut_storage()
         cluster.heads["h2"].wait_log("GCS serving", timeout=90)
-        cluster.worker.wait_log("joining leader h2 (epoch 2)", timeout=60)
+        cluster.worker.wait_log("leader is now h2 (epoch 2)", timeout=60)
         after = drive(cluster.driver, h2.ip, "get")
         time.sleep(2)
     finally:
