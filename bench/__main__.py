@@ -32,16 +32,20 @@ SCENARIOS: dict[str, Callable[..., Figure]] = {
     "follower-rejoin": scenarios.follower_rejoin,
     "crash-failover-hosts": hosts.crash_failover_hosts,
     "follower-rejoin-hosts": hosts.follower_rejoin_hosts,
+    "follower-relay-hosts": hosts.follower_relay_hosts,
+    "follower-restart-hosts": hosts.follower_restart_hosts,
 }
 #: Scenarios laid out on rig hosts (bench/hosts.py): each round builds its own hosts and poller.
-ON_HOSTS = frozenset({"crash-failover-hosts", "follower-rejoin-hosts"})
-#: scenario -> its allowance over 1.10 x baseline (s), given the lease: the issue's targets.
-TARGETS: dict[str, Callable[[float], float]] = {
-    "crash-failover": lambda lease: lease,
-    "crash-failover-prewarm": lambda lease: lease,
-    "crash-failover-hosts": lambda lease: lease,
-    "graceful-handover": lambda lease: 0.5,
-    "gcs-crash": lambda lease: 1.0,
+ON_HOSTS = frozenset({"crash-failover-hosts", "follower-rejoin-hosts", "follower-relay-hosts",
+                      "follower-restart-hosts"})
+#: scenario -> its limit (s), given the lease and the baseline's median: the issues' targets.
+TARGETS: dict[str, Callable[[float, float], float]] = {
+    "crash-failover": lambda lease, base: lease + 1.10 * base,
+    "crash-failover-prewarm": lambda lease, base: lease + 1.10 * base,
+    "crash-failover-hosts": lambda lease, base: lease + 1.10 * base,
+    "graceful-handover": lambda lease, base: 0.5 + 1.10 * base,
+    "gcs-crash": lambda lease, base: 1.0 + 1.10 * base,
+    "follower-relay-hosts": lambda lease, base: lease + 1.5 * base,
 }
 
 
@@ -80,7 +84,7 @@ def table(results: dict[str, list[dict]], lease: float) -> list[str]:
         elif allowance is None or base is None:
             target, met = "-", "-"
         else:
-            limit = allowance(lease) + 1.10 * base
+            limit = allowance(lease, base)
             if name.startswith("crash-failover") and results.get("ant-ray-tuned"):
                 limit = min(limit, statistics.median(r["total"] for r in results["ant-ray-tuned"]))
             target, met = f"≤ {limit:.2f}", "yes" if median <= limit else "no"
@@ -112,6 +116,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--cost-seconds", type=float, default=60.0,
                         help="how long to watch the launchers' and Redis's cost (0: skip) [60]")
+    parser.add_argument("--relay-rounds", type=int, default=3,
+                        help="rounds of the relay's cost, relay vs direct, on hosts (0: skip) [3]")
     parser.add_argument("--scale", type=int, default=100, help="standbys in the scale test (0: skip) [100]")
     parser.add_argument("--peer-venv", metavar="DIR",
                         help="a venv with ant-ray-nightly[default]==2.53.0, to measure its Head HA too")
@@ -131,6 +137,8 @@ def main() -> int:
     print("\n".join(table(results, args.lease)))
     if args.cost_seconds > 0:
         print("\n".join(costs(args.lease, args.cost_seconds)))
+    if args.relay_rounds > 0:
+        print("\n".join(hosts.relay_cost(args.lease, args.relay_rounds)), flush=True)
     if args.scale > 0:
         print("\n".join(scale_rows(args.lease, args.scale)))
     if args.plot and results.get("crash-failover"):

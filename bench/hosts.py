@@ -7,16 +7,22 @@ is kill -9 of every process on the leader's host. Times are CLOCK_MONOTONIC, one
 
 from __future__ import annotations
 
+import json
+import select
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from bench.rig import ROOT, now, timing
+from raylaunch.proc.raycmd import RELAY_ENV
 from bench.scenarios import JOINED, split
-from testkit.hostray import GCS_PORT, HostLauncher, HostRedis, clean_env, head_args, worker_args
+from testkit.hostray import GCS_PORT, HostLauncher, HostRedis, clean_env, drive_at, head_args, worker_args
 from testkit.hosts import Rig
 
 
@@ -49,9 +55,9 @@ class HostsRound:
                                             self.dir / f"{name}.log")
         return self.launchers[name]
 
-    def follower(self, name: str) -> HostLauncher:
+    def follower(self, name: str, *extra: str) -> HostLauncher:
         host = self.rig.hosts[name]
-        self.launchers[name] = HostLauncher(host, worker_args(host, *timing(self.lease)),
+        self.launchers[name] = HostLauncher(host, worker_args(host, *timing(self.lease), *extra),
                                             clean_env(RAY_REDIS_ADDRESS=self.redis.address), self.dir / f"{name}.log")
         return self.launchers[name]
 
@@ -82,9 +88,9 @@ def crash_failover_hosts(rnd: HostsRound) -> dict[str, float]:
 
 
 def follower_rejoin_hosts(rnd: HostsRound) -> float:
-    """kill -9 of everything on the leader's host -> the worker on w1 has joined the new leader."""
+    """kill -9 of everything on the leader's host -> the worker on w1 (no relay) has joined the new leader."""
     _leader_and_standby(rnd)
-    worker = rnd.follower("w1")
+    worker = rnd.follower("w1", "--ha-relay=off")
     worker.wait_log(JOINED, timeout=120)
     killed = now()
     rnd.rig.hosts["h1"].kill_all()
@@ -94,3 +100,127 @@ def follower_rejoin_hosts(rnd: HostsRound) -> float:
             raise RuntimeError(f"w1 never re-joined:\n{worker.log()[-2000:]}")
         time.sleep(0.02)
     return now() - killed
+
+
+def follower_relay_hosts(rnd: HostsRound) -> dict[str, float]:
+    """kill -9 of the leader's host -> w1's actor answered through the new leader with its state, and a
+    task ran on w1 (total), with the relay: nothing on w1 restarts."""
+    return _follower_failover(rnd, relay=True)
+
+
+def follower_restart_hosts(rnd: HostsRound) -> dict[str, float]:
+    """The same without the relay (--ha-relay=off): w1's worker is restarted, its actor is lost."""
+    return _follower_failover(rnd, relay=False)
+
+
+def _follower_failover(rnd: HostsRound, relay: bool) -> dict[str, float]:
+    """Parts: a new driver on the new leader's node (both paths) and, with the relay, a driver on w1
+    connected before the kill (with the relay's backoff setting, RELAY_ENV, as the README advises for
+    drivers on a worker node); each says when w1's actor answered and a task ran on w1. The relay's
+    total is the w1 driver's later answer; without a relay, the new driver's task on w1."""
+    _leader_and_standby(rnd)
+    worker = rnd.follower("w1", *([] if relay else ["--ha-relay=off"]))
+    worker.wait_log(JOINED, timeout=120)
+    w1, h1, h2 = (rnd.rig.hosts[n] for n in ("w1", "h1", "h2"))
+    created = drive_at(w1, "auto", "worker-create")
+    drive_at(w1, "auto", "pinned")  # w1 has run a task before: an idle worker process waits, as on a busy node
+    new_driver = _probe(h2, f"{h2.ip}:{GCS_PORT}", h1.ip)
+    resident = _probe(w1, "auto", h1.ip) if relay else None
+    killed = now()
+    h1.kill_all()
+    if resident:
+        _go(resident)
+    served = rnd.answered("h2")
+    _go(new_driver)
+    seen = _json_line(new_driver.proc.stdout, 300)
+    on_w1 = _json_line(resident.proc.stdout, 300) if resident else {}
+    if "task" not in seen or (resident and "task" not in on_w1):
+        raise RuntimeError(f"no task ran on w1 after the failover: {seen} {on_w1}\n{worker.log()[-2000:]}")
+    restarts = worker.log().count("restarting the worker")
+    figures = {"total": max(on_w1["actor"], on_w1["task"]) - killed if resident else seen["task"] - killed,
+               "new GCS answered": served - killed, "new driver: task ran on w1": seen["task"] - killed,
+               "new driver connected": seen["connected"] - killed,
+               "old head listed dead": min(p.get("old head dead", killed + 999) for p in (seen, on_w1 or seen)) - killed}
+    if relay:
+        state = (created["pid"], created["node"])
+        kept = [(s.get("pid"), s["node"]) == state for s in (seen, on_w1)] + [seen.get("value") in (2, 3)]
+        if not all(kept) or restarts:
+            raise RuntimeError(f"the relay did not keep w1's work: {seen} {on_w1}, {restarts} restarts")
+        figures["actor answered (new driver)"] = seen["actor"] - killed
+        figures["w1 driver: actor answered"] = on_w1["actor"] - killed
+        figures["w1 driver: task ran on w1"] = on_w1["task"] - killed
+    elif "actor lost" not in seen or restarts != 1:
+        raise RuntimeError(f"without the relay w1's worker should restart and lose its actor: {seen}")
+    return figures
+
+
+def _probe(host, address: str, old_ip: str):
+    probe = host.popen([sys.executable, str(ROOT / "bench" / "worker_probe.py"), address, old_ip],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                       env=clean_env(**(RELAY_ENV if address == "auto" else {})))  # as the README advises
+    if _line(probe.proc.stdout, 120) != b"ready":
+        raise RuntimeError(f"the probe on {host.name} did not start")
+    return probe
+
+
+def _go(probe) -> None:
+    probe.proc.stdin.write(b"go\n")
+    probe.proc.stdin.flush()
+
+
+def _line(stream, timeout: float, start: bytes = b"") -> bytes:
+    """The first line on `stream` that starts with `start` within `timeout` (Ray may print other lines
+    first), stripped; b"" if none."""
+    end = now() + timeout
+    while now() < end:
+        ready, _, _ = select.select([stream], [], [], max(0.0, end - now()))
+        line = stream.readline() if ready else b""
+        if not line:
+            return b""
+        if line.startswith(start):
+            return line.strip()
+    return b""
+
+
+def _json_line(stream, timeout: float) -> dict:
+    line = _line(stream, timeout, b"{")
+    return json.loads(line) if line else {}
+
+
+def relay_cost(lease: float, rounds: int, tasks: int = 1000, gets: int = 2000) -> list[str]:
+    """What the relay costs: the same load from a driver on w1 with the relay and without (alternating
+    rounds), as table rows: tasks/s, internal_kv_get p50/p99, and the follower's CPU and RSS."""
+    runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    for _ in range(rounds):
+        for relay in (True, False):
+            rnd = HostsRound(lease)
+            try:
+                runs[relay].append(_load(rnd, relay, tasks, gets))
+            finally:
+                rnd.close()
+    rows = [f"\n| relay cost ({rounds} rounds, {tasks} tasks x 3, {gets} GCS calls) | relay | direct | relay / direct "
+            "| target | met |", "|---|---|---|---|---|---|"]
+    for name in runs[True][0]:
+        with_relay = statistics.median(r[name] for r in runs[True])
+        direct = statistics.median(r[name] for r in runs[False])
+        ratio = with_relay / direct if direct else float("nan")
+        target, met = ("≥ 0.95", "yes" if ratio >= 0.95 else "no") if name == "tasks/s" else ("-", "-")
+        rows.append(f"| {name} | {with_relay:.2f} | {direct:.2f} | {ratio:.2f} | {target} | {met} |")
+    return rows
+
+
+def _load(rnd: HostsRound, relay: bool, tasks: int, gets: int) -> dict[str, float]:
+    rnd.launcher("h1").wait_log("GCS serving", timeout=120)
+    worker = rnd.follower("w1", *([] if relay else ["--ha-relay=off"]))
+    worker.wait_log(JOINED, timeout=120)
+    load = rnd.rig.hosts["w1"].popen([sys.executable, str(ROOT / "bench" / "relay_load.py"), str(tasks), str(gets)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=clean_env())
+    if _line(load.proc.stdout, 120, b"go") != b"go":
+        raise RuntimeError("the load on w1 did not start")
+    follower = psutil.Process(worker.process.pid)
+    cpu, wall = sum(follower.cpu_times()[:2]), now()
+    figures = _json_line(load.proc.stdout, 600)
+    if not figures:
+        raise RuntimeError("the load on w1 gave no figures")
+    used = (sum(follower.cpu_times()[:2]) - cpu) / (now() - wall)
+    return {**figures, "follower CPU %": 100 * used, "follower RSS MiB": follower.memory_info().rss / 2**20}

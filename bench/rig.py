@@ -88,8 +88,10 @@ class Round:
         return self._spawn(argv, name, RAY_ENABLE_HEAD_HA="1")
 
     def follower(self, name: str) -> subprocess.Popen:
-        """`ray-ha start --ha-follow --block`: a worker node (1 CPU) that joins whoever leads."""
-        argv = [sys.executable, "-m", "raylaunch", "start", "--ha-follow", f"--ha-node-name={name}", "--num-cpus=1",
+        """`ray-ha start --ha-follow --ha-relay=off --block`: a worker node (1 CPU) that joins whoever leads
+        and is restarted against each new one (a relay on one machine would change nothing measured)."""
+        argv = [sys.executable, "-m", "raylaunch", "start", "--ha-follow", "--ha-relay=off",
+                f"--ha-node-name={name}", "--num-cpus=1",
                 "--node-ip-address=127.0.0.2", "--disable-usage-stats", "--block", *self.timing()]
         return self._spawn(argv, name)
 

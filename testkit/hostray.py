@@ -160,10 +160,14 @@ def worker_args(host: Host, *extra: str) -> list[str]:
 
 def drive(host: Host, head_ip: str, action: str, timeout: float = 180) -> dict:
     """Run demo/actor_driver.py on `host` through Ray Client at `head_ip`; its JSON answer."""
-    result = host.run([sys.executable, str(DRIVER), f"ray://{head_ip}:{CLIENT_PORT}", action], timeout=timeout,
-                      check=False, env=clean_env())
+    return drive_at(host, f"ray://{head_ip}:{CLIENT_PORT}", action, timeout)
+
+
+def drive_at(host: Host, address: str, action: str, timeout: float = 180) -> dict:
+    """Run demo/actor_driver.py on `host` at `address` (`auto`: the host's own Ray); its JSON answer."""
+    result = host.run([sys.executable, str(DRIVER), address, action], timeout=timeout, check=False, env=clean_env())
     if result.returncode != 0:
-        raise AssertionError(f"driver {action} via {head_ip} exited {result.returncode}:\n{result.stderr[-6000:]}")
+        raise AssertionError(f"driver {action} at {address} exited {result.returncode}:\n{result.stderr[-6000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -19,6 +19,9 @@ def test_table_compares_each_scenario_with_the_baseline_of_the_same_run():
     assert "≤ 3.20 | yes" in rows["gcs-crash"], "1 s + 1.10 x the 2.0 s median"
     assert "≤ 2.70 | no" in rows["graceful-handover"], "0.5 s + 1.10 x 2.0 s"
     assert "≤ 7.20 | yes" in rows["crash-failover"] and "| 3.50 |" in rows["crash-failover"]
+    relay = table({"baseline": [{"total": 2.0}], "follower-relay-hosts": [{"total": 8.5}]}, lease=5.0)
+    assert any(row.startswith("| follower-relay-hosts |") and "≤ 8.00 | no" in row for row in relay), \
+        "the relay's target: lease + 1.5 x baseline"
     assert "| 4.50 |" in rows["— detection"]
 
 
@@ -36,12 +39,14 @@ def test_the_prewarmed_takeover_is_held_to_the_stretch_goal():
 @pytest.mark.hosts
 def test_one_round_runs_and_leaves_nothing(leak_guard):
     result = subprocess.run([sys.executable, "-m", "bench", "--rounds", "1", "--only", "gcs-crash",
-                             "crash-failover-hosts", "--cost-seconds", "2", "--scale", "5"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300,
+                             "crash-failover-hosts", "follower-relay-hosts", "--cost-seconds", "2", "--scale", "5",
+                             "--relay-rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "RAY_HA_TEST_TAG": leak_guard})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| gcs-crash |" in result.stdout and "| baseline |" in result.stdout
     assert "| crash-failover-hosts |" in result.stdout, "the host layout (heads on hosts of their own)"
+    assert "| follower-relay-hosts |" in result.stdout, "the worker's actor and raylet kept by the relay"
+    assert "| tasks/s |" in result.stdout and "| follower CPU % |" in result.stdout, "the relay's cost"
     assert "| standby RSS MiB |" in result.stdout and "| heads at once (overlaps) | 0 | 0 | yes |" in result.stdout
 
 

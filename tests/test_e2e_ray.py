@@ -152,7 +152,7 @@ def test_a_follower_rejoins_the_new_leader_and_its_pinned_task_runs_again(ray_la
     leader.wait_log("GCS serving", timeout=90)
     standby = ray_launch("b")
     standby.wait_log("standing by; leader is a", timeout=60)
-    worker = Launcher("f", ["--ha-follow", "--ha-node-name=f", "--ha-lease-duration=5", "--ha-renew-deadline=3",
+    worker = Launcher("f", ["--ha-follow", "--ha-relay=off", "--ha-node-name=f", "--ha-lease-duration=5", "--ha-renew-deadline=3",
                             "--ha-retry-period=0.5", "--ha-redis-timeout=1", "--num-cpus=1",
                             '--resources={"pinned": 1}', "--node-ip-address=127.0.0.2", "--disable-usage-stats",
                             "--block"],

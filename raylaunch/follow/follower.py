@@ -156,24 +156,19 @@ class Follower:
     def _new_leader(self, leader: Record) -> FollowStep:
         assert self.following is not None
         decision = on_new_leader(self.following, leader, self.worker.relayed)
-        if decision is Decision.KEEP:
-            log.info("leader is now %s (epoch %d) at the same GCS address %s; the worker stays",
-                     leader.node, leader.epoch, leader.gcs_address)
-            self._point_relay(leader.gcs_address)
-            self.following = leader
-            return FollowStep.KEPT
-        if decision is Decision.RETARGET:
-            log.info("leader is now %s (epoch %d) at %s; the relay forwards there now, the worker stays",
-                     leader.node, leader.epoch, leader.gcs_address)
-            self._point_relay(leader.gcs_address)
-            self.following = leader
-            return FollowStep.RETARGETED
-        log.info("leader is now %s (epoch %d) at %s, not %s; restarting the worker against it",
-                 leader.node, leader.epoch, leader.gcs_address, self.following.gcs_address)
-        report_leftovers(self.worker.stop(min(RESTART_GRACE, self.timing.stop_grace)))
-        self.restarts += 1
-        self._start(leader)
-        return FollowStep.RESTARTED
+        if decision is Decision.RESTART:
+            log.info("leader is now %s (epoch %d) at %s, not %s; restarting the worker against it",
+                     leader.node, leader.epoch, leader.gcs_address, self.following.gcs_address)
+            report_leftovers(self.worker.stop(min(RESTART_GRACE, self.timing.stop_grace)))
+            self.restarts += 1
+            self._start(leader)
+            return FollowStep.RESTARTED
+        how = ("at the same GCS address %s; the worker stays" if decision is Decision.KEEP
+               else "at %s; the relay forwards there now, the worker stays")
+        log.info("leader is now %s (epoch %d) " + how, leader.node, leader.epoch, leader.gcs_address)
+        self._point_relay(leader.gcs_address)
+        self.following = leader
+        return FollowStep.KEPT if decision is Decision.KEEP else FollowStep.RETARGETED
 
     def _between_leaders(self) -> FollowStep:
         if self.worker.relayed and not self._relay_paused:

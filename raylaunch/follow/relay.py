@@ -25,6 +25,7 @@ class _Pipe:
     def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
         self.client, self.upstream = client, upstream
         self.pending = {client: b"", upstream: b""}  # bytes waiting to be written to that socket
+        self.watching = {client: selectors.EVENT_READ, upstream: selectors.EVENT_WRITE}  # as registered
         self.connected = False
 
     def peer(self, sock: socket.socket) -> socket.socket:
@@ -178,7 +179,8 @@ class Relay:
         return True
 
     def _update(self, pipe: _Pipe) -> None:
-        """Watch each side for reading, and for writing while it is owed bytes (or still connecting)."""
+        """Watch each side for reading, and for writing while it is owed bytes (or still connecting);
+        the selector is only told of a change (most messages change nothing: two system calls saved)."""
         if pipe.client not in self._pipes:
             return
         for sock in (pipe.client, pipe.upstream):
@@ -186,7 +188,9 @@ class Relay:
                 events = selectors.EVENT_WRITE
             else:
                 events = selectors.EVENT_READ | (selectors.EVENT_WRITE if pipe.pending[sock] else 0)
-            self._selector.modify(sock, events, pipe)
+            if events != pipe.watching[sock]:
+                self._selector.modify(sock, events, pipe)
+                pipe.watching[sock] = events
 
     def _drop(self, pipe: _Pipe, reset: bool = False) -> None:
         with self._lock:

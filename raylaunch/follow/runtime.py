@@ -19,7 +19,7 @@ from raylaunch.follow.relay import Relay, Target
 from raylaunch.local.state import SupervisorState
 from raylaunch.plan import Plan
 from raylaunch.proc.net import join_address, local_address_towards, split_address
-from raylaunch.proc.raycmd import RAYLET_NAME, RayCommand, with_address
+from raylaunch.proc.raycmd import RAYLET_NAME, RayCommand, with_address, with_relay_env
 from raylaunch.proc.stopflag import StopFlag, StopSignal
 from raylaunch.proc.tree import ProcessTree
 from raylaunch.store.leader import LeaderSource
@@ -91,6 +91,7 @@ class RelayedWorker:
     relayed = True
 
     def __init__(self, worker: RayWorker, bind: tuple[Optional[str], int], node_ip: Optional[str]) -> None:
+        worker.command = with_relay_env(worker.command)
         self.worker, self.bind, self.node_ip = worker, bind, node_ip
         self.relay: Optional[Relay] = None
 

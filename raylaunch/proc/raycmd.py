@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional, Sequence
 
 from raylaunch.config import ConfigError
@@ -162,6 +162,17 @@ def build_worker_command(ray_exe: str, user_args: Sequence[str], version: tuple[
     for name in WORKER_DROPS:  # a worker never talks to Redis: keep its password out of every process
         env.pop(name, None)
     return RayCommand(argv=(ray_exe, "start", *args), env=env, warnings=tuple(warnings))
+
+
+#: A relayed worker's gRPC reconnect backoff ceiling: its GCS is a relay on its own host, so trying often
+#: costs nothing, and once the relay forwards to a new leader the worker reaches it within half a second
+#: (Ray's default ceiling, 2 s, measured as ~2.5 s from the new GCS answering to the worker's actor answering).
+RELAY_ENV = {"RAY_gcs_grpc_max_reconnect_backoff_ms": "500"}
+
+
+def with_relay_env(command: RayCommand) -> RayCommand:
+    """`command` with the relayed worker's environment (a value the user set wins)."""
+    return replace(command, env={**RELAY_ENV, **command.env})
 
 
 def with_address(argv: Sequence[str], address: str) -> list[str]:
