@@ -6,7 +6,7 @@ from typing import Optional
 
 import pytest
 
-from raylaunch.follow.follower import (BACKOFF_FIRST, BACKOFF_MAX, RESTART_GRACE, Decision, Follower, FollowStep, FollowTiming,
+from raylaunch.follow.follower import (BACKOFF_FIRST, BACKOFF_MAX, BETWEEN_POLL, RESTART_GRACE, Decision, Follower, FollowStep, FollowTiming,
                               on_new_leader)
 from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
 from raylaunch.store.records import Record
@@ -49,8 +49,7 @@ class Worker:
 
     def retarget(self, address: Optional[str]) -> None:
         assert self.relayed, "only a relayed worker is retargeted"
-        if not self.events or self.events[-1] != ("retarget", address):
-            self.events.append(("retarget", address))
+        self.events.append(("retarget", address))
 
     def start(self, address: str, epoch: int) -> None:
         self.events.append(("start", address, epoch))
@@ -236,3 +235,24 @@ def test_a_relayed_worker_at_the_same_address_keeps_the_relay_where_it_points(re
     source.leader = VIP2
     assert follower.tick() is FollowStep.KEPT
     assert worker.events == [("start", "10.0.0.1:6379", 1), ("retarget", "10.0.0.1:6379")]
+
+
+def test_between_leaders_a_follower_looks_for_the_next_one_more_often(relayed):
+    follower, source, worker, clock, stop = relayed
+    source.leader = A1
+    follower.tick()
+    source.leader = None
+    waits = []
+
+    class Stop:
+        def is_set(self):
+            return len(waits) >= 3
+
+        def wait(self, seconds):
+            waits.append(seconds)
+            if len(waits) == 2:
+                source.leader = B2
+
+    follower.stop = Stop()
+    follower.run()
+    assert waits == [BETWEEN_POLL, BETWEEN_POLL, 0.5], "0.1 s between leaders, the retry period otherwise"

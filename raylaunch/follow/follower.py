@@ -36,6 +36,9 @@ BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET = 1.0, 30.0, 60.0
 RESTART_GRACE = 1.0
 #: How often a follower says again that it waits for a leader (s).
 WAIT_LOG_EVERY = 60.0
+#: How often a follower with a worker reads who leads while nobody serves (s): the worker waits on the
+#: next leader, so it is looked for more often than the retry period, for the few seconds of a failover.
+BETWEEN_POLL = 0.1
 
 
 class LeaderSource(Protocol):
@@ -113,7 +116,8 @@ class Follower:
             report(step)
             if step is FollowStep.STOPPED:
                 return step
-            self.stop.wait(self.timing.poll)
+            self.stop.wait(min(self.timing.poll, BETWEEN_POLL) if step is FollowStep.BETWEEN_LEADERS
+                           else self.timing.poll)
 
     def tick(self) -> FollowStep:
         # 1. A stop request stops the worker's tree; nothing else is held.
@@ -138,7 +142,8 @@ class Follower:
         if leader is None:
             return self._between_leaders()
         if leader.epoch == self.following.epoch:
-            self._point_relay(self.following.gcs_address)  # back from between leaders (a no-op otherwise)
+            if self._relay_paused:  # the same leader again after a read that found none
+                self._point_relay(self.following.gcs_address)
             return FollowStep.FOLLOWING
         return self._new_leader(leader)
 
@@ -173,7 +178,7 @@ class Follower:
     def _between_leaders(self) -> FollowStep:
         if self.worker.relayed and not self._relay_paused:
             log.info("no leader serves; the relay refuses new GCS connections until one does, the worker stays")
-        self._point_relay(None)
+            self._point_relay(None)
         return FollowStep.BETWEEN_LEADERS
 
     def _point_relay(self, address: Optional[str]) -> None:

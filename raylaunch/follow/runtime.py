@@ -137,6 +137,7 @@ class RelayedWorker:
         if self.relay is not None:
             self.relay.close()
 
+
 def follow_state(base: SupervisorState, follower: Follower, step: FollowStep,
                  relay: Optional[str] = None) -> SupervisorState:
     """The state record of a follower after a tick (read by status, health and a detached start)."""
