@@ -7,8 +7,6 @@ is kill -9 of every process on the leader's host. Times are CLOCK_MONOTONIC, one
 
 from __future__ import annotations
 
-import json
-import select
 import shutil
 import statistics
 import subprocess
@@ -20,9 +18,10 @@ from pathlib import Path
 import psutil
 
 from bench.rig import ROOT, now, timing
-from raylaunch.proc.raycmd import RELAY_ENV
 from bench.scenarios import JOINED, split
-from testkit.hostray import GCS_PORT, HostLauncher, HostRedis, clean_env, drive_at, head_args, worker_args
+from raylaunch.proc.raycmd import RELAY_ENV
+from testkit.hostray import (GCS_PORT, HostLauncher, HostRedis, clean_env, drive_at, head_args, read_json_line,
+                             read_line, worker_args)
 from testkit.hosts import Rig
 
 
@@ -132,15 +131,15 @@ def _follower_failover(rnd: HostsRound, relay: bool) -> dict[str, float]:
         _go(resident)
     served = rnd.answered("h2")
     _go(new_driver)
-    seen = _json_line(new_driver.proc.stdout, 300)
-    on_w1 = _json_line(resident.proc.stdout, 300) if resident else {}
+    seen = read_json_line(new_driver.proc.stdout, 300)
+    on_w1 = read_json_line(resident.proc.stdout, 300) if resident else {}
     if "task" not in seen or (resident and "task" not in on_w1):
         raise RuntimeError(f"no task ran on w1 after the failover: {seen} {on_w1}\n{worker.log()[-2000:]}")
     restarts = worker.log().count("restarting the worker")
     figures = {"total": max(on_w1["actor"], on_w1["task"]) - killed if resident else seen["task"] - killed,
                "new GCS answered": served - killed, "new driver: task ran on w1": seen["task"] - killed,
                "new driver connected": seen["connected"] - killed,
-               "old head listed dead": min(p.get("old head dead", killed + 999) for p in (seen, on_w1 or seen)) - killed}
+               "old head listed dead": min(p.get("old head dead", killed + 999) for p in (seen, on_w1) if p) - killed}
     if relay:
         state = (created["pid"], created["node"])
         kept = [(s.get("pid"), s["node"]) == state for s in (seen, on_w1)] + [seen.get("value") in (2, 3)]
@@ -158,7 +157,7 @@ def _probe(host, address: str, old_ip: str):
     probe = host.popen([sys.executable, str(ROOT / "bench" / "worker_probe.py"), address, old_ip],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                        env=clean_env(**(RELAY_ENV if address == "auto" else {})))  # as the README advises
-    if _line(probe.proc.stdout, 120) != b"ready":
+    if read_line(probe.proc.stdout, 120) != b"ready":
         raise RuntimeError(f"the probe on {host.name} did not start")
     return probe
 
@@ -166,25 +165,6 @@ def _probe(host, address: str, old_ip: str):
 def _go(probe) -> None:
     probe.proc.stdin.write(b"go\n")
     probe.proc.stdin.flush()
-
-
-def _line(stream, timeout: float, start: bytes = b"") -> bytes:
-    """The first line on `stream` that starts with `start` within `timeout` (Ray may print other lines
-    first), stripped; b"" if none."""
-    end = now() + timeout
-    while now() < end:
-        ready, _, _ = select.select([stream], [], [], max(0.0, end - now()))
-        line = stream.readline() if ready else b""
-        if not line:
-            return b""
-        if line.startswith(start):
-            return line.strip()
-    return b""
-
-
-def _json_line(stream, timeout: float) -> dict:
-    line = _line(stream, timeout, b"{")
-    return json.loads(line) if line else {}
 
 
 def relay_cost(lease: float, rounds: int, tasks: int = 1000, gets: int = 2000) -> list[str]:
@@ -215,11 +195,11 @@ def _load(rnd: HostsRound, relay: bool, tasks: int, gets: int) -> dict[str, floa
     worker.wait_log(JOINED, timeout=120)
     load = rnd.rig.hosts["w1"].popen([sys.executable, str(ROOT / "bench" / "relay_load.py"), str(tasks), str(gets)],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=clean_env())
-    if _line(load.proc.stdout, 120, b"go") != b"go":
+    if read_line(load.proc.stdout, 120, b"go") != b"go":
         raise RuntimeError("the load on w1 did not start")
     follower = psutil.Process(worker.process.pid)
     cpu, wall = sum(follower.cpu_times()[:2]), now()
-    figures = _json_line(load.proc.stdout, 600)
+    figures = read_json_line(load.proc.stdout, 600)
     if not figures:
         raise RuntimeError("the load on w1 gave no figures")
     used = (sum(follower.cpu_times()[:2]) - cpu) / (now() - wall)

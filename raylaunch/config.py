@@ -158,47 +158,12 @@ class Safety:
             raise ConfigError(f"fence {self.fence!r} is not one of: {', '.join(FENCES)}")
 
 
-#: What follow mode's relay may not bind to: Ray rewrites these in a worker's --address to the outward IP.
-REWRITTEN_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
 @dataclass(frozen=True)
 class Following:
-    """Follow mode: how the worker's processes reach the leader's GCS. `relay` is "auto" (a relay on the
-    node IP, any free port), "off" (dial the leader; restart the worker when it moves) or HOST[:PORT]."""
+    """Follow mode's settings: `relay` is "auto", "off" or HOST[:PORT] (checked into a RelayBind by the plan,
+    which knows host:port and what Ray rewrites)."""
 
     relay: str = "auto"
-
-    def __post_init__(self) -> None:
-        self.bind  # validates
-
-    @property
-    def relayed(self) -> bool:
-        return self.relay != "off"
-
-    @property
-    def bind(self) -> tuple[Optional[str], int]:
-        """The relay's (host, port); host None picks the node IP, port 0 any free port."""
-        if self.relay in ("auto", "off"):
-            return None, 0
-        host, port = _host_port(self.relay)
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ConfigError(f"relay {self.relay!r} is not auto, off or HOST[:PORT] (IPv6 in brackets)")
-        if host.lower() in REWRITTEN_HOSTS:
-            raise ConfigError(f"relay {self.relay!r}: Ray rewrites {host} to the node's outward IP; "
-                              "give the node IP or another 127.x address")
-        return host, int(port)
-
-
-def _host_port(text: str) -> tuple[str, str]:
-    """HOST, HOST:PORT or [V6]:PORT into (host, port text), port "0" when absent; ("", "") if malformed."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return (host, rest[1:] if rest.startswith(":") else "0" if not rest else "")
-    if text.count(":") > 1:
-        return "", ""
-    host, _, port = text.partition(":")
-    return host, port if ":" in text else "0"
 
 
 # -- one table per settings group: field -> flag, environment name, parser, help ---------------------

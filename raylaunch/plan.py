@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
-from raylaunch.config import (FOLLOWING, IDENTITY, REPORTING, SAFETY, TIMING, Following, Identity, Reporting, Safety,
-                              Timing, settings_from)
+from raylaunch.config import (FOLLOWING, IDENTITY, REPORTING, SAFETY, TIMING, ConfigError, Identity, Reporting,
+                              Safety, Timing, settings_from)
 from raylaunch.local.state import run_dir
-from raylaunch.proc.raycmd import RayCommand, build_head_command, build_worker_command, option_value
+from raylaunch.proc.net import split_host_port
+from raylaunch.proc.raycmd import REWRITTEN_HOSTS, RayCommand, build_head_command, build_worker_command, option_value
 from raylaunch.proc.rayexe import find_ray, ray_version, warm_python
 from raylaunch.store.connect import RedisTarget, target_from
 
@@ -28,6 +29,15 @@ class StartRequest:
     flags: Mapping[str, Optional[str]] = field(default_factory=dict)  # ray-ha's settings, by field name
     ha_argv: list[str] = field(default_factory=list)
     follow: bool = False  # --ha-follow: a worker node that joins whoever leads
+
+
+@dataclass(frozen=True)
+class RelayBind:
+    """Where follow mode's relay listens: host None picks the node IP (follow.runtime.relay_host), port 0
+    any free port."""
+
+    host: Optional[str] = None
+    port: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ class Plan:
     log_path: Path
     warm_python: Optional[str] = None  # the interpreter a standby pre-warms (--ha-prewarm), else None
     follow: bool = False  # a follower: command is a worker's `ray start`
-    following: Following = Following()  # a follower's way to the GCS (relay or not)
+    relay: Optional[RelayBind] = RelayBind()  # a follower's relay; None: --ha-relay=off
 
 
 def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Plan:
@@ -54,7 +64,7 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
     identity = settings_from(IDENTITY, request.flags, env)
     reporting = settings_from(REPORTING, request.flags, env)
     safety = settings_from(SAFETY, request.flags, env)
-    following = settings_from(FOLLOWING, request.flags, env)
+    relay = relay_bind(settings_from(FOLLOWING, request.flags, env).relay)
     ray_exe = find_ray()
     args = request.ray_args
     version = ray_version(ray_exe)
@@ -66,7 +76,23 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
                 safety=safety, node_ip=option_value(args, "--node-ip-address"), state_dir=run_dir(env),
                 log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log",
                 warm_python=warm_python(ray_exe, version) if safety.prewarm and not request.follow else None,
-                follow=request.follow, following=following)
+                follow=request.follow, relay=relay)
+
+
+def relay_bind(text: str) -> Optional[RelayBind]:
+    """--ha-relay: auto, off (None) or HOST[:PORT], never a host Ray rewrites."""
+    if text in ("auto", "off"):
+        return RelayBind() if text == "auto" else None
+    try:
+        host, port = split_host_port(text, default_port="0")
+    except ValueError:
+        host, port = "", ""
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"relay {text!r} is not auto, off or HOST[:PORT] (IPv6 in brackets)")
+    if host.lower() in REWRITTEN_HOSTS:
+        raise ConfigError(f"relay {text!r}: Ray rewrites {host} to the node's outward IP; "
+                          "give the node IP or another 127.x address")
+    return RelayBind(host, int(port))
 
 
 def ray_temp_dir(env: Mapping[str, str]) -> str:

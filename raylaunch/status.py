@@ -76,7 +76,7 @@ def render(view: dict[str, Any]) -> str:
         lines += ["", "supervisors on this machine:"]
         lines += [f"  {s['node']} (pid {s['pid']}): {s['role']}"
                   + (f", epoch {s['epoch']}" if s["role"] in ("leader", "follower") and s["epoch"] else "")
-                  + (f", relay {s['relay']}" if s.get("relay") else "")
+                  + (f", relay {s['relay']}" if s["relay"] else "")
                   + (f"; STUCK, Redis refuses it: {s['redis_refused']}" if s["redis_refused"] else "")
                   for s in view["local"]]
     return "\n".join(lines)

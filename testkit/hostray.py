@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import IO, Optional, Sequence
 
 import psutil
 
@@ -171,6 +171,26 @@ def drive_at(host: Host, address: str, action: str, timeout: float = 180) -> dic
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def read_line(stream: IO[bytes], timeout: float, start: bytes = b"") -> bytes:
+    """The first line on `stream` that starts with `start` within `timeout` (Ray may print other lines
+    first), stripped; b"" if none (or the stream ended)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ready, _, _ = select.select([stream], [], [], max(0.0, end - time.monotonic()))
+        line = stream.readline() if ready else b""
+        if not line:
+            return b""
+        if line.startswith(start):
+            return line.strip()
+    return b""
+
+
+def read_json_line(stream: IO[bytes], timeout: float) -> dict:
+    """The first JSON object line on `stream` within `timeout`; {} if none."""
+    line = read_line(stream, timeout, b"{")
+    return json.loads(line) if line else {}
+
+
 class ServingDriver:
     """demo/actor_driver.py `serve` on `host`, connected once at `address` (`auto`: this node's Ray, as
     `ray.init("auto")` finds it) and kept: `ask` runs one action in that same driver."""
@@ -185,10 +205,8 @@ class ServingDriver:
         proc = self.process.proc
         proc.stdin.write((action + "\n").encode())
         proc.stdin.flush()
-        ready, _, _ = select.select([proc.stdout], [], [], timeout)
-        line = proc.stdout.readline() if ready else b""
-        answer = json.loads(line) if line else {"error": f"no answer within {timeout}s (driver alive: "
-                                                         f"{self.process.poll() is None})"}
+        answer = read_json_line(proc.stdout, timeout) or {
+            "error": f"no answer within {timeout}s (driver alive: {self.process.poll() is None})"}
         if "error" in answer:
             raise AssertionError(f"driver on {self.host.name}, {action}: {answer['error']}")
         return answer

@@ -13,13 +13,13 @@ import socket
 from dataclasses import replace
 from typing import Mapping, Optional, Union
 
-from raylaunch.config import EXIT_USAGE, REWRITTEN_HOSTS, ConfigError
-from raylaunch.follow.follower import Follower, FollowStep, FollowTiming, Worker
+from raylaunch.config import EXIT_USAGE, ConfigError
+from raylaunch.follow.follower import Follower, FollowStep, FollowTiming
 from raylaunch.follow.relay import Relay, Target
 from raylaunch.local.state import SupervisorState
-from raylaunch.plan import Plan
+from raylaunch.plan import Plan, RelayBind
 from raylaunch.proc.net import join_address, local_address_towards, split_address
-from raylaunch.proc.raycmd import RAYLET_NAME, RayCommand, with_address, with_relay_env
+from raylaunch.proc.raycmd import REWRITTEN_HOSTS, RAYLET_NAME, RayCommand, with_address, with_relay_env
 from raylaunch.proc.stopflag import StopFlag, StopSignal
 from raylaunch.proc.tree import ProcessTree
 from raylaunch.store.leader import LeaderSource
@@ -37,10 +37,14 @@ class RayWorker:
     """`ray start --address=<GCS> --block <options>` under a ProcessTree, raylet watched and drained."""
 
     relayed = False
+    relay_address: Optional[str] = None  # it dials the leader itself
 
     def __init__(self, command: RayCommand) -> None:
         self.command = command
         self.tree: Optional[ProcessTree] = None
+
+    def open(self) -> None:
+        """No relay to listen."""
 
     def retarget(self, address: Optional[str]) -> None:
         """Nothing to point: this worker dials the leader itself."""
@@ -90,13 +94,12 @@ class RelayedWorker:
 
     relayed = True
 
-    def __init__(self, worker: RayWorker, bind: tuple[Optional[str], int], node_ip: Optional[str]) -> None:
-        worker.command = with_relay_env(worker.command)
+    def __init__(self, worker: RayWorker, bind: RelayBind, node_ip: Optional[str]) -> None:
         self.worker, self.bind, self.node_ip = worker, bind, node_ip
         self.relay: Optional[Relay] = None
 
     @property
-    def address(self) -> Optional[str]:
+    def relay_address(self) -> Optional[str]:
         """What the worker's processes dial (None before the first start)."""
         return join_address(*self.relay.address) if self.relay else None
 
@@ -104,21 +107,21 @@ class RelayedWorker:
         """Listen (again, if its thread ended); the host is known without a leader only if it was given."""
         if self.relay is not None and self.relay.alive:
             return
-        host = relay_host(self.bind[0], self.node_ip, leader_gcs)
+        host = relay_host(self.bind.host, self.node_ip, leader_gcs)
         if host is None:
             return
         try:
-            self.relay = Relay(host, self.bind[1])
+            self.relay = Relay(host, self.bind.port)
         except OSError as exc:
-            raise ConfigError(f"cannot listen for the GCS relay on {join_address(host, self.bind[1])}: "
+            raise ConfigError(f"cannot listen for the GCS relay on {join_address(host, self.bind.port)}: "
                               f"{exc.strerror or exc} (see --ha-relay)") from None
-        log.info("GCS relay listening on %s", self.address)
+        log.info("GCS relay listening on %s", self.relay_address)
 
     def start(self, address: str, epoch: int) -> None:
         self.open(address)
-        assert self.relay is not None
+        assert self.relay_address is not None
         self.retarget(address)
-        self.worker.start(join_address(*self.relay.address), epoch)
+        self.worker.start(self.relay_address, epoch)
 
     def retarget(self, address: Optional[str]) -> None:
         if self.relay is not None:
@@ -170,8 +173,7 @@ class FollowMode:
         """Follow the leader until a stop is asked; 0 once the worker's tree is gone."""
         plan = self.plan
         worker = make_worker(plan)
-        if isinstance(worker, RelayedWorker):
-            worker.open()  # a given host and port are checked now, not at the first leader
+        worker.open()  # a relay's given host and port are checked now, not at the first leader
         store = connect_store(plan, session.stop)
         source = LeaderSource(store, plan.identity.node_name,
                               ttl=max(plan.timing.lease_duration, 3 * plan.timing.retry_period))
@@ -182,7 +184,7 @@ class FollowMode:
                  "" if worker.relayed else " (no relay: the worker is restarted when the leader moves)")
 
         def report(step: FollowStep) -> None:
-            session.state.update(follow_state(session.state.base, follower, step, relay_of(worker)))
+            session.state.update(follow_state(session.state.base, follower, step, worker.relay_address))
         try:
             follower.run(report=report)
         except ConfigError as exc:  # the relay cannot listen where --ha-relay says
@@ -204,12 +206,9 @@ class FollowMode:
 
 def make_worker(plan: Plan) -> Union[RayWorker, RelayedWorker]:
     """The worker node's tree, behind a relay unless --ha-relay=off."""
-    worker = RayWorker(plan.command)
-    return RelayedWorker(worker, plan.following.bind, plan.node_ip) if plan.following.relayed else worker
-
-
-def relay_of(worker: Worker) -> Optional[str]:
-    return worker.address if isinstance(worker, RelayedWorker) else None
+    if plan.relay is None:
+        return RayWorker(plan.command)
+    return RelayedWorker(RayWorker(with_relay_env(plan.command)), plan.relay, plan.node_ip)
 
 
 def connect_store(plan: Plan, stop: StopSignal) -> RedisStore:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import socket
+from typing import Optional
 
 
-def split_host_port(text: str) -> tuple[str, str]:
+def split_host_port(text: str, default_port: Optional[str] = None) -> tuple[str, str]:
     """`host:port` or `[v6]:port` into (host, port text); ValueError saying what form was expected.
+    With `default_port`, `host` and `[v6]` alone are taken too, with that port.
 
     A bare IPv6 address is ambiguous and refused.
     """
+    if default_port is not None and text and ":" not in text and "/" not in text:
+        return text, default_port
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
+        if default_port is not None and sep and host and not rest:
+            return host, default_port
         if not sep or not rest.startswith(":") or not host:
             raise ValueError("is not of the form [ipv6]:port")
         return host, rest[1:]

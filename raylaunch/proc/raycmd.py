@@ -25,6 +25,8 @@ WORKER_DROPS = ("RAY_REDIS_ADDRESS", "RAY_REDIS_PASSWORD")
 #: stop (it unregisters the node and stops its workers and agents).
 GCS_NAME = "gcs_server"
 RAYLET_NAME = "raylet"
+#: Hosts Ray rewrites to the node's outward IP in a worker's --address (so a relay never listens there).
+REWRITTEN_HOSTS = ("127.0.0.1", "localhost", "::1")
 #: ray start options whose value is a secret, hidden from every log line.
 SECRET_OPTIONS = ("--redis-password",)
 
