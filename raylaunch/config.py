@@ -140,22 +140,26 @@ class Reporting:
 
 
 FENCES = ("none", "acl")
+AFTER_LOSS = ("auto", "exit", "standby")
 
 
 @dataclass(frozen=True)
 class Safety:
     """What a candidate buys with extra resources: replica confirmation and storage fencing (Redis
-    features), and a faster takeover (memory)."""
+    features), and a faster takeover (memory); and what it does after losing the lease or its head."""
 
     min_replicas: int = 0
     fence: str = "none"
     prewarm: bool = False
+    after_loss: str = "auto"
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
             raise ConfigError(f"minimum replicas must be >= 0 (got {self.min_replicas})")
         if self.fence not in FENCES:
             raise ConfigError(f"fence {self.fence!r} is not one of: {', '.join(FENCES)}")
+        if self.after_loss not in AFTER_LOSS:
+            raise ConfigError(f"after-loss {self.after_loss!r} is not one of: {', '.join(AFTER_LOSS)}")
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,10 @@ SAFETY: Group[Safety] = Group(Safety, (
             "acl: a Redis ACL user per epoch for the GCS; a new leader locks out the old one [none]."),
     Setting("prewarm", "--ha-prewarm", "RAY_HA_PREWARM", _switch, "on|off",
             "on: a standby keeps `ray start` imported, ~1 s faster takeover for ~80 MiB [off]."),
+    Setting("after_loss", "--ha-after-loss", "RAY_HA_AFTER_LOSS", _lower, "auto|exit|standby",
+            "After losing the lease or the head: exit (for systemd or Kubernetes to restart) or stand by "
+            "again after a backoff (1 s doubling to 30 s) [auto: exit with --block, standby when detached].",
+            choices=AFTER_LOSS),
 ))
 
 

@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 
 from raylaunch.config import (FOLLOWING, IDENTITY, REPORTING, SAFETY, TIMING, ConfigError, Identity, Reporting,
                               Safety, Timing, settings_from)
+from raylaunch.head.autoscaling import check_autoscaling_files
 from raylaunch.local.state import run_dir
 from raylaunch.proc.net import split_host_port
 from raylaunch.proc.raycmd import REWRITTEN_HOSTS, RayCommand, build_head_command, build_worker_command, option_value
@@ -56,6 +57,7 @@ class Plan:
     warm_python: Optional[str] = None  # the interpreter a standby pre-warms (--ha-prewarm), else None
     follow: bool = False  # a follower: command is a worker's `ray start`
     relay: Optional[RelayBind] = RelayBind()  # a follower's relay; None: --ha-relay=off
+    stand_by_again: bool = False  # a candidate stands by again after a loss instead of exiting
 
 
 def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Plan:
@@ -70,13 +72,22 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
     version = ray_version(ray_exe)
     build = build_worker_command if request.follow else build_head_command
     command = build(ray_exe, args, version, timing.effective_reconnect_timeout, env)
+    if not request.follow:
+        check_autoscaling_files(args)
     target = target_from(env, option_value(args, "--redis-username"), option_value(args, "--redis-password"))
     temp_dir = Path(option_value(args, "--temp-dir") or ray_temp_dir(env))
     return Plan(command=command, target=target, identity=identity, timing=timing, reporting=reporting,
                 safety=safety, node_ip=option_value(args, "--node-ip-address"), state_dir=run_dir(env),
                 log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log",
                 warm_python=warm_python(ray_exe, version) if safety.prewarm and not request.follow else None,
-                follow=request.follow, relay=relay)
+                follow=request.follow, relay=relay,
+                stand_by_again=stands_by_again(safety.after_loss, "--block" in args))
+
+
+def stands_by_again(after_loss: str, block: bool) -> bool:
+    """--ha-after-loss: auto exits in the foreground (systemd, Kubernetes restart it) and stands by again
+    when detached (under `ray up` nothing would restart it)."""
+    return after_loss == "standby" or (after_loss == "auto" and not block)
 
 
 def relay_bind(text: str) -> Optional[RelayBind]:

@@ -262,6 +262,85 @@ def test_head_death_kills_the_rest_then_releases(world):
     assert campaign.outcome is Outcome.HEAD_DIED
 
 
+@pytest.fixture
+def rejoining(world):
+    """The world with a campaign told to stand by again after a loss (a detached candidate)."""
+    campaign, store, head, clock, stop, events = world
+    campaign.stand_by_again = True
+    return world
+
+
+def test_a_detached_candidate_whose_head_died_stands_by_again_after_a_backoff(rejoining):
+    campaign, store, head, clock, stop, events = rejoining
+    serve(campaign, head, clock)
+    head.why = "gcs_server (pid 9) died"
+    assert campaign.tick() is Step.HEAD_DIED
+    assert events[-2:] == ["kill", "release"], "the tree goes before the lease, as when ending"
+    assert campaign.outcome is None and campaign.role is Role.STANDBY
+    head.why = None
+    assert campaign.tick() is Step.BACKING_OFF and events[-1] == "release", "nothing tried during the backoff"
+    clock.advance(1.0)
+    assert campaign.tick() is Step.ACQUIRED
+    assert campaign.tick() is Step.HEAD_STARTED and events[-1] == ("start", 2)
+
+
+def test_a_detached_candidate_that_lost_the_lease_stands_by_under_the_new_leader(rejoining):
+    campaign, store, head, clock, stop, events = rejoining
+    serve(campaign, head, clock)
+    store.renew_result, store.holder = False, Holder("other", "h2", 7, "t2")
+    clock.advance(2.0)
+    assert campaign.tick() is Step.LEASE_LOST
+    assert ("stop", 0.0) in events and "release" not in events
+    clock.advance(1.0)
+    assert campaign.tick() is Step.STANDING_BY and campaign.leader == "other"
+    assert campaign.outcome is None
+
+
+def test_the_rejoin_backoff_doubles_on_quick_deaths_and_starts_over_after_a_long_lead(rejoining):
+    campaign, store, head, clock, stop, events = rejoining
+    holds = []
+    campaign.settled = True
+    for _ in range(7):
+        lead(campaign)
+        head.why = "died"
+        campaign.tick()
+        head.why = None
+        holds.append(campaign.hold_until - clock())
+        clock.now = campaign.hold_until
+    assert holds == [1, 2, 4, 8, 16, 30, 30]
+    lead(campaign)
+    clock.advance(600)
+    store.renew_result = True
+    head.why = "died"
+    campaign.tick()
+    assert campaign.hold_until - clock() == 1
+
+
+def test_a_stop_during_the_backoff_ends_at_once(rejoining):
+    campaign, store, head, clock, stop, events = rejoining
+    serve(campaign, head, clock)
+    head.why = "died"
+    campaign.tick()
+    stop.set()
+    assert campaign.tick() is Step.STOPPED and campaign.outcome is Outcome.STOPPED
+
+
+def test_a_head_that_never_served_ends_even_a_detached_campaign(rejoining):
+    campaign, store, head, clock, stop, events = rejoining
+    lead(campaign)
+    head.why = "ray start exited 1"
+    assert campaign.tick() is Step.HEAD_DIED
+    assert campaign.outcome is Outcome.HEAD_DIED, "the detached start is still waiting: it reports the failure"
+
+
+def test_without_stand_by_again_a_loss_ends_the_campaign(world):
+    campaign, store, head, clock, stop, events = world
+    lead(campaign)
+    head.why = "died"
+    campaign.tick()
+    assert campaign.outcome is Outcome.HEAD_DIED and campaign.role is Role.DONE
+
+
 def test_graceful_stop_keeps_renewing_until_the_tree_is_gone(world):
     campaign, store, head, clock, stop, events = world
     lead(campaign)

@@ -149,6 +149,8 @@ BAD_INPUTS = {
     "prewarm env": ({"RAY_HA_PREWARM": "maybe"}, [], 2, "is not on or off"),
     "prewarm a wrapper": ({}, ["--ha-prewarm=on"], 2, "cannot tell which Python runs"),
     "follow with head": ({}, ["--ha-follow"], 2, "--ha-follow takes no --head"),
+    "autoscaler config not here": ({}, ["--autoscaling-config=/nonexistent/ray_bootstrap_config.yaml"], 2,
+                                   "No such file or directory; `ray up` copies it only to its head_ip"),
     # Refusals that will not pass by themselves are configuration errors, never outages.
     "address is a replica": ({"RAY_REDIS_ADDRESS": "{replica}"}, [], 2, "reaches a read-only replica"),
     "user without key access": ({}, ["--redis-username=keyless"], 2, "may not run what ray-ha needs"),

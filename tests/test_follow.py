@@ -6,7 +6,8 @@ from typing import Optional
 
 import pytest
 
-from raylaunch.follow.follower import (BACKOFF_FIRST, BACKOFF_MAX, BETWEEN_POLL, RESTART_GRACE, Decision, Follower, FollowStep, FollowTiming,
+from raylaunch.backoff import CAP as BACKOFF_MAX, FIRST as BACKOFF_FIRST
+from raylaunch.follow.follower import (BETWEEN_POLL, RESTART_GRACE, Decision, Follower, FollowStep, FollowTiming,
                               on_new_leader)
 from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
 from raylaunch.store.records import Record

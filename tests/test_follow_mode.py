@@ -183,7 +183,7 @@ def test_a_relay_port_in_use_is_one_line_and_starts_nothing(fake_ray_env, redis_
     assert fake_ray_events(fake_ray_env) == [] and tagged_processes(leak_guard) == []
 
 
-def test_non_block_follow_returns_once_joined_and_ray_ha_stop_stops_it(
+def test_non_block_follow_returns_once_joined_a_rerun_touches_nothing_and_ray_ha_stop_stops_it(
         launch, follower, redis_server, fake_ray_env, tmp_path, leak_guard):
     launch("a").wait_log("GCS serving")
     env = {**fake_ray_env, "RAY_REDIS_ADDRESS": redis_server.address, "RAY_HA_TEST_NODE": "f"}
@@ -192,6 +192,14 @@ def test_non_block_follow_returns_once_joined_and_ray_ha_stop_stops_it(
     assert result.returncode == 0, result.stderr
     assert "ray-ha: following a (epoch 1); worker joined" in result.stdout
     assert "Ray runtime started." in result.stdout, "Ray's own guidance is shown, as with ray start"
+    worker_before = {p.pid for p in tagged_processes(leak_guard) if p.environ().get("RAY_HA_TEST_NODE") == "f"}
+    again = ray_ha("start", "--ha-follow", "--ha-node-name=f", f"--temp-dir={tmp_path / 'ray'}", *FAST_TIMING,
+                   env=env, cwd=tmp_path)  # what a new leader's autoscaler does under `ray up`
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("ray-ha: already following a (epoch 1); worker joined"), again.stdout
+    assert len(joins(env)) == 1, "no second `ray start`"
+    assert {p.pid for p in tagged_processes(leak_guard) if p.environ().get("RAY_HA_TEST_NODE") == "f"} \
+        == worker_before, "nothing of the running worker was touched"
     stopped = ray_ha("stop", "--ha-node-name=f", env=env, cwd=tmp_path)
     assert stopped.returncode == 0, stopped.stderr
     assert not [p for p in tagged_processes(leak_guard) if p.environ().get("RAY_HA_TEST_NODE") == "f"]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from conftest import FAST_TIMING, fake_ray_events, tagged_processes
@@ -59,8 +60,8 @@ def test_non_block_start_returns_as_leader_with_rays_guidance(detached, redis_se
 ])
 def test_detached_start_reports_only_settled_states(state, verdict):
     from raylaunch.local.state import SupervisorState
-    from raylaunch.start.detach import _verdict
-    line, _ = _verdict(SupervisorState(**{"node": "a", **state}))
+    from raylaunch.start.detach import verdict
+    line, _ = verdict(SupervisorState(**{"node": "a", **state}))
     assert (line is None) if verdict is None else line.startswith(verdict)
 
 
@@ -96,6 +97,46 @@ def test_non_block_head_that_fails_to_start_returns_non_zero_and_leaves_nothing(
     assert "supervisor exited with code 4" in result.stderr
     assert redis_server.client().get(KEY) is None
     assert tagged_processes(leak_guard) == []
+
+
+def detached_supervisor(name):
+    """The detached supervisor process of node `name` (psutil.Process)."""
+    found = [p for p in psutil.process_iter(["cmdline"])
+             if "raylaunch" in (p.info["cmdline"] or []) and f"--ha-node-name={name}" in p.info["cmdline"]
+             and "--block" in p.info["cmdline"]]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def wait_for(what, condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g}s"
+        time.sleep(0.1)
+
+
+def test_a_detached_leader_whose_head_died_cleans_up_and_campaigns_again(detached, redis_server, tmp_path,
+                                                                        leak_guard):
+    assert detached("a").returncode == 0
+    supervisor = detached_supervisor("a")
+    first_gcs = next(p for p in supervisor.children(recursive=True) if p.name() == "gcs_server")
+    first_gcs.kill()
+    log = tmp_path / "ray" / "ray-ha" / "a.log"
+    wait_for("stand-by line", lambda: "head died; lease released; standing by again in 1s" in log.read_text())
+    record = lambda: json.loads(redis_server.client().get(f"{KEY}:record") or "{}")
+    wait_for("second tenure", lambda: record().get("epoch") == 2)
+    assert supervisor.is_running(), "the same supervisor: a detached candidate never drops out"
+    gcs = [p for p in supervisor.children(recursive=True) if p.name() == "gcs_server"]
+    assert len(gcs) == 1 and gcs[0].pid != first_gcs.pid, "one new head, nothing of the old one"
+
+
+def test_a_detached_candidate_told_to_exit_after_a_loss_exits(detached, redis_server, tmp_path, leak_guard):
+    assert detached("a", "--ha-after-loss=exit").returncode == 0
+    supervisor = detached_supervisor("a")
+    next(p for p in supervisor.children(recursive=True) if p.name() == "gcs_server").kill()
+    supervisor.wait(30)  # not our child: psutil cannot tell its exit code, the log does
+    assert "head died; lease released (head-died)" in (tmp_path / "ray" / "ray-ha" / "a.log").read_text()
+    assert redis_server.client().get(KEY) is None, "released on the way out"
 
 
 def test_second_supervisor_for_the_same_node_is_refused(detached, ha_env, tmp_path):

@@ -22,6 +22,7 @@ from typing import Callable, Optional, Protocol
 
 from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
 
+from raylaunch.backoff import Backoff
 from raylaunch.logs import report_leftovers
 from raylaunch.proc.stopflag import StopSignal
 from raylaunch.store.records import Record
@@ -29,8 +30,6 @@ from raylaunch.store.trouble import RedisTrouble
 
 log = logging.getLogger("ray-ha")
 
-#: First and largest wait before starting a worker that died (s); reset once one ran BACKOFF_RESET s.
-BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET = 1.0, 30.0, 60.0
 #: Grace for a worker stopped to join a new address (s): its old GCS is gone, so the raylet cannot
 #: unregister and a longer drain only delays the re-join (measured: a raylet sat out a 10 s grace).
 RESTART_GRACE = 1.0
@@ -103,7 +102,7 @@ class Follower:
         self.following: Optional[Record] = None   # the leader the running worker joined (None: no worker)
         self.started_at = 0.0
         self.next_start = 0.0
-        self.backoff = BACKOFF_FIRST
+        self.backoff = Backoff()
         self.restarts = 0
         self.trouble = RedisTrouble(lambda: "follower", clock, note="; the worker, if any, keeps running")
         self._next_wait_log = 0.0
@@ -192,12 +191,10 @@ class Follower:
         self.following, self.started_at = leader, self.clock()
 
     def _worker_died(self, why: str) -> FollowStep:
-        if self.clock() - self.started_at >= BACKOFF_RESET:
-            self.backoff = BACKOFF_FIRST
-        log.error("worker: %s; starting it again in %.0fs", why, self.backoff)
+        wait = self.backoff.after(self.clock() - self.started_at)
+        log.error("worker: %s; starting it again in %.0fs", why, wait)
         report_leftovers(self.worker.stop(0.0))
-        self.following, self.next_start = None, self.clock() + self.backoff
-        self.backoff = min(BACKOFF_MAX, self.backoff * 2)
+        self.following, self.next_start = None, self.clock() + wait
         self.restarts += 1
         return FollowStep.WORKER_DIED
 

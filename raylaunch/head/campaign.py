@@ -3,7 +3,9 @@
 Each tick is one short step that returns a Step the log and the tests can read. Rules it keeps:
 the head's tree is always gone before the lease is released; a leader that cannot confirm its lease
 within the renew deadline kills its head while the lease still stands for the others; nothing is
-started after a stop was asked for.
+started after a stop was asked for. A candidate told to `stand_by_again` (detached, as under `ray up`,
+where nothing restarts it) goes back to standing by after losing the lease or its head, after a backoff,
+once it has settled (served, or stood by under a leader): before that, the detached start reports the failure.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import time
 from typing import Callable, Optional, Sequence
 
+from raylaunch.backoff import Backoff
 from raylaunch.config import Timing
 from raylaunch.head.steps import HOLDING, Fence, Head, LeaseStore, Outcome, Role, Snapshot, Step, Watcher
 from raylaunch.logs import report_leftovers
@@ -39,7 +42,8 @@ class Campaign:
     def __init__(self, store: LeaseStore, head: Head, timing: Timing, stop: StopSignal,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  old_gcs_alive: Callable[[str], bool] = tcp_accepts, name: str = "",
-                 watchers: Sequence[Watcher] = (), fence: Optional[Fence] = None) -> None:
+                 watchers: Sequence[Watcher] = (), fence: Optional[Fence] = None,
+                 stand_by_again: bool = False) -> None:
         self.store, self.head, self.timing, self.stop = store, head, timing, stop
         self.clock, self.wall, self.old_gcs_alive = clock, wall, old_gcs_alive
         self.name, self.watchers, self.fence = name, list(watchers), fence
@@ -48,8 +52,13 @@ class Campaign:
         self.gcs_address: Optional[str] = None
         self.transitions = self.renew_failures = 0
         self.acquired_at: Optional[float] = None
+        self.led_since = 0.0     # when this candidate last won the lease (monotonic)
         self.takeover_seconds: Optional[float] = None
         self.rejoin = False      # stepping down for a switchover: stand by again afterwards
+        self.stand_by_again = stand_by_again  # after a loss: stand by again instead of ending
+        self.settled = False     # has served or stood by under a leader (what a detached start reports)
+        self.backoff = Backoff()
+        self.hold_until = 0.0    # a standby back from a loss tries nothing before this (monotonic)
         self._next_quiet_log = 0.0
         self.role = Role.STANDBY
         self.outcome: Optional[Outcome] = None
@@ -114,7 +123,9 @@ class Campaign:
     def _pause(self) -> None:
         if self.outcome is not None:
             return
-        if self.role is Role.STANDBY:
+        if self.role is Role.STANDBY and self.clock() < self.hold_until:
+            self.stop.wait(self.hold_until - self.clock())
+        elif self.role is Role.STANDBY:
             self.store.wait_released(max(0.0, self.next_try - self.clock()), self.stop)
         elif self.role is Role.STEPPING_DOWN:
             time.sleep(HEAD_POLL)
@@ -128,7 +139,10 @@ class Campaign:
         if self.stop.is_set():
             self._forget_candidate()
             return self._finish(Outcome.STOPPED, Step.STOPPED, "stopped while standing by")
-        # 2. Try to take the lease; note who leads when we lose.
+        # 2. Back from a loss: wait out the backoff first.
+        if self.clock() < self.hold_until:
+            return Step.BACKING_OFF
+        # 3. Try to take the lease; note who leads when we lose.
         sent = self.next_try = self.clock()
         self.next_try += self.timing.retry_period
         try:
@@ -143,7 +157,7 @@ class Campaign:
             if attempt.ttl_ms > 0:  # Redis says when the lease runs out: try again right then
                 self.next_try = min(self.next_try, self.clock() + attempt.ttl_ms / 1000 + TTL_SLACK)
             return Step.STANDING_BY
-        # 3. Won. A stop that arrived meanwhile wins over starting anything.
+        # 4. Won. A stop that arrived meanwhile wins over starting anything.
         self._became_leader(attempt.epoch, sent)
         if self.stop.is_set():
             self._release()
@@ -240,12 +254,17 @@ class Campaign:
     def _rejoin(self) -> Step:
         """After a switchover: the tree is gone and the lease released; stand by again."""
         log.info("handed over from epoch %d; standing by again", self.epoch)
-        self.role, self.serving, self.rejoin = Role.STANDBY, False, False
-        self.leader, self.gcs_address, self.next_try = None, None, self.clock()
+        self._stand_by(hold=0.0)
         return Step.REJOINED
 
+    def _stand_by(self, hold: float) -> None:
+        """Hold nothing and stand by again, trying for the lease after `hold` seconds."""
+        self.role, self.serving, self.rejoin = Role.STANDBY, False, False
+        self.leader, self.gcs_address = None, None
+        self.next_try = self.hold_until = self.clock() + hold
+
     def _became_leader(self, epoch: int, sent: float) -> None:
-        self.epoch, self.renewed_at = epoch, sent
+        self.epoch, self.renewed_at, self.led_since = epoch, sent, sent
         self.acquired_at, self.leader, self.gcs_address = sent, self.name, None
         self.transitions += 1
         self._seen_leader = None
@@ -288,7 +307,7 @@ class Campaign:
         except STORE_ERRORS as exc:
             log.warning("could not write the leader record (will retry): %s", exc)
             return None
-        self.serving, self.gcs_address = True, address
+        self.serving, self.gcs_address, self.settled = True, address, True
         if self.acquired_at is not None:  # the first time this tenure: how long the takeover took
             self.takeover_seconds, self.acquired_at = self.clock() - self.acquired_at, None
         log.info("leader epoch %d: GCS serving at %s", self.epoch, address)
@@ -340,15 +359,23 @@ class Campaign:
         report_leftovers(self.head.stop(grace))
         if why is Step.DEADLINE_PASSED:
             self._release()
-        self._finish(Outcome.LOST, why, "leadership lost")
-        return why
+        return self._after_loss(why, Outcome.LOST, "leadership lost")
 
     def _head_died(self, why: str) -> Step:
         log.error("leader epoch %d: %s; killing what is left of the head", self.epoch, why)
         self._kill_all()
         self._release()
-        self._finish(Outcome.HEAD_DIED, Step.HEAD_DIED, "head died; lease released")
-        return Step.HEAD_DIED
+        return self._after_loss(Step.HEAD_DIED, Outcome.HEAD_DIED, "head died; lease released")
+
+    def _after_loss(self, step: Step, outcome: Outcome, message: str) -> Step:
+        """The tree is gone: end the campaign, or stand by again after a backoff (never silently drop out)."""
+        if not self.stand_by_again or self.stop.is_set() or not self.settled:
+            self._finish(outcome, step, message)  # unsettled: the detached start is still there to report it
+            return step
+        hold = self.backoff.after(self.clock() - self.led_since)
+        log.warning("%s; standing by again in %.0fs", message, hold)
+        self._stand_by(hold)
+        return step
 
     def _kill_all(self) -> None:
         report_leftovers(self.head.kill())
@@ -368,6 +395,7 @@ class Campaign:
         if attempt.holder is None:
             self.leader = ""
             return
+        self.settled = True
         seen = (attempt.holder.token, attempt.epoch)
         changed = seen != self._seen_leader
         if changed:

@@ -87,7 +87,7 @@ class HeadMode:
                            credentials=fence.credentials if fence else None, warm=warm)
             watchers: list[Watcher] = [dog, self._publisher(session, endpoint), hooks]
             self.campaign = Campaign(lease, head, plan.timing, session.stop, name=plan.identity.node_name,
-                                     watchers=watchers, fence=fence)
+                                     watchers=watchers, fence=fence, stand_by_again=plan.stand_by_again)
             return OUTCOME_CODES[self.campaign.run()]
         finally:
             if head:

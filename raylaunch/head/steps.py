@@ -59,6 +59,7 @@ class Step(enum.Enum):
     """What one tick did."""
 
     STANDING_BY = "standing-by"
+    BACKING_OFF = "backing-off"        # back from a loss, a standby waits out its backoff
     REDIS_DOWN = "redis-down"          # a standby could not reach Redis; it tries again
     REDIS_REFUSED = "redis-refused"    # a standby is refused by Redis until a setting changes
     ACQUIRED = "acquired"

@@ -28,7 +28,9 @@ def detach(plan: Plan, request: StartRequest, mode: Mode) -> int:
     claim_state(plan).close()
     plan.log_path.parent.mkdir(parents=True, exist_ok=True)
     offset = plan.log_path.stat().st_size if plan.log_path.exists() else 0
-    argv = [sys.executable, "-m", "raylaunch", "start", *request.ha_argv, *request.ray_args, "--block"]
+    after_loss = "standby" if plan.stand_by_again else "exit"  # decided here: the child runs with --block
+    argv = [sys.executable, "-m", "raylaunch", "start", *request.ha_argv, f"--ha-after-loss={after_loss}",
+            *request.ray_args, "--block"]
     with open(plan.log_path, "ab") as out:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True)
@@ -53,11 +55,11 @@ def echo_until_settled(plan: Plan, child: subprocess.Popen, offset: int) -> int:
                 _echo(log_file)
                 print(f"ray-ha: the supervisor exited with code {code}; see {plan.log_path}", file=sys.stderr)
                 return code or EXIT_RUNTIME
-            verdict, leading = _verdict_of(plan, child.pid)
+            line, leading = _verdict_of(plan, child.pid)
             leading_since = leading_since or (time.monotonic() if leading else None)
             timed_out = time.monotonic() > deadline
-            if verdict and (not leading or RAY_STARTED in shown or _past(leading_since, RAY_TEXT_GRACE) or timed_out):
-                return _settled(plan, child.pid, verdict, quiet_ray=leading and RAY_STARTED not in shown)
+            if line and (not leading or RAY_STARTED in shown or _past(leading_since, RAY_TEXT_GRACE) or timed_out):
+                return _settled(plan, child.pid, line, quiet_ray=leading and RAY_STARTED not in shown)
             if timed_out:
                 print(f"ray-ha: error: no outcome after {DETACH_WAIT:.0f}s; the supervisor (pid {child.pid}) "
                       f"keeps trying, see {plan.log_path}", file=sys.stderr)
@@ -66,24 +68,24 @@ def echo_until_settled(plan: Plan, child: subprocess.Popen, offset: int) -> int:
 
 def _verdict_of(plan: Plan, pid: int) -> tuple[Optional[str], bool]:
     found = [s.state for s in local_supervisors(plan.state_dir, plan.identity.node_name) if s.pid == pid]
-    return _verdict(found[0]) if found and found[0] is not None else (None, False)
+    return verdict(found[0]) if found and found[0] is not None else (None, False)
 
 
 def _past(since: Optional[float], seconds: float) -> bool:
     return since is not None and time.monotonic() - since > seconds
 
 
-def _settled(plan: Plan, pid: int, verdict: str, quiet_ray: bool) -> int:
+def _settled(plan: Plan, pid: int, line: str, quiet_ray: bool) -> int:
     """Report where the detached supervisor stands (exit 0)."""
     if quiet_ray:
         print(f"ray-ha: note: `ray start` has not said {RAY_STARTED!r} {RAY_TEXT_GRACE:.0f}s after its GCS "
               "began serving; reporting without it")
-    print(f"ray-ha: {verdict}")
+    print(f"ray-ha: {line}")
     print(f"ray-ha: supervisor pid {pid}, log {plan.log_path}; stop it with: ray-ha stop")
     return EXIT_OK
 
 
-def _verdict(state: SupervisorState) -> tuple[Optional[str], bool]:
+def verdict(state: SupervisorState) -> tuple[Optional[str], bool]:
     """A line for a settled supervisor state (None while it is on its way), and whether it leads."""
     if state.role == "leader" and state.serving:
         return f"leading as {state.node} (epoch {state.epoch}); GCS serving at {state.gcs_address}", True
