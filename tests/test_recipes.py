@@ -22,13 +22,22 @@ KEYS = Keys("ray-ha:default:leader")
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 
+BOOTSTRAP = {"cluster_name": "ray-ha-1", "auth": {"ssh_user": "ubuntu", "ssh_private_key": "~/ray_bootstrap_key.pem"}}
+
+
 @pytest.fixture
 def machine(fake_ray_env, tmp_path):
-    """An environment standing in for one head machine: ray-ha from bin/, the fake ray, its own dirs."""
+    """An environment standing in for one machine: ray-ha from bin/, the fake ray, its own dirs, and a home
+    with the files `ray up` copies to a head (the autoscaler's config, which names its key, and the key)."""
     def make(name, **extra):
+        home = tmp_path / name / "home"
+        if not home.exists():
+            home.mkdir(parents=True)
+            (home / "ray_bootstrap_config.yaml").write_text(json.dumps(BOOTSTRAP))
+            (home / "ray_bootstrap_key.pem").write_text("key")
         return {**fake_ray_env, "PATH": f"{ROOT / 'bin'}:{fake_ray_env['PATH']}", "RAY_HA_PYTHON": sys.executable,
                 "RAY_HA_NODE_NAME": name, "RAY_HA_TEST_NODE": name, "RAY_HA_RUN_DIR": str(tmp_path / name),
-                "RAY_TMPDIR": str(tmp_path / name / "tmp"), **extra}
+                "RAY_TMPDIR": str(tmp_path / name / "tmp"), "HOME": str(home), **extra}
     return make
 
 
@@ -39,46 +48,51 @@ def local(command: str, redis_address: str) -> str:
                                                                                "--ha-http-host=127.0.0.1"))
 
 
-def test_ray_up_head_commands_lead_on_one_machine_and_stand_by_on_another(machine, redis_server, leak_guard):
+def run_commands(commands, env, redis_address) -> str:
+    """Run a recipe's commands as `ray up` does, one shell each, on one machine; the last one's output."""
+    result = None
+    for command in commands:
+        result = subprocess.run(["bash", "-c", local(command, redis_address)], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_ray_up_candidates_differ_only_in_cluster_name_and_head_ip():
+    first, second = (yaml.safe_load((DOCS / name).read_text()) for name in ("ray-up.yaml", "ray-up-standby.yaml"))
+    assert first["cluster_name"] != second["cluster_name"], "one client-side state per candidate"
+    assert first["provider"]["head_ip"] != second["provider"]["head_ip"]
+    for cluster in (first, second):
+        del cluster["cluster_name"], cluster["provider"]["head_ip"]
+    assert first == second
+
+
+def test_ray_up_heads_lead_and_stand_by_and_workers_follow_and_a_rerun_touches_nothing(machine, redis_server,
+                                                                                      leak_guard):
     cluster = yaml.safe_load((DOCS / "ray-up.yaml").read_text())
-    commands = [local(c, redis_server.address) for c in cluster["head_start_ray_commands"]]
-    assert any("ray-ha start --head" in c and "--block" not in c for c in commands)
-    outputs = {}
-    for name in ("head-1", "head-2"):
-        env = machine(name)
-        for command in commands:
-            result = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=120)
-            assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
-        outputs[name] = result.stdout
-    assert "ray-ha: leading as head-1 (epoch 1)" in outputs["head-1"]
-    assert "ray-ha: standing by; leader is head-1 (epoch 1)" in outputs["head-2"]
-    for name in ("head-1", "head-2"):
+    heads, workers = cluster["head_start_ray_commands"], cluster["worker_start_ray_commands"]
+    assert any("ray-ha start --head" in c and "--block" not in c for c in heads)
+    assert not any("stop" in c for c in workers), "a new leader's autoscaler runs them on live workers"
+    assert "ray-ha: leading as head-1 (epoch 1)" in run_commands(heads, machine("head-1"), redis_server.address)
+    assert "ray-ha: standing by; leader is head-1 (epoch 1)" in run_commands(heads, machine("head-2"),
+                                                                            redis_server.address)
+    assert "ray-ha: following head-1 (epoch 1); worker joined" in run_commands(workers, machine("worker-1"),
+                                                                              redis_server.address)
+    again = run_commands(workers, machine("worker-1"), redis_server.address)
+    assert again.startswith("ray-ha: already following head-1 (epoch 1)"), again
+    for name in ("worker-1", "head-2", "head-1"):
         assert subprocess.run([ROOT / "bin" / "ray-ha", "stop"], env=machine(name), timeout=60).returncode == 0
     assert redis_server.client().get(KEY) is None
     assert tagged_processes(leak_guard) == []
 
 
-def test_ray_up_follow_workers_join_the_leader_and_stop_cleanly(machine, redis_server, leak_guard):
-    cluster = yaml.safe_load((DOCS / "ray-up-follow.yaml").read_text())
-    steps = [("head-1", cluster["head_start_ray_commands"]), ("worker-1", cluster["worker_start_ray_commands"])]
-    for name, commands in steps:
-        for command in commands:
-            result = subprocess.run(["bash", "-c", local(command, redis_server.address)], env=machine(name),
-                                    capture_output=True, text=True, timeout=120)
-            assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
-    assert "ray-ha: following head-1 (epoch 1); worker joined" in result.stdout
-    assert "--address" not in cluster["worker_start_ray_commands"][-1]
-    for name, _ in reversed(steps):
-        assert subprocess.run([ROOT / "bin" / "ray-ha", "stop"], env=machine(name), timeout=60).returncode == 0
-    assert tagged_processes(leak_guard) == []
-
-
-def test_ray_up_workers_outlive_a_failover():
+def test_a_ray_up_head_without_the_autoscalers_files_refuses_to_stand_by(machine, redis_server, leak_guard):
     cluster = yaml.safe_load((DOCS / "ray-up.yaml").read_text())
-    worker = next(c for c in cluster["worker_start_ray_commands"] if "ray start" in c)
-    timeout = float(next(w.split("=")[1] for w in shlex.split(worker.split(";")[-1])
-                         if w.startswith("RAY_gcs_rpc_server_reconnect_timeout_s=")))
-    assert timeout > Timing().lease_duration + 5, "worker reconnect timeout > lease + head start"
+    env = machine("head-1", HOME=str(machine("head-1")["HOME"]) + "-empty")
+    command = local(cluster["head_start_ray_commands"][-1], redis_server.address)
+    result = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "ray_bootstrap_config.yaml" in result.stderr, result.stderr
+    assert redis_server.client().get(KEY) is None and tagged_processes(leak_guard) == []
 
 
 def unit():
