@@ -237,14 +237,20 @@ def health(role: str, ha_node_name: Optional[str]) -> None:
 
 
 def _store_for(key: Optional[str], env_file: Optional[str], username: Optional[str], password: Optional[str]):
-    """The store of the cluster named by the environment (a RedisStore); nothing held."""
+    """The store of the cluster named by the environment, else by this machine's running supervisor (a
+    RedisStore); nothing held."""
     from raylaunch.config import settings_from
+    from raylaunch.local.peerenv import redis_of_local_supervisor
+    from raylaunch.local.state import run_dir
     from raylaunch.store.connect import target_from
     from raylaunch.store.redisstore import open_store
 
     load_env_file(env_file)
-    target = target_from(os.environ, username, password)
-    return open_store(target, settings_from(IDENTITY, {"key": key}, os.environ).key, 2.0)
+    env: dict[str, str] = dict(os.environ)
+    if "RAY_REDIS_ADDRESS" not in env:  # as under `ray up`: the start command alone said where Redis is
+        env.update(redis_of_local_supervisor(run_dir(env)))
+    target = target_from(env, username, password)
+    return open_store(target, settings_from(IDENTITY, {"key": key}, env).key, 2.0)
 
 
 @main.command("status", context_settings={"help_option_names": ["--help"]})

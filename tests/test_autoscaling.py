@@ -5,7 +5,7 @@ import json
 import pytest
 
 from raylaunch.config import ConfigError
-from raylaunch.head.autoscaling import check_autoscaling_files
+from raylaunch.proc.autoscaling import check_autoscaling_files
 
 
 @pytest.fixture

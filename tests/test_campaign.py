@@ -266,7 +266,7 @@ def test_head_death_kills_the_rest_then_releases(world):
 def rejoining(world):
     """The world with a campaign told to stand by again after a loss (a detached candidate)."""
     campaign, store, head, clock, stop, events = world
-    campaign.stand_by_again = True
+    campaign.after_loss.stand_by_again = True
     return world
 
 
@@ -299,7 +299,7 @@ def test_a_detached_candidate_that_lost_the_lease_stands_by_under_the_new_leader
 def test_the_rejoin_backoff_doubles_on_quick_deaths_and_starts_over_after_a_long_lead(rejoining):
     campaign, store, head, clock, stop, events = rejoining
     holds = []
-    campaign.settled = True
+    campaign.after_loss.settle()
     for _ in range(7):
         lead(campaign)
         head.why = "died"

@@ -60,8 +60,8 @@ def test_non_block_start_returns_as_leader_with_rays_guidance(detached, redis_se
 ])
 def test_detached_start_reports_only_settled_states(state, verdict):
     from raylaunch.local.state import SupervisorState
-    from raylaunch.start.detach import verdict
-    line, _ = verdict(SupervisorState(**{"node": "a", **state}))
+    from raylaunch.start.detach import verdict as verdict_of
+    line, _ = verdict_of(SupervisorState(**{"node": "a", **state}))
     assert (line is None) if verdict is None else line.startswith(verdict)
 
 
@@ -224,6 +224,24 @@ def test_status_shows_leader_standbys_history_and_local_roles(detached, ha_env, 
 def test_status_without_a_leader_exits_1(ha_env, tmp_path):
     result = ray_ha("status", env=ha_env, cwd=tmp_path)
     assert result.returncode == 1 and "no leader" in result.stdout
+
+
+def test_status_and_switchover_find_redis_through_the_local_supervisor(detached, ha_env, tmp_path):
+    """As under `ray up`, where only the start command says where Redis is."""
+    assert detached("a", "--ha-key=ray-ha:other:leader").returncode == 0
+    assert detached("b", "--ha-key=ray-ha:other:leader").returncode == 0
+    bare = {k: v for k, v in ha_env.items() if k != "RAY_REDIS_ADDRESS"}
+    result = ray_ha("status", "--json", env=bare, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["leader"]["node"] == "a", "the supervisors' Redis and lease key"
+    moved = ray_ha("switchover", "--to", "b", env=bare, cwd=tmp_path)
+    assert moved.returncode == 0 and "b leads (epoch 2)" in moved.stdout, moved.stdout + moved.stderr
+
+
+def test_status_without_redis_address_or_local_supervisor_says_so(ha_env, tmp_path):
+    bare = {k: v for k, v in ha_env.items() if k != "RAY_REDIS_ADDRESS"}
+    result = ray_ha("status", env=bare, cwd=tmp_path)
+    assert result.returncode == 2 and "RAY_REDIS_ADDRESS is not set" in result.stderr
 
 
 def test_status_with_redis_down_is_one_line(ha_env, tmp_path):

@@ -3,19 +3,18 @@
 Each tick is one short step that returns a Step the log and the tests can read. Rules it keeps:
 the head's tree is always gone before the lease is released; a leader that cannot confirm its lease
 within the renew deadline kills its head while the lease still stands for the others; nothing is
-started after a stop was asked for. A candidate told to `stand_by_again` (detached, as under `ray up`,
-where nothing restarts it) goes back to standing by after losing the lease or its head, after a backoff,
-once it has settled (served, or stood by under a leader): before that, the detached start reports the failure.
+started after a stop was asked for. After a loss it ends or stands by again (head.afterloss decides).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import suppress
 from typing import Callable, Optional, Sequence
 
-from raylaunch.backoff import Backoff
 from raylaunch.config import Timing
+from raylaunch.head.afterloss import AfterLoss
 from raylaunch.head.steps import HOLDING, Fence, Head, LeaseStore, Outcome, Role, Snapshot, Step, Watcher
 from raylaunch.logs import report_leftovers
 from raylaunch.proc.net import tcp_accepts
@@ -32,8 +31,7 @@ STORE_ERRORS = (RedisUnavailable, LeaseStoreError)
 #: A standby retries this long after the lease's remaining TTL, so it arrives just after expiry (s).
 TTL_SLACK = 0.005
 #: How often a leader waiting for the previous GCS says so, and a standby who leads (s).
-WAIT_LOG_EVERY = 60.0
-QUIET_LOG_EVERY = 60.0
+WAIT_LOG_EVERY = QUIET_LOG_EVERY = 60.0
 
 
 class Campaign:
@@ -55,23 +53,17 @@ class Campaign:
         self.led_since = 0.0     # when this candidate last won the lease (monotonic)
         self.takeover_seconds: Optional[float] = None
         self.rejoin = False      # stepping down for a switchover: stand by again afterwards
-        self.stand_by_again = stand_by_again  # after a loss: stand by again instead of ending
-        self.settled = False     # has served or stood by under a leader (what a detached start reports)
-        self.backoff = Backoff()
+        self.after_loss = AfterLoss(stand_by_again)
         self.hold_until = 0.0    # a standby back from a loss tries nothing before this (monotonic)
-        self._next_quiet_log = 0.0
+        self._next_quiet_log = self._next_wait_log = 0.0
         self.role = Role.STANDBY
         self.outcome: Optional[Outcome] = None
         self.epoch = 0
         self.renewed_at = 0.0   # when the last confirmed acquisition/renewal was *sent* (monotonic)
-        self.next_renew = 0.0
-        self.acquired_wall = 0.0
+        self.next_renew = self.acquired_wall = self.wait_until = self.stop_deadline = 0.0
         self.old_gcs: Optional[str] = None
-        self.wait_until = 0.0
-        self.stop_deadline = 0.0
         self.serving = False
         self.next_try = 0.0     # when a standby tries to acquire again (monotonic)
-        self._next_wait_log = 0.0
         self._seen_leader: Optional[tuple[str, int]] = None
         self.trouble = RedisTrouble(lambda: self.role.value, clock)
 
@@ -137,7 +129,8 @@ class Campaign:
     def _standby_step(self) -> Step:
         # 1. A standby holds nothing, so a stop request ends it at once.
         if self.stop.is_set():
-            self._forget_candidate()
+            with suppress(*STORE_ERRORS):  # else its heartbeat expires with the lease duration anyway
+                self.store.forget_candidate()
             return self._finish(Outcome.STOPPED, Step.STOPPED, "stopped while standing by")
         # 2. Back from a loss: wait out the backoff first.
         if self.clock() < self.hold_until:
@@ -227,16 +220,17 @@ class Campaign:
         if self.head.drained() or self.clock() >= self.stop_deadline:
             self._kill_all()
             self._release()
-            if self.rejoin and not self.stop.is_set():
-                return self._rejoin()
+            if self.rejoin and not self.stop.is_set():  # a switchover: stand by again at once
+                log.info("handed over from epoch %d; standing by again", self.epoch)
+                self._stand_by(hold=0.0)
+                return Step.REJOINED
             return self._finish(Outcome.STOPPED, Step.STOPPED, "head stopped; lease released")
         return Step.STOPPING
 
     # -- pieces of steps ------------------------------------------------------------------------
 
     def _begin_stop(self, why: str) -> Step:
-        log.info("leader epoch %d: %s; stopping the head (grace %.0fs)", self.epoch, why,
-                 self.timing.stop_grace)
+        log.info("leader epoch %d: %s; stopping the head (grace %.0fs)", self.epoch, why, self.timing.stop_grace)
         self.head.terminate()
         self.role, self.stop_deadline = Role.STEPPING_DOWN, self.clock() + self.timing.stop_grace
         return Step.SWITCHOVER if self.rejoin else Step.STOPPING
@@ -250,12 +244,6 @@ class Campaign:
             return False
         self.rejoin = bool(request and request.source == self.name and request.epoch == self.epoch)
         return self.rejoin
-
-    def _rejoin(self) -> Step:
-        """After a switchover: the tree is gone and the lease released; stand by again."""
-        log.info("handed over from epoch %d; standing by again", self.epoch)
-        self._stand_by(hold=0.0)
-        return Step.REJOINED
 
     def _stand_by(self, hold: float) -> None:
         """Hold nothing and stand by again, trying for the lease after `hold` seconds."""
@@ -307,7 +295,8 @@ class Campaign:
         except STORE_ERRORS as exc:
             log.warning("could not write the leader record (will retry): %s", exc)
             return None
-        self.serving, self.gcs_address, self.settled = True, address, True
+        self.serving, self.gcs_address = True, address
+        self.after_loss.settle()
         if self.acquired_at is not None:  # the first time this tenure: how long the takeover took
             self.takeover_seconds, self.acquired_at = self.clock() - self.acquired_at, None
         log.info("leader epoch %d: GCS serving at %s", self.epoch, address)
@@ -369,17 +358,15 @@ class Campaign:
 
     def _after_loss(self, step: Step, outcome: Outcome, message: str) -> Step:
         """The tree is gone: end the campaign, or stand by again after a backoff (never silently drop out)."""
-        if not self.stand_by_again or self.stop.is_set() or not self.settled:
-            self._finish(outcome, step, message)  # unsettled: the detached start is still there to report it
-            return step
-        hold = self.backoff.after(self.clock() - self.led_since)
+        hold = self.after_loss.hold(self.clock() - self.led_since, stopping=self.stop.is_set())
+        if hold is None:
+            return self._finish(outcome, step, message)
         log.warning("%s; standing by again in %.0fs", message, hold)
         self._stand_by(hold)
         return step
 
     def _kill_all(self) -> None:
         report_leftovers(self.head.kill())
-
 
     def _release(self) -> None:
         """Release (compare-and-set) so a standby takes over now; on failure the lease simply expires."""
@@ -395,7 +382,7 @@ class Campaign:
         if attempt.holder is None:
             self.leader = ""
             return
-        self.settled = True
+        self.after_loss.settle()
         seen = (attempt.holder.token, attempt.epoch)
         changed = seen != self._seen_leader
         if changed:
@@ -404,12 +391,6 @@ class Campaign:
         if changed or self.clock() >= self._next_quiet_log:
             self._next_quiet_log = self.clock() + QUIET_LOG_EVERY
             log.info("standing by; leader is %s, epoch %d", describe(attempt.holder), attempt.epoch)
-
-    def _forget_candidate(self) -> None:
-        try:
-            self.store.forget_candidate()
-        except STORE_ERRORS:
-            pass  # the heartbeat expires with the lease duration anyway
 
     def _finish(self, outcome: Outcome, step: Step, message: str) -> Step:
         self.outcome, self.role = outcome, Role.DONE

@@ -69,3 +69,4 @@ def _probe(sup: LocalSupervisor, role: str) -> tuple[bool, str]:
         return False, f"{who}: supervisor state is stale (loop stuck or frozen?)"
     ok, why = sup.state.health(role, gcs_probe)
     return ok, f"{who}: {why}"
+
