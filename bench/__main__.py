@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from bench import hosts, scenarios
+from bench import hosts, rayup, scenarios
 from bench.rig import Poller, Round
 
 Figure = Union[float, dict]
@@ -34,6 +34,7 @@ SCENARIOS: dict[str, Callable[..., Figure]] = {
     "follower-rejoin-hosts": hosts.follower_rejoin_hosts,
     "follower-relay-hosts": hosts.follower_relay_hosts,
     "follower-restart-hosts": hosts.follower_restart_hosts,
+    "ray-up-hosts": rayup.ray_up_hosts,
 }
 #: Scenarios laid out on rig hosts (bench/hosts.py): each round builds its own hosts and poller.
 ON_HOSTS = frozenset({"crash-failover-hosts", "follower-rejoin-hosts", "follower-relay-hosts",
@@ -46,6 +47,7 @@ TARGETS: dict[str, Callable[[float, float], float]] = {
     "graceful-handover": lambda lease, base: 0.5 + 1.10 * base,
     "gcs-crash": lambda lease, base: 1.0 + 1.10 * base,
     "follower-relay-hosts": lambda lease, base: lease + 1.5 * base,
+    "ray-up-hosts": lambda lease, base: lease + 1.5 * base,
 }
 
 
@@ -56,7 +58,8 @@ def run(rounds: int, lease: float, only: list[str], log: Callable[[str], None]) 
     try:
         for i in range(rounds):
             for name in only:
-                rnd = hosts.HostsRound(lease) if name in ON_HOSTS else Round(poller, lease)
+                rnd = (rayup.RayUpRound(lease) if name == "ray-up-hosts" else hosts.HostsRound(lease)
+                       if name in ON_HOSTS else Round(poller, lease))
                 try:
                     figure = SCENARIOS[name](rnd)
                 finally:

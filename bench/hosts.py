@@ -123,14 +123,14 @@ def _follower_failover(rnd: HostsRound, relay: bool) -> dict[str, float]:
     w1, h1, h2 = (rnd.rig.hosts[n] for n in ("w1", "h1", "h2"))
     created = drive_at(w1, "auto", "worker-create")
     drive_at(w1, "auto", "pinned")  # w1 has run a task before: an idle worker process waits, as on a busy node
-    new_driver = _probe(h2, f"{h2.ip}:{GCS_PORT}", h1.ip)
-    resident = _probe(w1, "auto", h1.ip) if relay else None
+    new_driver = probe(h2, f"{h2.ip}:{GCS_PORT}", h1.ip)
+    resident = probe(w1, "auto", h1.ip) if relay else None
     killed = now()
     h1.kill_all()
     if resident:
-        _go(resident)
+        go(resident)
     served = rnd.answered("h2")
-    _go(new_driver)
+    go(new_driver)
     seen = read_json_line(new_driver.proc.stdout, 300)
     on_w1 = read_json_line(resident.proc.stdout, 300) if resident else {}
     if "task" not in seen or (resident and "task" not in on_w1):
@@ -153,18 +153,20 @@ def _follower_failover(rnd: HostsRound, relay: bool) -> dict[str, float]:
     return figures
 
 
-def _probe(host, address: str, old_ip: str):
-    probe = host.popen([sys.executable, str(ROOT / "bench" / "worker_probe.py"), address, old_ip],
+def probe(host, address: str, old_ip: str):
+    """bench/worker_probe.py on `host` at `address`, ready (Ray imported, connected if `auto`)."""
+    started = host.popen([sys.executable, str(ROOT / "bench" / "worker_probe.py"), address, old_ip],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                        env=clean_env(**(RELAY_ENV if address == "auto" else {})))  # as the README advises
-    if read_line(probe.proc.stdout, 120) != b"ready":
+    if read_line(started.proc.stdout, 120) != b"ready":
         raise RuntimeError(f"the probe on {host.name} did not start")
-    return probe
+    return started
 
 
-def _go(probe) -> None:
-    probe.proc.stdin.write(b"go\n")
-    probe.proc.stdin.flush()
+def go(started) -> None:
+    """Tell a probe from `probe` to begin."""
+    started.proc.stdin.write(b"go\n")
+    started.proc.stdin.flush()
 
 
 def relay_cost(lease: float, rounds: int, tasks: int = 1000, gets: int = 2000) -> list[str]:
