@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -73,7 +73,7 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
     build = build_worker_command if request.follow else build_head_command
     command = build(ray_exe, args, version, timing.effective_reconnect_timeout, env)
     if not request.follow:
-        check_autoscaling_files(args)
+        command = replace(command, warnings=command.warnings + check_autoscaling_files(args, env))
     target = target_from(env, option_value(args, "--redis-username"), option_value(args, "--redis-password"))
     temp_dir = Path(option_value(args, "--temp-dir") or ray_temp_dir(env))
     return Plan(command=command, target=target, identity=identity, timing=timing, reporting=reporting,

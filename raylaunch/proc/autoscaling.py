@@ -6,28 +6,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from raylaunch.config import ConfigError
+from raylaunch.config import TRUTHY, ConfigError
 from raylaunch.proc.raycmd import option_value
 
 HINT = "`ray up` copies it only to its head_ip: run `ray up` once per candidate (README, `ray up`)"
 
 
-def check_autoscaling_files(ray_args: Sequence[str]) -> None:
-    """ConfigError (one line) if --autoscaling-config, or the SSH key it names, is not on this machine."""
+def check_autoscaling_files(ray_args: Sequence[str], env: Mapping[str, str]) -> tuple[str, ...]:
+    """ConfigError (one line) if --autoscaling-config, or the SSH key it names, is not on this machine;
+    else warnings about the autoscaler this candidate would run."""
     given = option_value(ray_args, "--autoscaling-config")
     if not given:
-        return
+        return ()
     path = Path(given).expanduser()
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"--autoscaling-config {given}: {exc.strerror or exc}; {HINT}") from None
-    key = _auth(_parse(text)).get("ssh_private_key")
+    config = _parse(text)
+    key = _section(config, "auth").get("ssh_private_key")
     if isinstance(key, str) and not Path(key).expanduser().is_file():
         raise ConfigError(f"--autoscaling-config {given} names the SSH key {key}, which is not on this machine; "
                           f"{HINT}")
+    if _section(config, "provider").get("type") == "local" and \
+            env.get("RAY_enable_autoscaler_v2", "").strip().lower() in TRUTHY:
+        return ("the autoscaler will run as v2 (RAY_enable_autoscaler_v2, `ray up`'s default since Ray 2.50), "
+                "which launched no local-provider worker on Ray 2.60: run `ray up` with RAY_UP_enable_autoscaler_v2=0",)
+    return ()
 
 
 def _parse(text: str) -> Any:
@@ -46,6 +53,6 @@ def _parse(text: str) -> Any:
         return {}
 
 
-def _auth(config: Any) -> dict:
-    auth = config.get("auth") if isinstance(config, dict) else None
-    return auth if isinstance(auth, dict) else {}
+def _section(config: Any, name: str) -> dict:
+    section = config.get(name) if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else {}
