@@ -35,8 +35,7 @@ class RayUpRound:
 def ray_up_hosts(rnd: RayUpRound) -> dict[str, float]:
     """`ray up` of both candidates, a detached actor on the autoscaler's worker, kill -9 of the leader's
     machine -> the new leader's record, then a driver on w1 (connected before the kill) gets the actor's
-    answer with its state and runs a task on w1 (total); the new leader's autoscaler may rerun w1's
-    commands, which must change nothing."""
+    answer with its state and runs a task on w1 (total)."""
     up = rnd.up
     up.up("h1")
     deadline = time.monotonic() + 180

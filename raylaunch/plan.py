@@ -13,7 +13,7 @@ from typing import Mapping, Optional
 
 from raylaunch.config import (FOLLOWING, IDENTITY, REPORTING, SAFETY, TIMING, ConfigError, Identity, Reporting,
                               Safety, Timing, settings_from)
-from raylaunch.proc.autoscaling import check_autoscaling_files
+from raylaunch.proc.autoscaling import LocalCluster, read_autoscaling
 from raylaunch.local.state import run_dir
 from raylaunch.proc.net import split_host_port
 from raylaunch.proc.raycmd import REWRITTEN_HOSTS, RayCommand, build_head_command, build_worker_command, option_value
@@ -58,6 +58,7 @@ class Plan:
     follow: bool = False  # a follower: command is a worker's `ray start`
     relay: Optional[RelayBind] = RelayBind()  # a follower's relay; None: --ha-relay=off
     stand_by_again: bool = False  # a candidate stands by again after a loss instead of exiting
+    local_cluster: Optional[LocalCluster] = None  # `ray up`'s local provider: its node list is carried
 
 
 def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Plan:
@@ -72,8 +73,9 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
     version = ray_version(ray_exe)
     build = build_worker_command if request.follow else build_head_command
     command = build(ray_exe, args, version, timing.effective_reconnect_timeout, env)
-    if not request.follow:
-        command = replace(command, warnings=command.warnings + check_autoscaling_files(args, env))
+    autoscaling = read_autoscaling(args, env, Path(ray_temp_dir(env))) if not request.follow else None
+    if autoscaling:
+        command = replace(command, warnings=command.warnings + autoscaling.warnings)
     target = target_from(env, option_value(args, "--redis-username"), option_value(args, "--redis-password"))
     temp_dir = Path(option_value(args, "--temp-dir") or ray_temp_dir(env))
     return Plan(command=command, target=target, identity=identity, timing=timing, reporting=reporting,
@@ -81,7 +83,8 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
                 log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log",
                 warm_python=warm_python(ray_exe, version) if safety.prewarm and not request.follow else None,
                 follow=request.follow, relay=relay,
-                stand_by_again=stands_by_again(safety.after_loss, "--block" in args))
+                stand_by_again=stands_by_again(safety.after_loss, "--block" in args),
+                local_cluster=autoscaling.local if autoscaling else None)
 
 
 def stands_by_again(after_loss: str, block: bool) -> bool:

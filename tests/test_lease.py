@@ -176,6 +176,15 @@ def test_record_is_written_only_by_the_holder(redis_server):
     assert (record.node, record.gcs_address, record.epoch, record.since) == ("a", "127.0.1.1:6379", 1, 100.0)
 
 
+def test_the_provider_node_list_is_kept_only_by_the_holder_and_read_by_anyone(redis_server):
+    a, b = make_lease(redis_server, "a"), make_lease(redis_server, "b")
+    assert b.read_provider_nodes() is None
+    assert a.try_acquire().won
+    assert a.write_provider_nodes('{"10.0.0.21": {}}')
+    assert not b.write_provider_nodes('{"stale": {}}'), "a standby or a deposed leader writes nothing"
+    assert b.read_provider_nodes() == '{"10.0.0.21": {}}'
+
+
 @pytest.mark.parametrize("candidates", [2, 5])
 def test_candidates_never_hold_the_lease_together(redis_server, candidates):
     """Each winner holds briefly, verifying ownership, then releases; holders never overlap."""

@@ -14,6 +14,7 @@ from typing import Mapping, Optional
 from raylaunch.config import EXIT_HEAD_DIED, EXIT_LOST, EXIT_OK, EXIT_RUNTIME
 from raylaunch.head.campaign import Campaign
 from raylaunch.head.hooks import Hooks
+from raylaunch.head.provider import NodeListCarrier
 from raylaunch.head.rayhead import RayHead
 from raylaunch.head.steps import Outcome, Snapshot, Step, Watcher
 from raylaunch.head.watchdog import Watchdog
@@ -86,6 +87,8 @@ class HeadMode:
             head = RayHead(plan.command, plan.node_ip, spare=lambda: hooks.pids() | dog.pids(),
                            credentials=fence.credentials if fence else None, warm=warm)
             watchers: list[Watcher] = [dog, self._publisher(session, endpoint), hooks]
+            if plan.local_cluster:
+                watchers.append(NodeListCarrier(lease, plan.local_cluster))
             self.campaign = Campaign(lease, head, plan.timing, session.stop, name=plan.identity.node_name,
                                      watchers=watchers, fence=fence, stand_by_again=plan.stand_by_again)
             return OUTCOME_CODES[self.campaign.run()]

@@ -5,8 +5,9 @@ with it, so a candidate refuses to stand by without them."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from raylaunch.config import TRUTHY, ConfigError
 from raylaunch.proc.raycmd import option_value
@@ -14,12 +15,30 @@ from raylaunch.proc.raycmd import option_value
 HINT = "`ray up` copies it only to its head_ip: run `ray up` once per candidate (README, `ray up`)"
 
 
-def check_autoscaling_files(ray_args: Sequence[str], env: Mapping[str, str]) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class LocalCluster:
+    """A local-provider cluster as its autoscaler on this machine sees it: the file where Ray keeps its
+    node list (`<ray temp dir>/cluster-<name>.state`), and the head and worker addresses of its config."""
+
+    state_path: Path
+    head_ip: str
+    worker_ips: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """What a head candidate learnt from its --autoscaling-config: warnings, and its local cluster if any."""
+
+    warnings: tuple[str, ...] = ()
+    local: Optional[LocalCluster] = None
+
+
+def read_autoscaling(ray_args: Sequence[str], env: Mapping[str, str], ray_tmp: Path) -> Autoscaling:
     """ConfigError (one line) if --autoscaling-config, or the SSH key it names, is not on this machine;
-    else warnings about the autoscaler this candidate would run."""
+    else what the autoscaler this candidate would run needs ray-ha to know (`ray_tmp`: Ray's temp dir)."""
     given = option_value(ray_args, "--autoscaling-config")
     if not given:
-        return ()
+        return Autoscaling()
     path = Path(given).expanduser()
     try:
         text = path.read_text()
@@ -30,11 +49,22 @@ def check_autoscaling_files(ray_args: Sequence[str], env: Mapping[str, str]) -> 
     if isinstance(key, str) and not Path(key).expanduser().is_file():
         raise ConfigError(f"--autoscaling-config {given} names the SSH key {key}, which is not on this machine; "
                           f"{HINT}")
-    if _section(config, "provider").get("type") == "local" and \
-            env.get("RAY_enable_autoscaler_v2", "").strip().lower() in TRUTHY:
-        return ("the autoscaler will run as v2 (RAY_enable_autoscaler_v2, `ray up`'s default since Ray 2.50), "
-                "which launched no local-provider worker on Ray 2.60: run `ray up` with RAY_UP_enable_autoscaler_v2=0",)
-    return ()
+    provider = _section(config, "provider")
+    if provider.get("type") != "local":
+        return Autoscaling()
+    warnings = ()
+    if env.get("RAY_enable_autoscaler_v2", "").strip().lower() in TRUTHY:
+        warnings = ("the autoscaler will run as v2 (RAY_enable_autoscaler_v2, `ray up`'s default since Ray 2.50), "
+                    "which launched no local-provider worker on Ray 2.60: run `ray up` with "
+                    "RAY_UP_enable_autoscaler_v2=0",)
+    return Autoscaling(warnings, _local_cluster(config, provider, ray_tmp))
+
+
+def _local_cluster(config: dict, provider: dict, ray_tmp: Path) -> Optional[LocalCluster]:
+    name, head, workers = config.get("cluster_name"), provider.get("head_ip"), provider.get("worker_ips")
+    if not (isinstance(name, str) and isinstance(head, str) and isinstance(workers, list)):
+        return None  # a coordinator-managed local provider, or not a config `ray up` wrote
+    return LocalCluster(ray_tmp / f"cluster-{name}.state", head, tuple(str(ip) for ip in workers))
 
 
 def _parse(text: str) -> Any:

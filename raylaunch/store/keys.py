@@ -54,6 +54,11 @@ class Keys:
         """A name ray-ha never sets: the start check's harmless write."""
         return f"{self.lease}:probe"
 
+    @property
+    def provider(self) -> str:
+        """The local node provider's worker list, kept by the leader for the next (`ray up`)."""
+        return f"{self.lease}:provider"
+
     def candidate(self, node: str) -> str:
         return f"{self.lease}:candidate:{node}"
 
@@ -73,4 +78,4 @@ class Keys:
     def types(self) -> dict[str, str]:
         """The keys ray-ha keeps, each with the Redis type it must have if it exists."""
         return {self.lease: "string", self.epoch: "string", self.record: "string", self.history: "list",
-                self.switchover: "string", self.grant: "hash"}
+                self.switchover: "string", self.grant: "hash", self.provider: "string"}

@@ -20,7 +20,7 @@ from raylaunch.store.errors import ReplicasBehind
 from raylaunch.store.keys import Keys
 from raylaunch.store.records import Attempt, StandbyHeartbeat, Holder, Record, Switchover
 from raylaunch.store.redisstore import RedisStore
-from raylaunch.store.scripts import ACQUIRE, HISTORY_LENGTH, RELEASE, RENEW, WRITE_RECORD
+from raylaunch.store.scripts import ACQUIRE, HISTORY_LENGTH, RELEASE, RENEW, WRITE_IF_OURS, WRITE_RECORD
 
 T = TypeVar("T")
 
@@ -40,6 +40,7 @@ class RedisLease:
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
         self._write_record = client.register_script(WRITE_RECORD)
+        self._write_if_ours = client.register_script(WRITE_IF_OURS)
         self._pubsub: Optional[redis.client.PubSub] = None
         self.seen_epoch = 0  # the highest epoch any reply has shown us: a floor for the next one we take
 
@@ -76,6 +77,15 @@ class RedisLease:
         """The last leader's record, or None if none was written."""
         return Record.decode(self._guard(lambda: cast(Optional[str], self.client.get(self.keys.record))))
 
+    def write_provider_nodes(self, text: str) -> bool:
+        """Keep the local node provider's worker list (JSON) for the next leader; False if not ours."""
+        return self._guard(lambda: self._write_if_ours(keys=[self.key, self.keys.provider],
+                                                       args=[self.me.value, text]) == 1)
+
+    def read_provider_nodes(self) -> Optional[str]:
+        """The worker list the last leader kept, or None."""
+        return self._guard(lambda: cast(Optional[str], self.client.get(self.keys.provider)))
+
     def switchover_request(self) -> Optional[Switchover]:
         """The pending planned handover, if any (the leader checks it once per renewal)."""
         return Switchover.decode(self._guard(lambda: cast(Optional[str], self.client.get(self.keys.switchover))))
@@ -105,7 +115,7 @@ class RedisLease:
 
     def _do_check(self) -> None:
         self.store.check()
-        for script in (self._acquire, self._renew, self._release, self._write_record):
+        for script in (self._acquire, self._renew, self._release, self._write_record, self._write_if_ours):
             self.client.script_load(script.script)  # fails here, not mid-campaign, without Lua
 
     def _do_try_acquire(self) -> Attempt:

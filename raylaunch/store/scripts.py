@@ -91,6 +91,16 @@ end
 return 0
 """
 
+# KEYS[1] lease key, KEYS[2] a key the leader keeps; ARGV[1] our value, ARGV[2] the text. Sets it only
+# while the lease is ours. Returns 1 if written, 0 if not ours.
+WRITE_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
 # KEYS: ray-ha's keys of one lease, the last a name it never sets. Returns the type of each key but the
 # last, after one harmless write (DEL of that last key): a read-only replica refuses the write, a
 # cluster refuses keys in different hash slots, an ACL user without access to them is refused. The
