@@ -14,7 +14,7 @@ from typing import Mapping, Optional
 from raylaunch.config import (FOLLOWING, IDENTITY, REPORTING, SAFETY, TIMING, ConfigError, Identity, Reporting,
                               Safety, Timing, settings_from)
 from raylaunch.local.state import run_dir
-from raylaunch.proc.autoscaling import LocalCluster, read_autoscaling
+from raylaunch.proc.autoscaling import Autoscaling, LocalCluster, read_autoscaling
 from raylaunch.proc.net import split_host_port
 from raylaunch.proc.raycmd import REWRITTEN_HOSTS, RayCommand, build_head_command, build_worker_command, option_value
 from raylaunch.proc.rayexe import find_ray, ray_version, warm_python
@@ -73,9 +73,8 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
     version = ray_version(ray_exe)
     build = build_worker_command if request.follow else build_head_command
     command = build(ray_exe, args, version, timing.effective_reconnect_timeout, env)
-    autoscaling = read_autoscaling(args, env, Path(ray_temp_dir(env))) if not request.follow else None
-    if autoscaling is not None:
-        command = replace(command, warnings=command.warnings + autoscaling.warnings)
+    autoscaling = read_autoscaling(args, env, Path(ray_temp_dir(env))) if not request.follow else Autoscaling()
+    command = replace(command, warnings=command.warnings + autoscaling.warnings)
     target = target_from(env, option_value(args, "--redis-username"), option_value(args, "--redis-password"))
     temp_dir = Path(option_value(args, "--temp-dir") or ray_temp_dir(env))
     return Plan(command=command, target=target, identity=identity, timing=timing, reporting=reporting,
@@ -84,7 +83,7 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
                 warm_python=warm_python(ray_exe, version) if safety.prewarm and not request.follow else None,
                 follow=request.follow, relay=relay,
                 stand_by_again=stands_by_again(safety.after_loss, "--block" in args),
-                local_cluster=autoscaling.local if autoscaling is not None else None)
+                local_cluster=autoscaling.local)
 
 
 def stands_by_again(after_loss: str, block: bool) -> bool:

@@ -35,7 +35,6 @@ class SshHosts:
         (self.dir / "group").write_text("".join(line for line in Path("/etc/group").read_text().splitlines(True)
                                                 if not line.startswith("tty:")) + f"{USER}:x:{UID}:\n")
         self.bashrc = "".join(f"export {k}={_quote(v)}\n" for k, v in env.items())
-        self.servers: dict[str, HostProcess] = {}
 
     @property
     def key(self) -> Path:
@@ -63,7 +62,6 @@ class SshHosts:
             server = host.popen(["unshare", "--user", f"--map-user={UID}", f"--map-group={UID}", "/usr/sbin/sshd",
                                  "-D", "-e", "-f", str(self.dir / f"{host.name}.conf")],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.servers[host.name] = server
         return server
 
     def log_path(self, host: Host) -> Path:

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from conftest import FAST_TIMING, fake_ray_events, tagged_processes
+from conftest import FAST_TIMING, fake_ray_events, tagged_processes, wait_for
 from raylaunch.store.keys import Keys
 
 KEYS = Keys("ray-ha:default:leader")
@@ -108,13 +108,6 @@ def detached_supervisor(name):
     return found[0]
 
 
-def wait_for(what, condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} within {timeout:g}s"
-        time.sleep(0.1)
-
-
 def test_a_detached_leader_whose_head_died_cleans_up_and_campaigns_again(detached, redis_server, tmp_path,
                                                                         leak_guard):
     assert detached("a").returncode == 0
@@ -122,9 +115,10 @@ def test_a_detached_leader_whose_head_died_cleans_up_and_campaigns_again(detache
     first_gcs = next(p for p in supervisor.children(recursive=True) if p.name() == "gcs_server")
     first_gcs.kill()
     log = tmp_path / "ray" / "ray-ha" / "a.log"
-    wait_for("stand-by line", lambda: "head died; lease released; standing by again in 1s" in log.read_text())
+    wait_for(lambda: "head died; lease released; standing by again in 1s" in log.read_text(), 30, 0.1,
+             what="the stand-by line")
     record = lambda: json.loads(redis_server.client().get(f"{KEY}:record") or "{}")
-    wait_for("second tenure", lambda: record().get("epoch") == 2)
+    wait_for(lambda: record().get("epoch") == 2, 30, 0.1, what="a second tenure")
     assert supervisor.is_running(), "the same supervisor: a detached candidate never drops out"
     gcs = [p for p in supervisor.children(recursive=True) if p.name() == "gcs_server"]
     assert len(gcs) == 1 and gcs[0].pid != first_gcs.pid, "one new head, nothing of the old one"

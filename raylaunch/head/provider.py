@@ -29,7 +29,8 @@ class NodeListStore(Protocol):
 
 class NodeListCarrier:
     """A campaign watcher: on winning, restore the workers' entries before the head starts; while
-    serving, keep them in Redis whenever Ray's file changes."""
+    serving, right after each renewal (Redis just answered; once per retry period, not every tick),
+    keep them in Redis if Ray's file changed."""
 
     def __init__(self, store: NodeListStore, cluster: LocalCluster) -> None:
         self.store, self.cluster = store, cluster
@@ -39,7 +40,7 @@ class NodeListCarrier:
         try:
             if snapshot.step is Step.ACQUIRED:
                 self.restore()
-            elif snapshot.serving:
+            elif snapshot.serving and snapshot.step is Step.RENEWED:
                 self.keep()
         except ERRORS as exc:
             log.warning("the node provider's list (%s) was not carried: %s", self.cluster.state_path, exc)
