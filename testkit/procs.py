@@ -23,6 +23,14 @@ def tagged_processes(tag: str) -> list[psutil.Process]:
     return found
 
 
+def describe(proc: psutil.Process) -> str:
+    """One line naming a process for a leak report: pid, state, parent, command line."""
+    try:
+        return f"{proc.pid} {proc.status()} ppid={proc.ppid()} {' '.join(proc.cmdline())[:160]}"
+    except psutil.Error as exc:
+        return f"{proc.pid} ({type(exc).__name__})"
+
+
 def kill(proc: psutil.Process) -> None:
     """SIGKILL one process; one already gone is fine."""
     try:

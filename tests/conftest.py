@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from testkit.localredis import LocalRedis, free_port  # noqa: F401  (free_port: for tests)
-from testkit.procs import TAG_VAR, tagged_processes  # noqa: F401  (for tests)
+from testkit.procs import TAG_VAR, describe, kill_tree, tagged_processes  # noqa: F401  (for tests)
 from testkit.hosts import Rig, RigUnavailable
 from testkit.published import published_gcs_addresses, strays
 from redisbins import VERSIONS as REDIS_VERSIONS, binary as redis_binary
@@ -101,6 +101,7 @@ def leak_guard() -> Iterator[str]:
     tag = uuid.uuid4().hex
     yield tag
     leftovers = tagged_processes(tag)
+    described = [describe(p) for p in leftovers]
     for proc in leftovers:
         try:
             proc.send_signal(signal.SIGKILL)
@@ -108,8 +109,7 @@ def leak_guard() -> Iterator[str]:
             pass
     psutil.wait_procs(leftovers, timeout=10)
     if leftovers:
-        names = ", ".join(f"{p.pid}" for p in leftovers)
-        pytest.fail(f"processes left behind: {names}")
+        pytest.fail(f"processes left behind: {'; '.join(described)}")
 
 
 @pytest.fixture
@@ -176,13 +176,8 @@ class Launcher:
             return []
 
     def kill_tree(self) -> None:
-        """kill -9 of the launcher and everything under it, at once."""
-        victims = self.descendants()
-        for proc in [psutil.Process(self.pid), *victims]:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
+        """kill -9 of the launcher and everything under it, at once; returns once all of them are gone."""
+        kill_tree(self.pid)
         self.proc.wait(10)
 
 
