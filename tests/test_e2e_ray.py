@@ -19,6 +19,8 @@ import pytest
 
 from conftest import TAG_VAR, Launcher, LaunchPad, tagged_processes, wait_for
 from raylaunch.store.keys import Keys
+from raylaunch.store.raysession import read_session_name
+from raylaunch.store.redisstore import RedisStore
 from testkit.localredis import free_port
 from rediscluster import LocalCluster
 
@@ -59,8 +61,8 @@ def ray_pad(redis_address, leak_guard, tmp_path):
     shutil.rmtree(short, ignore_errors=True)
 
 
-def gcs_address(redis_server) -> str:
-    return json.loads(redis_server.client().get(f"{KEY}:record"))["gcs_address"]
+def gcs_address(redis_server, key: str = KEY) -> str:
+    return json.loads(redis_server.client().get(f"{key}:record"))["gcs_address"]
 
 
 def drive(env, address: str, action: str) -> dict:
@@ -123,10 +125,17 @@ def test_crash_failover_on_a_one_shard_cluster_mode_redis(leak_guard, tmp_path):
 
 
 def test_a_prewarmed_standby_becomes_the_head_in_its_waiting_interpreter(ray_launch, redis_server, leak_guard):
-    leader = ray_launch("a")
+    """...and is handed the cluster's session name, read from the GCS's own key in Redis (a namespace of
+    the user's choice here, as KubeRay sets), so Ray's head resumes it without reading it again."""
+    namespace = {"RAY_external_storage_namespace": "ns-e2e"}
+    leader = ray_launch("a", env=namespace)
     leader.wait_log("GCS serving", timeout=90)
-    standby = ray_launch("b", "--ha-prewarm=on")
+    standby = ray_launch("b", "--ha-prewarm=on", env=namespace)
     standby.wait_log("standing by; leader is a", timeout=60)
+    keys = Keys("ray-ha:ns-e2e:leader")  # ray-ha's lease follows the namespace too
+    before = drive(ray_launch.env, gcs_address(redis_server, keys.lease), "create")
+    store = RedisStore(redis_server.client(), keys)
+    assert read_session_name(store, "ns-e2e") == before["session"], "ray-ha reads the key Ray's head reads"
     wait_for(lambda: any("prewarm.py" in " ".join(p.cmdline()) for p in standby.descendants()), 30,
              what="a warm interpreter")
     warm = next(p for p in standby.descendants() if "prewarm.py" in " ".join(p.cmdline()))
@@ -136,10 +145,11 @@ def test_a_prewarmed_standby_becomes_the_head_in_its_waiting_interpreter(ray_lau
     leader.kill_tree()
     standby.wait_log("GCS serving", timeout=90)
     took = time.monotonic() - killed_at
-    assert f"handed to the pre-warmed interpreter (pid {warm.pid})" in standby.log()
+    assert f"handed to the pre-warmed interpreter (pid {warm.pid}), resuming {before['session']}" in standby.log()
     gcs = next(p for p in standby.descendants() if p.name() == "gcs_server")
     assert warm.pid in [p.pid for p in gcs.parents()], "the warm interpreter runs the head's tree"
-    assert drive(ray_launch.env, gcs_address(redis_server), "create")["value"] == 1
+    after = drive(ray_launch.env, gcs_address(redis_server, keys.lease), "get")
+    assert after["session"] == before["session"] and after["value"] >= 1, "the cluster's state, resumed"
     print(f"prewarmed crash failover: kill -9 -> new GCS serving in {took:.1f}s (lease 5s)")
     standby.proc.send_signal(signal.SIGTERM)
     assert standby.wait(60) == 0

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from raylaunch.config import ConfigError
+from raylaunch.plan import prewarm_python
 from raylaunch.proc.prewarm import RESPAWN_EVERY, WarmStart, ray_python
 
 CONSOLE_SCRIPT = "# -*- coding: utf-8 -*-\nimport sys\nfrom ray.scripts.scripts import main\nsys.exit(main())\n"
@@ -50,16 +52,31 @@ def test_an_unreadable_ray_cannot_be_prewarmed(tmp_path):
 
 @pytest.fixture
 def fake_ray_cli(tmp_path):
-    """A `ray.scripts.scripts` whose main() records argv, environment and sys.path, then exits 7."""
+    """A `ray.scripts.scripts` whose main() records argv, environment, sys.path and the session name its
+    head Node would resume (a stand-in `ray._private.node` that reads "nothing persisted"), then exits 7."""
     package = tmp_path / "site" / "ray" / "scripts"
     package.mkdir(parents=True)
-    (package.parent / "__init__.py").write_text("")
-    (package / "__init__.py").write_text("")
+    (package.parent / "_private").mkdir()
+    for init in (package.parent, package, package.parent / "_private"):
+        (init / "__init__.py").write_text("")
+    (package.parent / "_private" / "node.py").write_text(textwrap.dedent("""
+        def get_session_key_from_storage(host, port, user, password, ssl, config, key):
+            return None
+
+        class Node:
+            def check_persisted_session_name(self):
+                self.redis_address = "r:6379"  # what Ray's does beside the read, and must still do
+                return get_session_key_from_storage("r", 6379, None, None, False, "{}", b"session_name")
+    """))
     (package / "scripts.py").write_text(textwrap.dedent(f"""
         import json, os, sys
+        from ray._private.node import Node
         def main():
+            node = Node()
+            resumed = node.check_persisted_session_name()
             with open({str(tmp_path / "ran.json")!r}, "w") as out:
-                json.dump({{"argv": sys.argv, "env": dict(os.environ), "path": sys.path}}, out)
+                json.dump({{"argv": sys.argv, "env": dict(os.environ), "path": sys.path,
+                           "session": resumed.decode() if resumed else None, "redis": node.redis_address}}, out)
             sys.exit(7)
     """))
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path / "site"), "EARLY": "1"}
@@ -89,6 +106,17 @@ def test_take_runs_rays_cli_in_the_warm_interpreter_with_the_heads_argv_and_env(
     raylaunch_dir = str(Path(__file__).resolve().parent.parent / "raylaunch")
     assert raylaunch_dir not in ran["path"], "raylaunch's modules must not shadow Ray's imports"
     assert warm.take(["ray"], {}) is None, "a warm interpreter is handed over once"
+    assert ran["session"] is None, "without a session name Ray's own read runs"
+
+
+def test_a_session_name_handed_over_is_the_one_rays_head_node_resumes(fake_ray_cli):
+    warm = fake_ray_cli()
+    warm.ensure()
+    head = warm.take(["ray", "start", "--head"], {"PATH": os.environ["PATH"]}, "session_2026-11-24_00-11-02_1_2")
+    assert head is not None and head.wait(30) == 7
+    ran = json.loads(fake_ray_cli.ran.read_text())
+    assert ran["session"] == "session_2026-11-24_00-11-02_1_2"
+    assert ran["redis"] == "r:6379", "only the read is answered; the rest of Ray's method still runs"
 
 
 def test_an_unused_warm_interpreter_is_gone_after_close(fake_ray_cli):
@@ -121,3 +149,17 @@ def test_a_dead_warm_interpreter_is_replaced_no_faster_than_the_respawn_period(f
     now[0] += RESPAWN_EVERY
     warm.ensure()
     assert warm.proc is not None and warm.proc is not first
+
+
+@pytest.mark.parametrize("setting", ["auto", "on"])
+def test_auto_and_on_prewarm_rays_own_python(tmp_path, setting):
+    assert prewarm_python(setting, script(tmp_path, f"#!{sys.executable}"), (2, 60)) == (sys.executable, ())
+
+
+def test_where_no_python_can_be_told_auto_starts_cold_with_a_warning_and_on_refuses(tmp_path):
+    wrapper = script(tmp_path, f"#!{sys.executable}", "import os\nos.execvp('ray', ['ray'])\n")
+    python, warnings = prewarm_python("auto", wrapper, (2, 60))
+    assert python is None and "starts it cold" in warnings[0]
+    with pytest.raises(ConfigError, match="cannot tell which Python runs"):
+        prewarm_python("on", wrapper, (2, 60))
+    assert prewarm_python("off", wrapper, (2, 60)) == (None, ())

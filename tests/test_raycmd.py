@@ -5,7 +5,7 @@ import json
 import pytest
 
 from raylaunch.config import ConfigError
-from raylaunch.proc.raycmd import (RECONNECT_ENV, build_head_command, merge_system_config, option_value,
+from raylaunch.proc.raycmd import (RECONNECT_ENV, build_head_command, storage_namespace, merge_system_config, option_value,
                               parse_version, reconnect_config, redact, without_option)
 
 
@@ -99,3 +99,15 @@ def test_redact_hides_passwords_in_both_spellings():
     out = redact(["ray", "--redis-password", "s3cret", "--redis-password=s3cret", "--port=1"])
     assert "s3cret" not in " ".join(out)
     assert out == ["ray", "--redis-password", "***", "--redis-password=***", "--port=1"]
+
+
+@pytest.mark.parametrize("user_args, env, expected", [
+    ([], {}, "default"),
+    ([], {"RAY_external_storage_namespace": "kuberay-uid"}, "kuberay-uid"),
+    (["--system-config", '{"external_storage_namespace": "mine"}'], {"RAY_external_storage_namespace": "env"},
+     "mine"),
+])
+def test_the_gcs_storage_namespace_is_rays_own_choice(user_args, env, expected):
+    """--system-config over the environment over Ray's `default`, as Ray's RayConfig decides."""
+    command = build_head_command("ray", ["--head", *user_args], (2, 60), 60, {"PATH": "/bin", **env})
+    assert storage_namespace(command) == expected

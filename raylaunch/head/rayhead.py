@@ -11,6 +11,7 @@ from raylaunch.proc.net import join_address, tcp_accepts
 from raylaunch.proc.prewarm import WarmStart
 from raylaunch.proc.raycmd import GCS_NAME, RAYLET_NAME, RayCommand, with_redis_credentials
 from raylaunch.proc.tree import ProcessTree
+from raylaunch.store.errors import LeaseStoreError
 from raylaunch.store.fence import Credentials
 
 log = logging.getLogger("ray-ha")
@@ -50,10 +51,12 @@ class RayHead:
                  probe: Callable[[str], bool] = tcp_accepts,
                  spare: Callable[[], Collection[int]] = frozenset,
                  credentials: Optional[Callable[[int], Credentials]] = None,
-                 warm: Optional[WarmStart] = None) -> None:
+                 warm: Optional[WarmStart] = None,
+                 session_name: Callable[[], Optional[str]] = lambda: None) -> None:
         self.command, self.node_ip, self.probe, self.spare = command, node_ip, probe, spare
         self.credentials = credentials  # per-epoch Redis credentials for the GCS (--ha-fence acl)
         self.warm = warm  # a pre-imported `ray start` to hand the command to (--ha-prewarm)
+        self.session_name = session_name  # the cluster's session name in Redis, handed to the warm one
         self.tree: Optional[ProcessTree] = None
         self._address: Optional[str] = None
 
@@ -67,12 +70,22 @@ class RayHead:
             argv = with_redis_credentials(argv, issued.username, issued.password)
         self.tree = ProcessTree(argv, env, watch_name=GCS_NAME, drain_name=RAYLET_NAME,
                                 spare=self.spare)
-        warm = self.warm.take(argv, env) if self.warm else None
+        session = self._session_name() if self.warm else None
+        warm = self.warm.take(argv, env, session) if self.warm else None
         self.tree.start(adopt=warm)
-        if self.warm:
-            log.info("head command handed to the pre-warmed interpreter (pid %d)" if warm else
-                     "no pre-warmed interpreter was ready; starting the head command cold",
-                     *([warm.pid] if warm else []))
+        if warm:
+            log.info("head command handed to the pre-warmed interpreter (pid %d), %s", warm.pid,
+                     f"resuming {session}" if session else "a new session or Ray reads it")
+        elif self.warm:
+            log.info("no pre-warmed interpreter was ready; starting the head command cold")
+
+    def _session_name(self) -> Optional[str]:
+        """The cluster's session name, or None (Ray then reads it itself) if Redis does not answer."""
+        try:
+            return self.session_name()
+        except LeaseStoreError as exc:
+            log.warning("cannot read the cluster's session name (%s); Ray reads it itself", exc)
+            return None
 
     def prepare(self) -> None:
         """While standing by: keep a pre-warmed interpreter ready (with --ha-prewarm; else nothing)."""

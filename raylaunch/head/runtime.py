@@ -22,10 +22,11 @@ from raylaunch.local.endpoint import Endpoint
 from raylaunch.local.state import SupervisorState
 from raylaunch.plan import Plan
 from raylaunch.proc.prewarm import WarmStart
-from raylaunch.proc.raycmd import redact
+from raylaunch.proc.raycmd import redact, storage_namespace
 from raylaunch.proc.stopflag import StopFlag, StopSignal
 from raylaunch.store.fence import AclFence
 from raylaunch.store.lease import RedisLease
+from raylaunch.store.raysession import read_session_name
 from raylaunch.store.records import Holder
 from raylaunch.store.redisstore import RedisStore
 from raylaunch.supervisor import RuntimeProblem, Session, connect
@@ -84,8 +85,10 @@ class HeadMode:
                                       lambda: head.session() if head else None)
             fence = make_fence(plan, lease)
             warm = WarmStart(plan.warm_python, plan.command.env) if plan.warm_python else None
+            namespace = storage_namespace(plan.command)
             head = RayHead(plan.command, plan.node_ip, spare=lambda: hooks.pids() | dog.pids(),
-                           credentials=fence.credentials if fence else None, warm=warm)
+                           credentials=fence.credentials if fence else None, warm=warm,
+                           session_name=lambda: read_session_name(lease.store, namespace))
             watchers: list[Watcher] = [dog, self._publisher(session, endpoint), hooks]
             if plan.local_cluster:
                 watchers.append(NodeListCarrier(lease, plan.local_cluster))

@@ -7,11 +7,17 @@ waits on its stdin for one line:
 
     {"argv": ["ray", "start", "--head", ...], "env": {...}}    run Ray's CLI with this argv and
                                                                 environment, in this process
+    {..., "session_name": "session_..."}                       and resume this session
 
 It then is the `ray start --head --block` process, exactly as the `ray` console script would be
 (that script does the same import and calls the same `main`). EOF before the line (the launcher
 died or let it go) makes it exit. Run as a script it imports nothing of raylaunch, so it works in
 Ray's interpreter whatever else is installed there.
+
+The session name is the cluster's, as its GCS stored it in Redis; the launcher reads it after
+winning the lease. Given it, Ray's Node is answered that name instead of reading it itself: Ray's
+read (Node.check_persisted_session_name) is a C++ call that waits a fixed second, the largest single
+step of a takeover. Without it (a cluster never started, an unknown Ray), Ray reads as always.
 """
 
 from __future__ import annotations
@@ -46,8 +52,29 @@ def serve() -> int:
     os.environ.clear()
     os.environ.update(go["env"])
     sys.argv = list(go["argv"])
+    if go.get("session_name"):
+        resume_session(go["session_name"])
     result = ray_main()
     return result if isinstance(result, int) else 0
+
+
+def resume_session(name: str) -> None:
+    """Answer Ray's read of the persisted session name with `name`, without its fixed wait.
+
+    Only the storage read itself is answered: Ray's Node.check_persisted_session_name still runs,
+    with what it does beside the read (it also points the GCS at Redis). Any other key is read as
+    before. A Ray without this function reads for itself.
+    """
+    from ray._private import node
+
+    read = getattr(node, "get_session_key_from_storage", None)
+    if not callable(read):
+        return
+
+    def answered(*args, **kwargs):
+        return name.encode() if args and args[-1] == b"session_name" else read(*args, **kwargs)
+
+    node.get_session_key_from_storage = answered
 
 
 # -- the launcher's side --------------------------------------------------------------------------
@@ -92,13 +119,16 @@ class WarmStart:
         self.proc = subprocess.Popen([self.python, os.path.abspath(__file__)], env=self.env,
                                      stdin=subprocess.PIPE, start_new_session=True)
 
-    def take(self, argv: Sequence[str], env: Mapping[str, str]) -> Optional[subprocess.Popen]:
-        """Hand `argv` and `env` to the warm interpreter; it is then the head. None if none is alive."""
+    def take(self, argv: Sequence[str], env: Mapping[str, str],
+             session_name: Optional[str] = None) -> Optional[subprocess.Popen]:
+        """Hand `argv`, `env` and the cluster's session name (if known) to the warm interpreter; it is
+        then the head. None if none is alive."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None or proc.stdin is None:
             return None
+        go = {"argv": list(argv), "env": dict(env), **({"session_name": session_name} if session_name else {})}
         try:
-            proc.stdin.write(json.dumps({"argv": list(argv), "env": dict(env)}).encode() + b"\n")
+            proc.stdin.write(json.dumps(go).encode() + b"\n")
             proc.stdin.close()
         except OSError:  # it died just now
             _kill(proc)

@@ -21,6 +21,9 @@ OLD_RETRIES_KEY = "ping_gcs_rpc_server_max_retries"
 OLD_INTERVAL_KEY = "ping_gcs_rpc_server_interval_milliseconds"
 #: Environment a follower reads but its worker node must not inherit.
 WORKER_DROPS = ("RAY_REDIS_ADDRESS", "RAY_REDIS_PASSWORD")
+#: Where Ray takes the GCS's storage namespace in Redis from (the key in --system-config, or the env).
+NAMESPACE_KEY = "external_storage_namespace"
+NAMESPACE_ENV = "RAY_external_storage_namespace"
 #: Ray's process names: the GCS (whose death ends a head), and the raylet, which goes first on a graceful
 #: stop (it unregisters the node and stops its workers and agents).
 GCS_NAME = "gcs_server"
@@ -176,6 +179,14 @@ RELAY_ENV = {"RAY_gcs_grpc_max_reconnect_backoff_ms": "500",
 def with_relay_env(command: RayCommand) -> RayCommand:
     """`command` with the relayed worker's environment (a value the user set wins)."""
     return replace(command, env={**RELAY_ENV, **command.env})
+
+
+def storage_namespace(command: RayCommand) -> str:
+    """The GCS storage namespace a head command uses: its --system-config wins over the environment,
+    as in Ray's RayConfig, and Ray's default is `default`."""
+    text = option_value(command.argv, "--system-config")
+    chosen = json.loads(text).get(NAMESPACE_KEY) if text else None
+    return str(chosen or command.env.get(NAMESPACE_ENV) or "default")
 
 
 def with_address(argv: Sequence[str], address: str) -> list[str]:
