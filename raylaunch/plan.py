@@ -74,16 +74,27 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
     build = build_worker_command if request.follow else build_head_command
     command = build(ray_exe, args, version, timing.effective_reconnect_timeout, env)
     autoscaling = read_autoscaling(args, env, Path(ray_temp_dir(env))) if not request.follow else Autoscaling()
-    command = replace(command, warnings=command.warnings + autoscaling.warnings)
+    warm, warm_warnings = prewarm_python(safety.prewarm, ray_exe, version) if not request.follow else (None, ())
+    command = replace(command, warnings=command.warnings + autoscaling.warnings + warm_warnings)
     target = target_from(env, option_value(args, "--redis-username"), option_value(args, "--redis-password"))
     temp_dir = Path(option_value(args, "--temp-dir") or ray_temp_dir(env))
     return Plan(command=command, target=target, identity=identity, timing=timing, reporting=reporting,
                 safety=safety, node_ip=option_value(args, "--node-ip-address"), state_dir=run_dir(env),
                 log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log",
-                warm_python=warm_python(ray_exe, version) if safety.prewarm and not request.follow else None,
+                warm_python=warm,
                 follow=request.follow, relay=relay,
                 stand_by_again=stands_by_again(safety.after_loss, "--block" in args),
                 local_cluster=autoscaling.local)
+
+
+def prewarm_python(prewarm: str, ray_exe: str, version: tuple[int, int]) -> tuple[Optional[str], tuple[str, ...]]:
+    """--ha-prewarm: the interpreter a standby keeps warm, and a warning when auto finds none."""
+    if prewarm == "off":
+        return None, ()
+    python = warm_python(ray_exe, version, required=prewarm == "on")
+    if python is None:
+        return None, (f"--ha-prewarm auto: cannot tell which Python runs {ray_exe}; a takeover starts it cold",)
+    return python, ()
 
 
 def stands_by_again(after_loss: str, block: bool) -> bool:

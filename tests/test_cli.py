@@ -146,7 +146,7 @@ BAD_INPUTS = {
     "reconnect timeout env": ({"RAY_HA_RECONNECT_TIMEOUT_MS": "-5"}, [], 2, "not a duration"),
     "min replicas": ({}, ["--ha-min-replicas=some"], 2, "not a number of replicas"),
     "fence": ({"RAY_HA_FENCE": "zfs"}, [], 2, "fence 'zfs' is not one of"),
-    "prewarm env": ({"RAY_HA_PREWARM": "maybe"}, [], 2, "is not on or off"),
+    "prewarm env": ({"RAY_HA_PREWARM": "maybe"}, [], 2, "is not auto, on or off"),
     "prewarm a wrapper": ({}, ["--ha-prewarm=on"], 2, "cannot tell which Python runs"),
     "follow with head": ({}, ["--ha-follow"], 2, "--ha-follow takes no --head"),
     "autoscaler config not here": ({}, ["--autoscaling-config=/nonexistent/ray_bootstrap_config.yaml"], 2,

@@ -58,12 +58,13 @@ def ray_version(ray_exe: str, python: str = sys.executable,
     return parse_version(ask(ray_exe))
 
 
-def warm_python(ray_exe: str, version: tuple[int, int],
-                ours: Callable[[], Optional[str]] = installed_ray) -> str:
-    """The interpreter to pre-warm for --ha-prewarm: the one that runs `ray` (ConfigError if unknown)."""
+def warm_python(ray_exe: str, version: tuple[int, int], required: bool = True,
+                ours: Callable[[], Optional[str]] = installed_ray) -> Optional[str]:
+    """The interpreter to pre-warm for --ha-prewarm: the one that runs `ray`; if unknown, a ConfigError
+    when `required` (on), else None (auto: start cold)."""
     mine = ours()
     python = ray_python(ray_exe, version, parse_version(mine) if mine else None)
-    if python is None:
+    if python is None and required:
         raise ConfigError(f"--ha-prewarm: cannot tell which Python runs {ray_exe} (no python in its #! line, "
                           "and this interpreter has no Ray of the same version)")
     return python
