@@ -32,6 +32,7 @@ class Source:
         self.leader: Optional[Record] = None
         self.error: Optional[Exception] = None
         self.told: list = []
+        self.lease_left = 0.0
 
     def current(self, following: Optional[Record]) -> Optional[Record]:
         self.told.append(following.epoch if following else None)
@@ -257,3 +258,15 @@ def test_between_leaders_a_follower_looks_for_the_next_one_more_often(relayed):
     follower.stop = Stop()
     follower.run()
     assert waits == [BETWEEN_POLL, BETWEEN_POLL, 0.5], "0.1 s between leaders, the retry period otherwise"
+
+
+@pytest.mark.parametrize("step, lease_left, pause", [
+    (FollowStep.FOLLOWING, 14.0, 0.5),     # a leader that renews: the retry period
+    (FollowStep.FOLLOWING, 0.25, 0.35),    # its lease runs out first: read just after it does
+    (FollowStep.FOLLOWING, 0.0, 0.5),      # nobody holds the lease: nothing to wait for
+    (FollowStep.BETWEEN_LEADERS, 9.0, 0.1),
+])
+def test_the_next_read_comes_no_later_than_the_leaders_lease_runs_out(world, step, lease_left, pause):
+    follower, source = world[0], world[1]
+    source.lease_left = lease_left
+    assert follower.pause(step) == pytest.approx(pause)

@@ -43,6 +43,8 @@ BETWEEN_POLL = 0.1
 class LeaderSource(Protocol):
     """Who leads now (store.leader.LeaderSource in production); also tells Redis whom we follow."""
 
+    lease_left: float  # at the last read, how long the lease runs without a renewal (0: nobody holds it)
+
     def current(self, following: Optional[Record]) -> Optional[Record]: ...
 
 
@@ -115,8 +117,16 @@ class Follower:
             report(step)
             if step is FollowStep.STOPPED:
                 return step
-            self.stop.wait(min(self.timing.poll, BETWEEN_POLL) if step is FollowStep.BETWEEN_LEADERS
-                           else self.timing.poll)
+            self.stop.wait(self.pause(step))
+
+    def pause(self, step: FollowStep) -> float:
+        """Until the next read: the retry period, BETWEEN_POLL between leaders, and never past the moment
+        the leader's lease runs out unrenewed, so a crashed leader's successor is read at once (a leader
+        that renews keeps more than a retry period on its lease, so this adds no reads)."""
+        if step is FollowStep.BETWEEN_LEADERS:
+            return min(self.timing.poll, BETWEEN_POLL)
+        left = self.source.lease_left
+        return min(self.timing.poll, left + BETWEEN_POLL) if left > 0 else self.timing.poll
 
     def tick(self) -> FollowStep:
         # 1. A stop request stops the worker's tree; nothing else is held.

@@ -52,6 +52,7 @@ class LeaderSource:
 
     def __init__(self, store: RedisStore, node: str, ttl: float) -> None:
         self.store, self.node, self.ttl_ms = store, node, int(ttl * 1000)
+        self.lease_left = 0.0  # from the last read
         self.me = FollowerHeartbeat(node=node, host=socket.gethostname(), pid=os.getpid(), since=time.time())
 
     def current(self, following: Optional[Record]) -> Optional[Record]:
@@ -66,7 +67,9 @@ class LeaderSource:
             pipe.set(self.store.keys.follower(self.node), mine.encode(), px=self.ttl_ms)
             return leadership_from(cast(list[Any], pipe.execute()))
 
-        return self.store.guard(exchange).serving
+        leadership = self.store.guard(exchange)
+        self.lease_left = leadership.lease_left
+        return leadership.serving
 
     def forget(self) -> None:
         """Remove our follower record when we stop, so status stops listing us at once."""
