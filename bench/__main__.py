@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import platform
 import statistics
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from bench import hosts, rayup, scenarios
-from bench.rig import Poller, Round
+from bench.rig import OVERRIDES, RETRY, Poller, Round, timing_text
 
 Figure = Union[float, dict]
 #: passthrough's target is a ratio to `ray start` in the same round, not an allowance.
@@ -117,6 +118,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--lease", type=float, default=5.0)
     parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--renew", type=float, help="the launchers' renew deadline (s) [0.6 × lease]")
+    parser.add_argument("--retry", type=float, help=f"the launchers' retry period (s) [{RETRY:g}]")
     parser.add_argument("--cost-seconds", type=float, default=60.0,
                         help="how long to watch the launchers' and Redis's cost (0: skip) [60]")
     parser.add_argument("--relay-rounds", type=int, default=3,
@@ -124,8 +127,10 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=100, help="standbys in the scale test (0: skip) [100]")
     parser.add_argument("--peer-venv", metavar="DIR",
                         help="a venv with ant-ray-nightly[default]==2.53.0, to measure its Head HA too")
+    parser.add_argument("--json", metavar="FILE", help="save every round's figures here (for bench.plot timeline)")
     parser.add_argument("--plot", metavar="PNG", help="draw the typical crash failover here (needs matplotlib)")
     args = parser.parse_args()
+    OVERRIDES.update(renew=args.renew, retry=args.retry)
     only = args.only if "baseline" in args.only else ["baseline", *args.only]
     if args.peer_venv:
         for settings in scenarios.PEER_SETTINGS:
@@ -135,9 +140,13 @@ def main() -> int:
     import ray
 
     print(f"# {platform.node()}: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-          f"Ray {ray.__version__}, lease {args.lease:g}s, {args.rounds} rounds", flush=True)
+          f"Ray {ray.__version__}, lease/renew/retry {timing_text(args.lease)}, "
+          f"{args.rounds} rounds", flush=True)
     results = run(args.rounds, args.lease, only, lambda line: print(line, flush=True))
     print("\n".join(table(results, args.lease)))
+    if args.json:
+        label = f"lease/renew/retry {timing_text(args.lease)}"
+        Path(args.json).write_text(json.dumps({"label": label, "results": results}, indent=1))
     if args.cost_seconds > 0:
         print("\n".join(costs(args.lease, args.cost_seconds)))
     if args.relay_rounds > 0:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import psutil
 
-from bench.rig import ROOT, now, timing
+from bench.rig import ROOT, logged_at, now, timing
 from bench.scenarios import JOINED, split
 from raylaunch.proc.raycmd import RELAY_ENV
+from raylaunch.store.keys import Keys
 from testkit.hostray import (GCS_PORT, HostLauncher, HostRedis, clean_env, drive_at, head_args, read_json_line,
                              read_line, worker_args)
 from testkit.hosts import Rig
@@ -125,10 +126,12 @@ def _follower_failover(rnd: HostsRound, relay: bool) -> dict[str, float]:
     drive_at(w1, "auto", "pinned")  # w1 has run a task before: an idle worker process waits, as on a busy node
     new_driver = probe(h2, f"{h2.ip}:{GCS_PORT}", h1.ip)
     resident = probe(w1, "auto", h1.ip) if relay else None
-    killed = now()
+    rnd.redis.command("PING")  # its probe process started before the clock does
+    wall, killed = time.time(), now()
     h1.kill_all()
     if resident:
         go(resident)
+    expired = lease_expiry(rnd) - killed
     served = rnd.answered("h2")
     go(new_driver)
     seen = read_json_line(new_driver.proc.stdout, 300)
@@ -136,8 +139,9 @@ def _follower_failover(rnd: HostsRound, relay: bool) -> dict[str, float]:
     if "task" not in seen or (resident and "task" not in on_w1):
         raise RuntimeError(f"no task ran on w1 after the failover: {seen} {on_w1}\n{worker.log()[-2000:]}")
     restarts = worker.log().count("restarting the worker")
+    won = (logged_at(rnd.launchers["h2"].log(), "elected leader", wall - 0.001) or wall) - wall
     figures = {"total": max(on_w1["actor"], on_w1["task"]) - killed if resident else seen["task"] - killed,
-               "new GCS answered": served - killed, "new driver: task ran on w1": seen["task"] - killed,
+               "lease expired": expired, "lease won": won, "new GCS answered": served - killed, "new driver: task ran on w1": seen["task"] - killed,
                "new driver connected": seen["connected"] - killed,
                "old head listed dead": min(p.get("old head dead", killed + 999) for p in (seen, on_w1) if p) - killed}
     if relay:
@@ -151,6 +155,15 @@ def _follower_failover(rnd: HostsRound, relay: bool) -> dict[str, float]:
     elif "actor lost" not in seen or restarts != 1:
         raise RuntimeError(f"without the relay w1's worker should restart and lose its actor: {seen}")
     return figures
+
+
+def lease_expiry(rnd: HostsRound) -> float:
+    """When the lease the killed leader held runs out (monotonic), from its PTTL in Redis."""
+    before = now()
+    left = rnd.redis.command("PTTL", Keys("ray-ha:default:leader").lease)
+    if not isinstance(left, int) or left < 0:
+        raise RuntimeError(f"the leader's lease has no time left to read: {left}")
+    return (before + now()) / 2 + left / 1000
 
 
 def probe(host, address: str, old_ip: str):

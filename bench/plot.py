@@ -7,6 +7,7 @@ median, so the picture is a typical one rather than the best.
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 
 PARTS = (("detection", "waiting out the lease", "#f4a261"), ("takeover", "lease won → ray start", "#e9c46a"),
@@ -44,3 +45,55 @@ def draw(rounds: list[dict], lease: float, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+#: The user-visible milestones of a failover on hosts (follower-relay-hosts), in the order they happen.
+MILESTONES = (("lease expired", "lease expired"), ("lease won", "lease won"), ("new GCS answered", "GCS answers"),
+              ("old head listed dead", "old head DEAD"), ("w1 driver: actor answered", "worker's actor answers"),
+              ("w1 driver: task ran on w1", "task runs on the worker"))
+COLORS = ("#e76f51", "#f4a261", "#2a9d8f", "#8d99ae", "#264653", "#1d3557")
+
+
+def draw_timeline(runs: list[tuple[str, list[dict]]], path: Path) -> Path:
+    """One row per run (its label, its rounds): the median time of each milestone after the kill."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 1.1 * len(runs)))
+    for row, (label, rounds) in enumerate(runs):
+        medians = {key: statistics.median(r[key] for r in rounds) for key, _ in MILESTONES}
+        ax.hlines(row, 0, max(medians.values()), color="#adb5bd", lw=6)
+        for i, ((key, name), color) in enumerate(zip(MILESTONES, COLORS)):
+            ax.plot(medians[key], row, "o", color=color, ms=9, label=name if row == 0 else None)
+            ax.annotate(f"{medians[key]:.1f}", (medians[key], row), textcoords="offset points",
+                        xytext=(0, 9 if i % 2 else -15), ha="center", fontsize=7)
+    ax.axvline(0, color="crimson", lw=1)
+    ax.set_yticks(range(len(runs)), [label for label, _ in runs], fontsize=8)
+    ax.set_ylim(-0.8, len(runs) - 0.2)
+    ax.set_xlabel("seconds from kill -9 of every process on the leader's host (median of the rounds)")
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    """python -m bench.plot timeline OUT.png RUN.json ...: draw the runs `python -m bench --json` saved."""
+    import json
+
+    if len(argv) < 3 or argv[0] != "timeline":
+        print("usage: python -m bench.plot timeline OUT.png RUN.json [RUN.json ...]", file=sys.stderr)
+        return 2
+    runs = []
+    for name in argv[2:]:
+        saved = json.loads(Path(name).read_text())
+        runs.append((saved["label"], saved["results"]["follower-relay-hosts"]))
+    print(draw_timeline(runs, Path(argv[1])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -23,7 +23,9 @@ from testkit.procs import kill_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_RAY = ROOT / "tests" / "fakeray"  # a `ray` whose head starts in milliseconds, for the scale test
-RETRY = 0.5  # the launchers' retry period (s)
+RETRY = 0.5  # the launchers' retry period (s), unless --retry says otherwise
+#: --renew and --retry of this run: the renew deadline (None: 0.6 × lease) and retry period (s).
+OVERRIDES: dict[str, Optional[float]] = {"renew": None, "retry": None}
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
@@ -137,10 +139,17 @@ class Round:
 
 
 def timing(lease: float) -> list[str]:
-    """The launchers' timing flags for `lease`: renew deadline 0.6 x lease, Redis timeout at most 1 s."""
-    renew = lease * 0.6
-    return [f"--ha-lease-duration={lease:g}", f"--ha-renew-deadline={renew:g}", f"--ha-retry-period={RETRY:g}",
+    """The launchers' timing flags for `lease`: renew deadline 0.6 x lease and retry period RETRY unless
+    OVERRIDES say otherwise (15/10/2 s is Kubernetes' and REP-65's), Redis timeout at most 1 s."""
+    renew = OVERRIDES["renew"] or lease * 0.6
+    retry = OVERRIDES["retry"] or RETRY
+    return [f"--ha-lease-duration={lease:g}", f"--ha-renew-deadline={renew:g}", f"--ha-retry-period={retry:g}",
             f"--ha-redis-timeout={min(1.0, (lease - renew) / 2):g}"]
+
+
+def timing_text(lease: float) -> str:
+    """`5/3/0.5 s`: lease, renew deadline and retry period of this run."""
+    return "/".join(flag.split("=", 1)[1] for flag in timing(lease)[:3]) + " s"
 
 
 def logged_at(log: str, text: str, after: float) -> Optional[float]:
