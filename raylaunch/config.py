@@ -287,7 +287,7 @@ SAFETY: Group[Safety] = Group(Safety, (
             "acl: a Redis ACL user per epoch for the GCS; a new leader locks out the old one [none]."),
     Setting("prewarm", "--ha-prewarm", "RAY_HA_PREWARM", _auto_switch, "auto|on|off",
             "A standby keeps `ray start` imported and hands it the session name: its head serves ~1.5 s "
-            "sooner for ~80 MiB; on: refuse where it cannot; auto: start cold there [auto]."),
+            "sooner for ~70 MiB; on: refuse where it cannot; auto: start cold there [auto]."),
     Setting("after_loss", "--ha-after-loss", "RAY_HA_AFTER_LOSS", _lower, "auto|exit|standby",
             "After losing the lease or the head: exit (for systemd or Kubernetes to restart) or stand by "
             "again after a backoff (1 s doubling to 30 s) [auto: exit with --block, standby when detached].",

@@ -15,9 +15,9 @@ died or let it go) makes it exit. Run as a script it imports nothing of raylaunc
 Ray's interpreter whatever else is installed there.
 
 The session name is the cluster's, as its GCS stored it in Redis; the launcher reads it after
-winning the lease. Given it, Ray's Node is answered that name instead of reading it itself: Ray's
-read (Node.check_persisted_session_name) is a C++ call that waits a fixed second, the largest single
-step of a takeover. Without it (a cluster never started, an unknown Ray), Ray reads as always.
+winning the lease. Given it, Ray's storage read of that name is answered with it: the read (in
+Node.check_persisted_session_name) is a C++ call that waits a fixed second, the largest single step
+of a takeover. Without it (a cluster never started, an unknown Ray), Ray reads as always.
 """
 
 from __future__ import annotations
