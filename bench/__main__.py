@@ -128,12 +128,14 @@ def main() -> int:
     parser.add_argument("--peer-venv", metavar="DIR",
                         help="a venv with ant-ray-nightly[default]==2.53.0, to measure its Head HA too")
     parser.add_argument("--json", metavar="FILE", help="save every round's figures here (for bench.plot timeline)")
+    parser.add_argument("--peer-settings", nargs="+", choices=list(scenarios.PEER_SETTINGS),
+                        default=list(scenarios.PEER_SETTINGS), help="which of ant-ray's settings to measure")
     parser.add_argument("--plot", metavar="PNG", help="draw the typical crash failover here (needs matplotlib)")
     args = parser.parse_args()
     OVERRIDES.update(renew=args.renew, retry=args.retry)
     only = args.only if "baseline" in args.only else ["baseline", *args.only]
     if args.peer_venv:
-        for settings in scenarios.PEER_SETTINGS:
+        for settings in args.peer_settings:
             name = f"ant-ray-{settings}"
             SCENARIOS[name] = functools.partial(scenarios.peer_failover, venv=args.peer_venv, settings=settings)
             only.append(name)

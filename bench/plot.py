@@ -49,29 +49,34 @@ def draw(rounds: list[dict], lease: float, path: Path) -> Path:
 
 #: The user-visible milestones of a failover on hosts (follower-relay-hosts), in the order they happen.
 MILESTONES = (("lease expired", "lease expired"), ("lease won", "lease won"), ("new GCS answered", "GCS answers"),
-              ("old head listed dead", "old head DEAD"), ("w1 driver: actor answered", "worker's actor answers"),
-              ("w1 driver: task ran on w1", "task runs on the worker"))
-COLORS = ("#e76f51", "#f4a261", "#2a9d8f", "#8d99ae", "#264653", "#1d3557")
+              ("w1 driver: actor answered", "worker's actor answers"),
+              ("w1 driver: task ran on w1", "task runs on the worker"), ("old head listed dead", "old head DEAD"))
+COLORS = ("#e76f51", "#f4a261", "#2a9d8f", "#264653", "#1d3557", "#8d99ae")
 
 
-def draw_timeline(runs: list[tuple[str, list[dict]]], path: Path) -> Path:
-    """One row per run (its label, its rounds): the median time of each milestone after the kill."""
+def draw_timeline(runs: list[tuple[str, list[dict]]], path: Path,
+                  reference: tuple[float, str] = (20.8, "REP-65's mean worker recovery, lease 15/10/2 s")) -> Path:
+    """One row per run (its label, its rounds): the median time of each milestone after the kill, the
+    figures written under the row, and a published reference time as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 1.1 * len(runs)))
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 1.2 * len(runs)))
     for row, (label, rounds) in enumerate(runs):
         medians = {key: statistics.median(r[key] for r in rounds) for key, _ in MILESTONES}
         ax.hlines(row, 0, max(medians.values()), color="#adb5bd", lw=6)
-        for i, ((key, name), color) in enumerate(zip(MILESTONES, COLORS)):
+        for (key, name), color in zip(MILESTONES, COLORS):
             ax.plot(medians[key], row, "o", color=color, ms=9, label=name if row == 0 else None)
-            ax.annotate(f"{medians[key]:.1f}", (medians[key], row), textcoords="offset points",
-                        xytext=(0, 9 if i % 2 else -15), ha="center", fontsize=7)
+        text = " · ".join(f"{name} {medians[key]:.2f}" for key, name in MILESTONES)
+        ax.annotate(text, (0.2, row), textcoords="offset points", xytext=(0, -17), fontsize=7)
     ax.axvline(0, color="crimson", lw=1)
+    ax.axvline(reference[0], color="#6c757d", lw=1, ls="--")
+    ax.annotate(reference[1], (reference[0], len(runs) - 0.45), ha="right", fontsize=7, color="#6c757d")
     ax.set_yticks(range(len(runs)), [label for label, _ in runs], fontsize=8)
     ax.set_ylim(-0.8, len(runs) - 0.2)
+    ax.set_xlim(-0.5, reference[0] + 1)
     ax.set_xlabel("seconds from kill -9 of every process on the leader's host (median of the rounds)")
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False)
     fig.tight_layout()

@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from bench.rig import FAKE_RAY, RETRY, Round, logged_at, now, ports
+from bench.rig import FAKE_RAY, OVERRIDES, RETRY, Round, logged_at, now, ports
 from testkit.procs import kill_tree
 from raylaunch.store.keys import Keys
 
@@ -220,7 +220,7 @@ def _wait(predicate, timeout: float) -> None:
 #: ant-ray's Head HA settings: "tuned" matches our lease (5 s expiry, 0.5 s checks, no wait after
 #: winning); "defaults" leaves ant-ray's own (60 s expiry, 3 s checks).
 PEER_SETTINGS = {
-    "tuned": {"RAY_HA_KEY_EXPIRE_TIME_MS": "{lease_ms}", "RAY_HA_CHECK_INTERVAL_MS": "500",
+    "tuned": {"RAY_HA_KEY_EXPIRE_TIME_MS": "{lease_ms}", "RAY_HA_CHECK_INTERVAL_MS": "{retry_ms}",
               "RAY_HA_WAIT_TIME_AFTER_BE_ACTIVE_MS": "0"},
     "defaults": {},
 }
@@ -231,7 +231,8 @@ def peer_failover(rnd: Round, venv: str, settings: str) -> float:
 
     Its Redis address is 127.0.0.2 because ant-ray rewrites exactly 127.0.0.1 to the outward IP.
     """
-    env = {k: v.format(lease_ms=int(rnd.lease * 1000)) for k, v in PEER_SETTINGS[settings].items()}
+    retry_ms = int((OVERRIDES["retry"] or RETRY) * 1000)  # its check interval: our retry period
+    env = {k: v.format(lease_ms=int(rnd.lease * 1000), retry_ms=retry_ms) for k, v in PEER_SETTINGS[settings].items()}
     env.update(RAY_ENABLE_HEAD_HA="true", RAY_REDIS_ADDRESS=f"127.0.0.2:{rnd.redis.port}",
                PATH=f"{venv}/bin:{rnd.env['PATH']}")
     port_a, port_b = ports(2)
