@@ -228,6 +228,18 @@ class Life:
     gone: Optional[float] = None
 
 
+def started_at(pid: int) -> float:
+    """When process `pid` started, on the wall clock, to the kernel's tick (10 ms).
+
+    Not psutil's create_time: that adds the boot time in whole seconds (/proc/stat's btime), so it can
+    be up to a second early against time.time(), enough to make a successor seem to start first.
+    """
+    with open(f"/proc/{pid}/stat") as stat:
+        ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, after "pid (comm)"
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - age
+
+
 class ProcessWatch:
     """Polls the hosts every 20 ms for processes named `name` and keeps when each lived, so a test can
     judge by process life (not logs) that one host's head died before another's started."""
@@ -245,19 +257,20 @@ class ProcessWatch:
             self._stop.wait(self.interval)
 
     def look(self) -> None:
-        seen: set[int] = set()
         for host in self.hosts:
+            seen: set[int] = set()
             for proc in host.processes():
                 try:
                     if proc.name() == self.name:
                         seen.add(proc.pid)
-                        self.lives.setdefault(proc.pid, Life(host.name, proc.pid, proc.create_time()))
-                except psutil.Error:
+                        if proc.pid not in self.lives:
+                            self.lives[proc.pid] = Life(host.name, proc.pid, started_at(proc.pid))
+                except (psutil.Error, OSError):
                     continue
-        stamp = time.time()
-        for life in self.lives.values():
-            if life.gone is None and life.pid not in seen:
-                life.gone = stamp
+            stamp = time.time()  # what this host's listing missed was gone by now
+            for life in self.lives.values():
+                if life.host == host.name and life.gone is None and life.pid not in seen:
+                    life.gone = stamp
 
     def on(self, host: str) -> list[Life]:
         return sorted((life for life in self.lives.values() if life.host == host), key=lambda life: life.started)

@@ -8,6 +8,7 @@ import time
 import psutil
 import pytest
 
+from conftest import wait_for
 from testkit.hosts import HOSTS_NET
 
 pytestmark = pytest.mark.hosts
@@ -118,6 +119,27 @@ def test_kill_all_is_kill_9_of_everything_on_one_host(rig):
     assert a.kill_all() >= 3
     assert a.processes() == []
     assert len(b.processes()) >= 3, "the other host is untouched"
+
+
+def test_the_process_watch_dates_lives_on_the_wall_clock_within_a_tick(rig):
+    """Overlaps are judged from these dates: a start dated early (psutil's create_time can be up to a
+    second early) would report two heads where there were none."""
+    from testkit.hostray import ProcessWatch
+
+    host = rig.add("h1", 11)
+    watch = ProcessWatch([host], name="sleep")
+    try:
+        before = time.time()
+        proc = host.popen(["sleep", "600"])
+        life = wait_for(lambda: watch.on("h1"), 10, what="the watch to see sleep")[0]
+        assert before - 0.011 <= life.started <= time.time(), (before, life.started)
+        killed = time.time()
+        host.kill_all()
+        proc.wait(10)
+        wait_for(lambda: life.gone, 10, what="the watch to see sleep gone")
+        assert killed <= life.gone <= killed + 2.0, (killed, life.gone)
+    finally:
+        watch.close()
 
 
 def test_closing_the_rig_leaves_no_process_and_no_namespace(tmp_path):
