@@ -13,10 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import yaml
 
 from testkit.hostray import HostRedis, clean_env
 from testkit.hosts import Host, Rig
+from testkit.procs import describe
 from testkit.sshhosts import HOME, USER, SshHosts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,4 +106,11 @@ class RayUp:
 
     def leftovers(self, name: str) -> list[str]:
         """What runs on machine `name` besides its sshd."""
-        return [f"{p.pid} {p.name()}" for p in self.host(name).processes() if p.name() not in MACHINE]
+        left = []
+        for proc in self.host(name).processes():
+            try:
+                if proc.name() not in MACHINE:
+                    left.append(describe(proc))
+            except psutil.NoSuchProcess:
+                continue
+        return left

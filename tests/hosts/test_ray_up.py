@@ -87,4 +87,7 @@ def test_ray_up_with_a_hot_standby_survives_kill_9_of_the_leaders_machine_and_ra
         stopped = ray_up.ray_ha(name, "stop")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     for name in ("w1", "h1", "h2"):
-        wait_for(lambda: not ray_up.leftovers(name), 30, interval=0.5, what=f"nothing left on {name}")
+        try:
+            wait_for(lambda: not ray_up.leftovers(name), 30, interval=0.5, what=f"nothing left on {name}")
+        except pytest.fail.Exception:
+            pytest.fail(f"still on {name} 30 s after ray-ha stop: {ray_up.leftovers(name)}")
