@@ -8,6 +8,7 @@ the environment of the hosts' login shell. Used by tests/hosts/test_ray_up.py an
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -93,6 +94,12 @@ class RayUp:
 
     def leader(self) -> str:
         return self.redis.record().get("node", "")
+
+    def carried_status(self, name: str) -> str:
+        """Machine `name`'s node status in the list the leader keeps in Redis for the next ("" if none)."""
+        raw = self.redis.command("GET", "{ray-ha:default:leader}:provider")
+        nodes = json.loads(raw) if isinstance(raw, str) else {}
+        return nodes.get(self.host(name).ip, {}).get("tags", {}).get("ray-node-status", "")
 
     def ray_ha(self, name: str, *args: str) -> subprocess.CompletedProcess:
         """`ray-ha ARGS` on machine `name`, as its user would run it over SSH."""
