@@ -7,6 +7,7 @@ is kill -9 of every process on the leader's host. Times are CLOCK_MONOTONIC, one
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import statistics
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import psutil
 
@@ -73,9 +75,9 @@ class HostsRound:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _leader_and_standby(rnd: HostsRound) -> None:
-    rnd.launcher("h1").wait_log("GCS serving", timeout=120)
-    rnd.launcher("h2").wait_log("standing by", timeout=60)
+def _leader_and_standby(rnd: HostsRound, *extra: str) -> None:
+    rnd.launcher("h1", *extra).wait_log("GCS serving", timeout=120)
+    rnd.launcher("h2", *extra).wait_log("standing by", timeout=60)
 
 
 def crash_failover_hosts(rnd: HostsRound) -> dict[str, float]:
@@ -113,15 +115,26 @@ def follower_restart_hosts(rnd: HostsRound) -> dict[str, float]:
     return _follower_failover(rnd, relay=False)
 
 
-def _follower_failover(rnd: HostsRound, relay: bool) -> dict[str, float]:
+def timeline_hosts(rnd: HostsRound) -> dict[str, float]:
+    """follower-relay-hosts with each head's dashboard on, and a Ray Job submitted before the crash (its
+    driver on w1): also when the new leader's dashboard says the job runs, and shows it running on."""
+    try:
+        importlib.import_module("ray.dashboard.optional_deps")  # what `ray start` checks for its dashboard
+    except ImportError as exc:
+        raise RuntimeError(f"timeline-hosts needs Ray's dashboard: pip install 'ray[default]' ({exc})") from None
+    return _follower_failover(rnd, relay=True, job=True)
+
+
+def _follower_failover(rnd: HostsRound, relay: bool, job: bool = False) -> dict[str, float]:
     """Parts: a new driver on the new leader's node (both paths) and, with the relay, a driver on w1
     connected before the kill (with the relay's backoff setting, RELAY_ENV, as the README advises for
     drivers on a worker node); each says when w1's actor answered and a task ran on w1. The relay's
     total is the w1 driver's later answer; without a relay, the new driver's task on w1."""
-    _leader_and_standby(rnd)
+    _leader_and_standby(rnd, *(DASHBOARD if job else ()))
     worker = rnd.follower("w1", *([] if relay else ["--ha-relay=off"]))
     worker.wait_log(JOINED, timeout=120)
     w1, h1, h2 = (rnd.rig.hosts[n] for n in ("w1", "h1", "h2"))
+    ray_job = job_probe(rnd.rig.hosts["p1"], h1.ip, h2.ip, w1.ip) if job else None
     created = drive_at(w1, "auto", "worker-create")
     drive_at(w1, "auto", "pinned")  # w1 has run a task before: an idle worker process waits, as on a busy node
     new_driver = probe(h2, f"{h2.ip}:{GCS_PORT}", h1.ip)
@@ -131,6 +144,8 @@ def _follower_failover(rnd: HostsRound, relay: bool) -> dict[str, float]:
     h1.kill_all()
     if resident:
         go(resident)
+    if ray_job:
+        go(ray_job, repr(wall))  # the job probe judges its driver's tasks by the wall clock
     expired = lease_expiry(rnd) - killed
     served = rnd.answered("h2")
     go(new_driver)
@@ -140,10 +155,15 @@ def _follower_failover(rnd: HostsRound, relay: bool) -> dict[str, float]:
         raise RuntimeError(f"no task ran on w1 after the failover: {seen} {on_w1}\n{worker.log()[-2000:]}")
     restarts = worker.log().count("restarting the worker")
     won = (logged_at(rnd.launchers["h2"].log(), "elected leader", wall - 0.001) or wall) - wall
+    rejoined = raylet_logged(rnd, "w1", RAYLET_REJOINED, wall)
     figures = {"total": max(on_w1["actor"], on_w1["task"]) - killed if resident else seen["task"] - killed,
                "lease expired": expired, "lease won": won, "new GCS answered": served - killed, "new driver: task ran on w1": seen["task"] - killed,
                "new driver connected": seen["connected"] - killed,
                "old head listed dead": min(p.get("old head dead", killed + 999) for p in (seen, on_w1) if p) - killed}
+    if rejoined is not None:
+        figures["w1 raylet reconnected"] = rejoined - wall
+    if ray_job:
+        figures.update(job_figures(read_json_line(ray_job.proc.stdout, 300), killed))
     if relay:
         state = (created["pid"], created["node"])
         kept = [(s.get("pid"), s["node"]) == state for s in (seen, on_w1)] + [seen.get("value") in (2, 3)]
@@ -155,6 +175,41 @@ def _follower_failover(rnd: HostsRound, relay: bool) -> dict[str, float]:
     elif "actor lost" not in seen or restarts != 1:
         raise RuntimeError(f"without the relay w1's worker should restart and lose its actor: {seen}")
     return figures
+
+
+#: What a raylet logs once its GCS client is through to a new GCS (node_manager.cc, Ray 2.60).
+RAYLET_REJOINED = "The GCS has restarted. Resubscribing"
+
+
+def raylet_logged(rnd: HostsRound, host: str, text: str, after: float) -> Optional[float]:
+    """Wall-clock time of the first line with `text` in `host`'s raylet.out stamped after `after`."""
+    for log in sorted((rnd.rig.workdir / "hosts" / host / "tmp" / "ray").glob("session_*/logs/raylet.out")):
+        lines = (line[1:] for line in log.read_text(errors="replace").splitlines() if line.startswith("["))
+        stamp = logged_at("\n".join(lines), text, after)  # Ray's "[2026-.. ..,mmm I pid tid]" without its "["
+        if stamp is not None:
+            return stamp
+    return None
+
+
+#: A head's dashboard on, reachable from other hosts (Ray Jobs are submitted and read through it).
+DASHBOARD = ("--include-dashboard=true", "--dashboard-host=0.0.0.0")
+
+
+def job_probe(host, old_ip: str, new_ip: str, worker_ip: str):
+    """bench/job_probe.py on `host`: a Ray Job submitted to the leader at `old_ip`, running on w1."""
+    started = host.popen([sys.executable, str(ROOT / "bench" / "job_probe.py"), old_ip, new_ip, worker_ip],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=clean_env())
+    if not read_line(started.proc.stdout, 240, b"ready"):
+        raise RuntimeError(f"the job probe on {host.name} did not get a job running")
+    return started
+
+
+def job_figures(seen: dict, killed: float) -> dict[str, float]:
+    """The job probe's answer as figures (s after the kill); a job not shown running on is a failed round."""
+    if "progressed" not in seen:
+        raise RuntimeError(f"the new leader's dashboard never showed the job running on: {seen}")
+    return {"job: new dashboard answered": seen["answered"] - killed, "job: RUNNING": seen["running"] - killed,
+            "job: RUNNING, its driver's new tasks logged": seen["progressed"] - killed}
 
 
 def lease_expiry(rnd: HostsRound) -> float:
@@ -176,9 +231,9 @@ def probe(host, address: str, old_ip: str):
     return started
 
 
-def go(started) -> None:
-    """Tell a probe from `probe` to begin."""
-    started.proc.stdin.write(b"go\n")
+def go(started, line: str = "go") -> None:
+    """Tell a probe from `probe` (or the job probe) to begin."""
+    started.proc.stdin.write(line.encode() + b"\n")
     started.proc.stdin.flush()
 
 

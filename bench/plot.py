@@ -49,9 +49,12 @@ def draw(rounds: list[dict], lease: float, path: Path) -> Path:
 
 #: The user-visible milestones of a failover on hosts (follower-relay-hosts), in the order they happen.
 MILESTONES = (("lease expired", "lease expired"), ("lease won", "lease won"), ("new GCS answered", "GCS answers"),
+              ("w1 raylet reconnected", "worker raylet reconnected"),
               ("w1 driver: actor answered", "worker's actor answers"),
               ("w1 driver: task ran on w1", "task runs on the worker"), ("old head listed dead", "old head DEAD"))
-COLORS = ("#e76f51", "#f4a261", "#2a9d8f", "#264653", "#1d3557", "#8d99ae")
+#: With timeline-hosts, the Ray Job's too: the new dashboard says RUNNING and its log shows new tasks.
+JOB_MILESTONES = (("job: RUNNING, its driver's new tasks logged", "Ray Job's real state shown"),)
+COLORS = ("#e76f51", "#f4a261", "#2a9d8f", "#e9c46a", "#264653", "#1d3557", "#8d99ae", "#9b5de5")
 
 
 def draw_timeline(runs: list[tuple[str, list[dict]]], path: Path,
@@ -63,14 +66,18 @@ def draw_timeline(runs: list[tuple[str, list[dict]]], path: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 1.4 + 1.2 * len(runs)))
+    fig, ax = plt.subplots(figsize=(10, 1.6 + 1.4 * len(runs)))
+    labelled = set()
     for row, (label, rounds) in enumerate(runs):
-        medians = {key: statistics.median(r[key] for r in rounds) for key, _ in MILESTONES}
+        shown = [(k, n, c) for (k, n), c in zip(MILESTONES + JOB_MILESTONES, COLORS) if k in rounds[0]]
+        medians = {key: statistics.median(r[key] for r in rounds) for key, _, _ in shown}
         ax.hlines(row, 0, max(medians.values()), color="#adb5bd", lw=6)
-        for (key, name), color in zip(MILESTONES, COLORS):
-            ax.plot(medians[key], row, "o", color=color, ms=9, label=name if row == 0 else None)
-        text = " · ".join(f"{name} {medians[key]:.2f}" for key, name in MILESTONES)
-        ax.annotate(text, (0.2, row), textcoords="offset points", xytext=(0, -17), fontsize=7)
+        for key, name, color in shown:
+            ax.plot(medians[key], row, "o", color=color, ms=9, label=None if name in labelled else name)
+            labelled.add(name)
+        parts = [f"{name} {medians[key]:.2f}" for key, name, _ in shown]
+        text = " · ".join(parts[:4]) + "\n" + " · ".join(parts[4:])
+        ax.annotate(text, (0.2, row), textcoords="offset points", xytext=(0, -24), fontsize=7)
     ax.axvline(0, color="crimson", lw=1)
     ax.axvline(reference[0], color="#6c757d", lw=1, ls="--")
     ax.annotate(reference[1], (reference[0], len(runs) - 0.45), ha="right", fontsize=7, color="#6c757d")
@@ -95,7 +102,8 @@ def main(argv: list[str]) -> int:
     runs = []
     for name in argv[2:]:
         saved = json.loads(Path(name).read_text())
-        runs.append((saved["label"], saved["results"]["follower-relay-hosts"]))
+        results = saved["results"]
+        runs.append((saved["label"], results.get("timeline-hosts") or results["follower-relay-hosts"]))
     print(draw_timeline(runs, Path(argv[1])))
     return 0
 
