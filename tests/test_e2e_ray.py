@@ -148,6 +148,9 @@ def test_a_prewarmed_standby_becomes_the_head_in_its_waiting_interpreter(ray_lau
     assert f"handed to the pre-warmed interpreter (pid {warm.pid}), resuming {before['session']}" in standby.log()
     gcs = next(p for p in standby.descendants() if p.name() == "gcs_server")
     assert warm.pid in [p.pid for p in gcs.parents()], "the warm interpreter runs the head's tree"
+    host, port = redis_server.address.rsplit(":", 1)
+    assert {f"--redis_address={host}", f"--redis_port={port}"} <= set(gcs.cmdline()), \
+        "the pre-warmed head's GCS keeps its state in the cluster's Redis (GCS fault tolerance on)"
     after = drive(ray_launch.env, gcs_address(redis_server, keys.lease), "get")
     assert after["session"] == before["session"] and after["value"] >= 1, "the cluster's state, resumed"
     print(f"prewarmed crash failover: kill -9 -> new GCS serving in {took:.1f}s (lease 5s)")
