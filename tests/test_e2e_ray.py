@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TAG_VAR, Launcher, LaunchPad, tagged_processes, wait_for
+from raylaunch.proc.net import split_host_port
 from raylaunch.store.keys import Keys
 from raylaunch.store.raysession import read_session_name
 from raylaunch.store.redisstore import RedisStore
@@ -148,7 +149,7 @@ def test_a_prewarmed_standby_becomes_the_head_in_its_waiting_interpreter(ray_lau
     assert f"handed to the pre-warmed interpreter (pid {warm.pid}), resuming {before['session']}" in standby.log()
     gcs = next(p for p in standby.descendants() if p.name() == "gcs_server")
     assert warm.pid in [p.pid for p in gcs.parents()], "the warm interpreter runs the head's tree"
-    host, port = redis_server.address.rsplit(":", 1)
+    host, port = split_host_port(redis_server.address)
     assert {f"--redis_address={host}", f"--redis_port={port}"} <= set(gcs.cmdline()), \
         "the pre-warmed head's GCS keeps its state in the cluster's Redis (GCS fault tolerance on)"
     after = drive(ray_launch.env, gcs_address(redis_server, keys.lease), "get")
