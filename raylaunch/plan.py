@@ -74,7 +74,7 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
     build = build_worker_command if request.follow else build_head_command
     command = build(ray_exe, args, version, timing.effective_reconnect_timeout, env)
     autoscaling = read_autoscaling(args, env, Path(ray_temp_dir(env))) if not request.follow else Autoscaling()
-    warm, warm_warnings = prewarm_python(safety.prewarm, ray_exe, version) if not request.follow else (None, ())
+    warm, warm_warnings = prewarm_python(safety.prewarm, ray_exe, command.env) if not request.follow else (None, ())
     command = replace(command, warnings=command.warnings + autoscaling.warnings + warm_warnings)
     target = target_from(env, option_value(args, "--redis-username"), option_value(args, "--redis-password"))
     temp_dir = Path(option_value(args, "--temp-dir") or ray_temp_dir(env))
@@ -87,13 +87,14 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
                 local_cluster=autoscaling.local)
 
 
-def prewarm_python(prewarm: str, ray_exe: str, version: tuple[int, int]) -> tuple[Optional[str], tuple[str, ...]]:
-    """--ha-prewarm: the interpreter a standby keeps warm, and a warning when auto finds none."""
+def prewarm_python(prewarm: str, ray_exe: str, env: Mapping[str, str]) -> tuple[Optional[str], tuple[str, ...]]:
+    """--ha-prewarm: the interpreter a standby keeps warm (`ray_exe` as run in the head's `env`), and a warning
+    saying why when auto finds none."""
     if prewarm == "off":
         return None, ()
-    python = warm_python(ray_exe, version, required=prewarm == "on")
+    python, why = warm_python(ray_exe, env, required=prewarm == "on")
     if python is None:
-        return None, (f"--ha-prewarm auto: cannot tell which Python runs {ray_exe}; a takeover starts it cold",)
+        return None, (f"--ha-prewarm auto: {why}; a takeover starts it cold",)
     return python, ()
 
 

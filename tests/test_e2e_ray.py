@@ -160,6 +160,48 @@ def test_a_prewarmed_standby_becomes_the_head_in_its_waiting_interpreter(ray_lau
     assert tagged_processes(leak_guard) == []
 
 
+def wrapper_ray(bin_dir: Path, calls: Path, marker: str) -> Path:
+    """A site's `ray`: a shell script that logs "<pid> <args>" to `calls`, exports WRAPPED_RAY=<marker> and
+    execs this interpreter's real Ray console script (so its pid becomes `ray`'s)."""
+    real = Path(sys.executable).parent / "ray"
+    if not real.is_file():
+        pytest.fail(f"real Ray's console script is needed at {real}: pip install 'ray[default]==2.60.0'", pytrace=False)
+    bin_dir.mkdir()
+    wrapper = bin_dir / "ray"
+    wrapper.write_text(f'#!/bin/sh\necho "$$ $*" >> {calls}\nexport WRAPPED_RAY={marker}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_a_wrapper_ray_is_not_prewarmed_and_the_takeover_head_runs_through_it(ray_launch, redis_server, leak_guard,
+                                                                               tmp_path):
+    """With --ha-prewarm auto a standby whose `ray` is a shell wrapper warns and starts cold: the new head's
+    `ray start` is the wrapper's process, and its GCS has the wrapper's environment."""
+    calls = tmp_path / "wrapper-calls.log"
+    wrapper = wrapper_ray(tmp_path / "site-bin", calls, leak_guard)
+    path = {"PATH": f"{wrapper.parent}{os.pathsep}{ray_launch.env['PATH']}"}
+    leader = ray_launch("a", "--ha-prewarm=auto", env=path)
+    leader.wait_log("GCS serving", timeout=90)
+    standby = ray_launch("b", "--ha-prewarm=auto", env=path)
+    standby.wait_log("standing by; leader is a", timeout=60)
+    assert (f"--ha-prewarm auto: cannot tell which Python runs {wrapper}: its #! line (#!/bin/sh) names no Python "
+            "alone, and it is not a pyenv shim: a wrapper, which pre-warming would bypass; a takeover starts it "
+            "cold") in standby.log()
+    time.sleep(2)  # a standby that pre-warms has spawned its interpreter by now
+    assert not any("prewarm.py" in " ".join(p.cmdline()) for p in standby.descendants()), "no warm interpreter"
+
+    leader.kill_tree()
+    standby.wait_log("GCS serving", timeout=90)
+    assert "pre-warmed interpreter" not in standby.log()
+    gcs = next(p for p in standby.descendants() if p.name() == "gcs_server")
+    assert gcs.environ().get("WRAPPED_RAY") == leak_guard, "the new head's GCS has the wrapper's environment"
+    starts = {int(line.split()[0]) for line in calls.read_text().splitlines() if " start --head " in f"{line} "}
+    assert starts & {p.pid for p in gcs.parents()}, "the new head's `ray start` is the wrapper's process"
+    standby.proc.send_signal(signal.SIGTERM)
+    assert standby.wait(60) == 0
+    assert tagged_processes(leak_guard) == []
+
+
 def test_a_follower_rejoins_the_new_leader_and_its_pinned_task_runs_again(ray_launch, redis_server, leak_guard,
                                                                           tmp_path):
     leader = ray_launch("a")

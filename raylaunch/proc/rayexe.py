@@ -7,10 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Callable, Mapping, NoReturn, Optional, Sequence
 
 from raylaunch.config import ConfigError
-from raylaunch.proc.prewarm import ray_python
+from raylaunch.proc.prewarm import NotRaysScript, ray_python
 from raylaunch.proc.raycmd import parse_version
 
 
@@ -58,13 +58,13 @@ def ray_version(ray_exe: str, python: str = sys.executable,
     return parse_version(ask(ray_exe))
 
 
-def warm_python(ray_exe: str, version: tuple[int, int], required: bool = True,
-                ours: Callable[[], Optional[str]] = installed_ray) -> Optional[str]:
-    """The interpreter to pre-warm for --ha-prewarm: the one that runs `ray`; if unknown, a ConfigError
-    when `required` (on), else None (auto: start cold)."""
-    mine = ours()
-    python = ray_python(ray_exe, version, parse_version(mine) if mine else None)
-    if python is None and required:
-        raise ConfigError(f"--ha-prewarm: cannot tell which Python runs {ray_exe} (no python in its #! line, "
-                          "and this interpreter has no Ray of the same version)")
-    return python
+def warm_python(ray_exe: str, env: Mapping[str, str], required: bool = True) -> tuple[Optional[str], str]:
+    """--ha-prewarm: (the Python proven to run `ray_exe` in `env`, ""), else (None, why not) for auto to start
+    cold, or a ConfigError when `required` (on): a wrapper `ray` must run as it is."""
+    try:
+        return ray_python(ray_exe, env), ""
+    except NotRaysScript as exc:
+        why = f"cannot tell which Python runs {ray_exe}: {exc}"
+    if required:
+        raise ConfigError(f"--ha-prewarm on: {why}; --ha-prewarm auto starts it cold instead")
+    return None, why
