@@ -186,17 +186,18 @@ def stop(ha_node_name: Optional[str], ray_args: tuple[str, ...]) -> None:
     and its exit code is ours (1 if a supervisor did not stop in time).
     """
     from raylaunch.local.control import stop_supervisors
-    from raylaunch.local.state import run_dir
     from raylaunch.proc.rayexe import exec_ray, find_ray
 
     def body() -> int:
         load_env_file(None)
-        stopped, failed = stop_supervisors(run_dir(os.environ), ha_node_name)
-        for line in stopped:
+        report = stop_supervisors(os.environ, ha_node_name)
+        for line in report.notes:
+            click.echo(f"ray-ha: note: {line}", err=True)
+        for line in report.stopped:
             click.echo(f"ray-ha: {line}")
-        for line in failed:
+        for line in report.failed:
             click.echo(f"ray-ha: error: {line}", err=True)
-        if not failed:
+        if not report.failed:
             exec_ray(["stop", *ray_args])
         import subprocess
         subprocess.run([find_ray(), "stop", *ray_args])
@@ -228,10 +229,12 @@ def completion(shell: str) -> None:
 def health(role: str, ha_node_name: Optional[str]) -> None:
     """Probe this machine's supervisor: exit 0 if healthy, 1 if not. No Redis, no Ray."""
     from raylaunch.local.control import health as probe
-    from raylaunch.local.state import run_dir
 
     load_env_file(None)  # RAY_HA_RUN_DIR may come from ./.env, as for start
-    ok, why = probe(run_dir(os.environ), ha_node_name, role)
+    try:
+        ok, why = probe(os.environ, ha_node_name, role)
+    except ConfigError as exc:  # an unsafe run dir
+        fail(str(exc), EXIT_USAGE)
     click.echo(why, err=not ok)
     sys.exit(EXIT_OK if ok else EXIT_RUNTIME)
 
@@ -241,14 +244,13 @@ def _store_for(key: Optional[str], env_file: Optional[str], username: Optional[s
     RedisStore); nothing held."""
     from raylaunch.config import settings_from
     from raylaunch.local.peerenv import redis_of_local_supervisor
-    from raylaunch.local.state import run_dir
     from raylaunch.store.connect import target_from
     from raylaunch.store.redisstore import open_store
 
     load_env_file(env_file)
     env: dict[str, str] = dict(os.environ)
     if "RAY_REDIS_ADDRESS" not in env:  # as under `ray up`: the start command alone said where Redis is
-        env.update(redis_of_local_supervisor(run_dir(env)))
+        env.update(redis_of_local_supervisor(env))
     target = target_from(env, username, password)
     return open_store(target, settings_from(IDENTITY, {"key": key}, env).key, 2.0)
 
@@ -262,13 +264,16 @@ def status(as_json: bool, key: Optional[str], ha_env_file: Optional[str], redis_
 
     Reads RAY_REDIS_ADDRESS like `ray-ha start`. Exit 0 when a leader exists, 1 otherwise.
     """
-    from raylaunch.local.state import local_supervisors, run_dir
+    from raylaunch.local.state import machine_supervisors
     from raylaunch.status import render, status_json
     from raylaunch.store.view import read_cluster
 
     def body() -> int:
         store = _store_for(key, ha_env_file, redis_username, redis_password)
-        view = status_json(read_cluster(store), store.display, local_supervisors(run_dir(os.environ)))
+        here = machine_supervisors(os.environ)
+        for line in here.notes:
+            click.echo(f"ray-ha: note: {line}", err=True)
+        view = status_json(read_cluster(store), store.display, here.supervisors)
         click.echo(json.dumps(view, indent=2, sort_keys=True) if as_json else render(view))
         return EXIT_OK if view["leader"] else EXIT_RUNTIME
 

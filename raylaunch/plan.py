@@ -13,7 +13,7 @@ from typing import Mapping, Optional
 
 from raylaunch.config import (FOLLOWING, IDENTITY, REPORTING, SAFETY, TIMING, ConfigError, Identity, Reporting,
                               Safety, Timing, settings_from)
-from raylaunch.local.state import run_dir
+from raylaunch.local.rundir import run_dir
 from raylaunch.proc.autoscaling import Autoscaling, LocalCluster, read_autoscaling
 from raylaunch.proc.net import split_host_port
 from raylaunch.proc.raycmd import REWRITTEN_HOSTS, RayCommand, build_head_command, build_worker_command, option_value

@@ -40,10 +40,11 @@ def status_json(view: ClusterView, redis_display: str, local: list[LocalSupervis
 def _local(sup: LocalSupervisor) -> dict[str, Any]:
     state = sup.state
     role = state.role if state and sup.running and sup.fresh() else ("stale" if sup.running else "gone")
+    role = "not-ray-ha" if sup.doubt else role
     return {"node": sup.node, "pid": sup.pid, "role": role, "epoch": state.epoch if state else None,
             "leader": state.leader if state else None, "gcs_address": state.gcs_address if state else None,
             "serving": bool(state and state.serving) and sup.running, "relay": state.relay if state else None,
-            "redis_refused": state.redis_refused if state and sup.running else None}
+            "redis_refused": state.redis_refused if state and sup.running else None, "doubt": sup.doubt}
 
 
 def render(view: dict[str, Any]) -> str:
@@ -78,6 +79,7 @@ def render(view: dict[str, Any]) -> str:
                   + (f", epoch {s['epoch']}" if s["role"] in ("leader", "follower") and s["epoch"] else "")
                   + (f", relay {s['relay']}" if s["relay"] else "")
                   + (f"; STUCK, Redis refuses it: {s['redis_refused']}" if s["redis_refused"] else "")
+                  + (f"; not taken for a supervisor: {s['doubt']}" if s["doubt"] else "")
                   for s in view["local"]]
     return "\n".join(lines)
 

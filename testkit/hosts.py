@@ -4,9 +4,9 @@ The rig is one user namespace the caller owns (no root needed), holding everythi
 - a "world" whose network namespace carries two bridges and no address at all (no route anywhere):
   the hosts' network (`HOSTS_NET`) and a storage network (`STORAGE_NET`) for Redis, so a host can be cut
   from Redis while it still reaches the other hosts;
-- hosts, each its own network, UTS (host name), PID and mount namespace with a private /tmp (what Ray
-  and ray-ha keep per machine stays per host); paths the tests need that live under /tmp (the venv,
-  the checkout, the test's directory) are bound back in at the same place.
+- hosts, each its own network, UTS (host name), PID and mount namespace with a private /tmp and /run
+  (what Ray and ray-ha keep per machine stays per host); paths the tests need that live under /tmp (the
+  venv, the checkout, the test's directory) are bound back in at the same place.
 Both subnets lie in 198.18.0.0/15, the block RFC 2544 sets aside for benchmarks: used nowhere else.
 The world is the PID 1 of its own PID namespace and dies with the process that made the rig, so
 closing the rig (or the test process dying) kills every process on every host.
@@ -51,6 +51,9 @@ if tmp:
         os.makedirs(inner, exist_ok=True)
         bind(path, inner)
     bind(tmp, "/tmp")
+    run = os.path.join(os.path.dirname(tmp), "run")
+    os.makedirs(run, exist_ok=True)
+    bind(run, "/run")
 def reap(*_):
     while True:
         try:

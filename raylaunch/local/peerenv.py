@@ -3,12 +3,12 @@ only inside the start command, and `status` and `switchover` should find it ther
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Mapping
 
 import psutil
 
 from raylaunch.config import ConfigError
-from raylaunch.local.state import local_supervisors
+from raylaunch.local.state import machine_supervisors
 from raylaunch.store.connect import TLS_FILE_VARS
 
 #: What `status` and `switchover` may take from a local supervisor's environment when theirs is silent.
@@ -16,12 +16,12 @@ REDIS_ENV = ("RAY_REDIS_ADDRESS", "RAY_REDIS_PASSWORD", *TLS_FILE_VARS, "RAY_RED
              "RAY_external_storage_namespace", "RAY_HA_LEADER_KEY")
 
 
-def redis_of_local_supervisor(directory: Path) -> dict[str, str]:
+def redis_of_local_supervisor(env: Mapping[str, str]) -> dict[str, str]:
     """The Redis settings of the supervisor running here, from its own environment (as `ray up` recipes
     set them only inside the start command); {} if none runs or it cannot be read; ConfigError if the
     running ones disagree."""
     found = []
-    for sup in local_supervisors(directory):
+    for sup in machine_supervisors(env).supervisors:
         if not (sup.running and sup.pid):
             continue
         try:

@@ -1,34 +1,30 @@
 """This machine's supervisors, found without Redis: a locked pid file and a JSON state file per node.
 
-`ray-ha stop`, `health` and `status` read them. The supervisor holds an flock on its pid file for its
-whole life, so a live supervisor is told from a stale file without trusting pids, and a second
-supervisor for the same node on this machine is refused. Directory: $RAY_HA_RUN_DIR or /tmp/ray-ha.
+`ray-ha stop`, `health` and `status` read them. A supervisor holds a lock on its pid file for its whole
+life (local.holder), so a live supervisor is told from a stale file by the kernel, never by a pid in a
+file, and a second supervisor for the same node on this machine is refused. The files live in a
+checked private directory (local.rundir) and are reached only through it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 from raylaunch.config import ConfigError, Timing
+from raylaunch.local.holder import flock_holder, holder, judge, take
+from raylaunch.local.rundir import LEGACY_RUN_DIR, RUN_DIR_ENV, PrivateDir, UnsafeDir, run_dir
 from raylaunch.proc.net import tcp_accepts
 
-RUN_DIR_ENV = "RAY_HA_RUN_DIR"
-DEFAULT_RUN_DIR = "/tmp/ray-ha"
 #: Version of the state file's layout; bumped only on incompatible changes.
 SCHEMA = 1
 #: How long `ray-ha health` waits for the leader's GCS to accept a connection (s).
 PROBE_TIMEOUT = 0.2
-
-
-def run_dir(env: Mapping[str, str]) -> Path:
-    """Where this machine's supervisors keep their pid and state files."""
-    return Path(env.get(RUN_DIR_ENV, "").strip() or DEFAULT_RUN_DIR)
 
 
 class AlreadyRunning(ConfigError):
@@ -107,26 +103,48 @@ def gcs_probe(address: str) -> bool:
 
 
 class StateFile:
-    """The supervisor's side: claim the node's pid file, then keep its state file current."""
+    """The supervisor's side: claim the node's pid file, then keep its state file current. The process
+    that claimed never opens the pid file again: closing any descriptor of it would drop the lock."""
 
     def __init__(self, directory: Path, base: SupervisorState, heartbeat: float) -> None:
-        self.pid_path, self.state_path = directory / f"{base.node}.pid", directory / f"{base.node}.json"
-        self.base, self.heartbeat = base, heartbeat
+        self.directory, self.base, self.heartbeat = directory, base, heartbeat
+        self.pid_name, self.state_name = f"{base.node}.pid", f"{base.node}.json"
+        self._dir: Optional[PrivateDir] = None
         self._fd: Optional[int] = None
         self._last: Optional[SupervisorState] = None
         self._written = 0.0
 
     def claim(self) -> None:
-        """Take the node's lock for this process's life; AlreadyRunning if another supervisor has it."""
-        self.pid_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.pid_path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _lock(fd, wait=0.5):
-            os.close(fd)
-            raise AlreadyRunning(f"a ray-ha supervisor for node {self.pid_path.stem!r} already runs here "
-                                 f"(pid {_read_pid(self.pid_path)}); stop it first: ray-ha stop")
+        """Take the node's lock for this process's life; AlreadyRunning if another supervisor has it,
+        UnsafeDir if the run dir is not private."""
+        run = PrivateDir.open(self.directory, create=True)
+        try:
+            fd = self._lock(run)
+        except BaseException:
+            run.close()
+            raise
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        os.write(fd, f"{os.getpid()}\n".encode())  # for people; readers ask the kernel
+        self._dir, self._fd = run, fd
+
+    def _lock(self, run: PrivateDir) -> int:
+        """The locked pid file's descriptor; the file must still be the one named, not one unlinked by a
+        supervisor that was just leaving."""
+        while True:
+            fd = run.open_file(self.pid_name, os.O_RDWR | os.O_CREAT, 0o644)
+            if not take(fd):
+                pid = holder(fd)
+                os.close(fd)
+                raise AlreadyRunning(f"a ray-ha supervisor for node {self.base.node!r} already runs here "
+                                     f"(pid {pid}); stop it first: ray-ha stop")
+            try:
+                named = os.stat(self.pid_name, dir_fd=run.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                named = None
+            mine = os.fstat(fd)
+            if named is not None and (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
+                return fd
+            os.close(fd)
 
     def update(self, state: SupervisorState) -> None:
         """Write the state when it changed, or at least every `heartbeat` s so readers see we are alive."""
@@ -134,17 +152,16 @@ class StateFile:
         if state == self._last and now - self._written < self.heartbeat:
             return
         self._last, self._written = state, now
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(replace(state, pid=os.getpid(), updated=now).to_json())
-        os.replace(tmp, self.state_path)
+        assert self._dir is not None, "update before claim"
+        self._dir.write_text(self.state_name, replace(state, pid=os.getpid(), updated=now).to_json())
 
     def close(self) -> None:
-        """Remove both files; the lock goes with the descriptor."""
-        for path in (self.state_path, self.pid_path):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+        """Remove both files, then let go of the lock (in that order: nobody locks a file we remove)."""
+        if self._dir is not None:
+            for name in (self.state_name, self.pid_name):
+                self._dir.unlink(name)
+            self._dir.close()
+            self._dir = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -152,12 +169,15 @@ class StateFile:
 
 @dataclass(frozen=True)
 class LocalSupervisor:
-    """A supervisor as seen from outside: its node, pid, whether it still runs, and its last state."""
+    """A supervisor as seen from outside: its node, the pid the kernel says holds its lock, whether that
+    holder is proven to be a ray-ha supervisor of ours (running), and its last state."""
 
     node: str
-    pid: Optional[int]
+    pid: Optional[int]  # the lock's holder, None when nobody holds it
     running: bool
     state: Optional[SupervisorState]  # None until its first write, or if unreadable
+    directory: Path = Path()
+    doubt: Optional[str] = None  # why a held lock's holder is not taken for a supervisor of ours
 
     def fresh(self) -> bool:
         """True if the state was written within one lease duration (a frozen loop goes stale)."""
@@ -165,50 +185,53 @@ class LocalSupervisor:
 
 
 def local_supervisors(directory: Path, node: Optional[str] = None) -> list[LocalSupervisor]:
-    """The supervisors with files in `directory` (only `node`'s if given), running or stale."""
-    found = []
-    for pid_path in sorted(directory.glob("*.pid")) if directory.is_dir() else []:
-        if node is not None and pid_path.stem != node:
-            continue
-        try:
-            state = SupervisorState.from_json(pid_path.with_suffix(".json").read_text())
-        except OSError:
-            state = None
-        found.append(LocalSupervisor(node=pid_path.stem, pid=_read_pid(pid_path),
-                                     running=_held(pid_path), state=state))
-    return found
-
-
-def _lock(fd: int, wait: float) -> bool:
-    """Take an exclusive flock, retrying for `wait` s (a reader may be testing it for a moment)."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
-
-
-def _held(pid_path: Path) -> bool:
-    """True if a live process holds the pid file's lock."""
+    """The supervisors with files in `directory` (only `node`'s if given), running or stale; UnsafeDir
+    if the directory is not private."""
     try:
-        fd = os.open(pid_path, os.O_RDONLY)
+        run = PrivateDir.open(directory)
+    except FileNotFoundError:
+        return []
+    with run:
+        return [inspect(run, name[:-len(".pid")]) for name in run.names(".pid")
+                if node is None or name == f"{node}.pid"]
+
+
+def inspect(run: PrivateDir, node: str) -> LocalSupervisor:
+    """One node's files: who holds its lock (the kernel's answer, then proven), and its state."""
+    state = SupervisorState.from_json(run.read_text(f"{node}.json") or "")
+    try:
+        fd = run.open_file(f"{node}.pid", os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
-        return False
+        return LocalSupervisor(node, None, False, state, run.path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
+        st = os.fstat(fd)
+        pid = holder(fd) if stat.S_ISREG(st.st_mode) else None
     finally:
         os.close(fd)
+    pid = flock_holder(st) if pid is None else pid  # a supervisor of 0.2
+    if pid is None:
+        return LocalSupervisor(node, None, False, state, run.path)
+    verdict = judge(pid, st.st_uid)
+    return LocalSupervisor(node, pid, verdict.proven, state, run.path, verdict.doubt)
 
 
-def _read_pid(path: Path) -> Optional[int]:
+@dataclass(frozen=True)
+class Found:
+    """This machine's supervisors, and notes on places that were not searched (and why)."""
+
+    supervisors: list[LocalSupervisor]
+    notes: list[str]
+
+
+def machine_supervisors(env: Mapping[str, str], node: Optional[str] = None) -> Found:
+    """The supervisors in the run dir, and for one release in 0.2's shared /tmp/ray-ha too (under the
+    same checks), so that those started before an upgrade can still be found and stopped."""
+    primary = run_dir(env)
+    found = Found(local_supervisors(primary, node), [])
+    if env.get(RUN_DIR_ENV, "").strip() or primary == LEGACY_RUN_DIR or not LEGACY_RUN_DIR.exists():
+        return found
     try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
+        found.supervisors.extend(local_supervisors(LEGACY_RUN_DIR, node))
+    except UnsafeDir as exc:
+        found.notes.append(f"not looking for 0.2's supervisors: {exc}")
+    return found

@@ -3,12 +3,14 @@ session, echo its log until it leads, stands by or has joined, and say where it 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import BinaryIO, Optional
 
 from raylaunch.config import EXIT_OK, EXIT_RUNTIME
+from raylaunch.local.rundir import PrivateDir
 from raylaunch.local.state import SupervisorState, local_supervisors
 from raylaunch.plan import Plan, StartRequest
 from raylaunch.supervisor import Mode, claim_state
@@ -19,6 +21,8 @@ DETACH_WAIT = 180.0
 #: from 2.9 to 2.60 says it), or RAY_TEXT_GRACE after its GCS began serving if a Ray says something else.
 RAY_STARTED = "Ray runtime started"
 RAY_TEXT_GRACE = 20.0
+#: What to do about an unsafe log dir (`<ray temp dir>/ray-ha`).
+LOG_DIR_FIX = "Remove it, or make it yours (mode 0700), or give ray-ha another --temp-dir (or RAY_TMPDIR)"
 
 
 def detach(plan: Plan, request: StartRequest, mode: Mode) -> int:
@@ -26,18 +30,23 @@ def detach(plan: Plan, request: StartRequest, mode: Mode) -> int:
     second supervisor for this node fails here, in the foreground."""
     mode.check_redis()
     claim_state(plan).close()
-    plan.log_path.parent.mkdir(parents=True, exist_ok=True)
-    offset = plan.log_path.stat().st_size if plan.log_path.exists() else 0
     after_loss = "standby" if plan.stand_by_again else "exit"  # decided here: the child runs with --block
     argv = [sys.executable, "-m", "raylaunch", "start", *request.ha_argv, f"--ha-after-loss={after_loss}",
             *request.ray_args, "--block"]
-    with open(plan.log_path, "ab") as out:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-    return echo_until_settled(plan, child, offset)
+    with PrivateDir.open(plan.log_path.parent, create=True, above=False, fix=LOG_DIR_FIX) as logs:
+        out = logs.open_file(plan.log_path.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        reader = os.fdopen(logs.open_file(plan.log_path.name, os.O_RDONLY), "rb")
+    with reader:
+        reader.seek(os.fstat(out).st_size)
+        try:
+            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        finally:
+            os.close(out)
+        return echo_until_settled(plan, child, reader)
 
 
-def echo_until_settled(plan: Plan, child: subprocess.Popen, offset: int) -> int:
+def echo_until_settled(plan: Plan, child: subprocess.Popen, log_file: BinaryIO) -> int:
     """Echo the supervisor's log until it leads, stands by or exits; never wait longer than DETACH_WAIT.
 
     A leader is reported once its GCS serves and `ray start` has said it is done (or the wait is up),
@@ -45,25 +54,23 @@ def echo_until_settled(plan: Plan, child: subprocess.Popen, offset: int) -> int:
     """
     deadline = time.monotonic() + DETACH_WAIT
     shown, leading_since = "", None
-    with open(plan.log_path, "rb") as log_file:
-        log_file.seek(offset)
-        while True:
-            time.sleep(0.1)
-            shown += _echo(log_file)
-            code = child.poll()
-            if code is not None:
-                _echo(log_file)
-                print(f"ray-ha: the supervisor exited with code {code}; see {plan.log_path}", file=sys.stderr)
-                return code or EXIT_RUNTIME
-            line, leading = _verdict_of(plan, child.pid)
-            leading_since = leading_since or (time.monotonic() if leading else None)
-            timed_out = time.monotonic() > deadline
-            if line and (not leading or RAY_STARTED in shown or _past(leading_since, RAY_TEXT_GRACE) or timed_out):
-                return _settled(plan, child.pid, line, quiet_ray=leading and RAY_STARTED not in shown)
-            if timed_out:
-                print(f"ray-ha: error: no outcome after {DETACH_WAIT:.0f}s; the supervisor (pid {child.pid}) "
-                      f"keeps trying, see {plan.log_path}", file=sys.stderr)
-                return EXIT_RUNTIME
+    while True:
+        time.sleep(0.1)
+        shown += _echo(log_file)
+        code = child.poll()
+        if code is not None:
+            _echo(log_file)
+            print(f"ray-ha: the supervisor exited with code {code}; see {plan.log_path}", file=sys.stderr)
+            return code or EXIT_RUNTIME
+        line, leading = _verdict_of(plan, child.pid)
+        leading_since = leading_since or (time.monotonic() if leading else None)
+        timed_out = time.monotonic() > deadline
+        if line and (not leading or RAY_STARTED in shown or _past(leading_since, RAY_TEXT_GRACE) or timed_out):
+            return _settled(plan, child.pid, line, quiet_ray=leading and RAY_STARTED not in shown)
+        if timed_out:
+            print(f"ray-ha: error: no outcome after {DETACH_WAIT:.0f}s; the supervisor (pid {child.pid}) "
+                  f"keeps trying, see {plan.log_path}", file=sys.stderr)
+            return EXIT_RUNTIME
 
 
 def _verdict_of(plan: Plan, pid: int) -> tuple[Optional[str], bool]:
@@ -102,7 +109,7 @@ def verdict(state: SupervisorState) -> tuple[Optional[str], bool]:
     return None, False
 
 
-def _echo(log_file) -> str:
+def _echo(log_file: BinaryIO) -> str:
     """Copy what the supervisor logged since last time to our stdout; returns it."""
     text = log_file.read().decode(errors="replace")
     if text:

@@ -41,7 +41,7 @@ class HostsChaosRun(ChaosRun):
         return self.redis.address
 
     def _spawn(self, slot: Slot, argv: list[str], env: dict[str, str], out):
-        env = {k: v for k, v in env.items() if k != "RAY_HA_RUN_DIR"}  # each host's own /tmp/ray-ha
+        env = {k: v for k, v in env.items() if k != "RAY_HA_RUN_DIR"}  # each host's own default run dir
         return self.hosts[slot.name].popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL)
 
