@@ -56,17 +56,19 @@ def adapted(recipe: str, hosts: dict[str, Host], redis: HostRedis, key: Path) ->
 
 
 class RayUp:
-    """The rig's machines, their sshd, Redis, and `ray up` on the admin host."""
+    """The rig's machines, their sshd, Redis, and `ray up` on the admin host (ssh and rsync there and on the
+    hosts are the machine's or fetched ones: testkit.sshtools). Raises testkit.debian.Unavailable if those
+    can be neither found nor fetched."""
 
     def __init__(self, rig: Rig, workdir: Path, lease: float) -> None:
         self.rig = rig
+        path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+        self.ssh = SshHosts(workdir, {**clean_env(**lease_env(lease)), "PATH": path, "HOME": HOME})
         redis_host = rig.add("r1", 2, storage=True, hosts=False)
         for name, number in (("h1", 11), ("h2", 12), ("w1", 21)):
             rig.add(name, number, storage=True)
         self.admin = rig.add("a1", 31)
         self.redis = HostRedis(redis_host, workdir / "redis").start()
-        path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
-        self.ssh = SshHosts(workdir, {**clean_env(**lease_env(lease)), "PATH": path, "HOME": HOME})
         for name in ("h1", "h2", "w1"):
             self.ssh.prepare(rig.hosts[name])
             self.ssh.start(rig.hosts[name])
@@ -75,7 +77,8 @@ class RayUp:
         for name, recipe in RECIPES.items():
             self.yaml[name] = workdir / recipe
             self.yaml[name].write_text(yaml.safe_dump(adapted(recipe, rig.hosts, self.redis, self.ssh.key)))
-        self.env = {**clean_env(RAY_UP_enable_autoscaler_v2="0"), "HOME": "/tmp/admin", "PATH": path}
+        self.env = self.ssh.environ({**clean_env(RAY_UP_enable_autoscaler_v2="0"), "HOME": "/tmp/admin",
+                                     "PATH": path})
 
     def host(self, name: str) -> Host:
         return self.rig.hosts[name]

@@ -5,36 +5,48 @@ sshd runs as the unprivileged user itself, in a user namespace of its own inside
 an sshd that is not root needs no privilege separation and never calls setgroups(), which a user namespace
 made without root refuses. So this works for a plain user as for root. The host's /run becomes its own
 tmpfs (sshd's /run/sshd), and /etc/passwd and /etc/group gain `ray` and lose the `tty` group (sshd then
-gives a pty to the user's own group) by bind mounts visible on that host only.
+gives a pty to the user's own group) by bind mounts visible on that host only. sshd, ssh, ssh-keygen and
+rsync are the machine's where it has them, else fetched (testkit.sshtools); the hosts' login shell and
+`environ` put the fetched ones first on PATH.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Mapping
 
 from testkit.hosts import Host, HostProcess
+from testkit.sshtools import SshTools
 
 USER, UID = "ray", 2000
 HOME = "/tmp/home"
 
 
 class SshHosts:
-    """The keys and files every host's sshd shares (in `workdir`), and each host's sshd."""
+    """The keys and files every host's sshd shares (in `workdir`), and each host's sshd; `env` is the
+    environment of the hosts' login shell. Raises testkit.debian.Unavailable if a tool can be neither
+    found nor fetched."""
 
     def __init__(self, workdir: Path, env: Mapping[str, str]) -> None:
         self.dir = Path(workdir) / "ssh"
         self.dir.mkdir(parents=True)
+        self.tools = SshTools(self.dir / "tools")
         for name in ("hostkey", "userkey"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)], check=True)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)], check=True,
+                           env=self.environ(os.environ))
         (self.dir / "authorized_keys").write_text((self.dir / "userkey.pub").read_text())
         (self.dir / "passwd").write_text(Path("/etc/passwd").read_text()
                                          + f"{USER}:x:{UID}:{UID}:{USER}:{HOME}:/bin/bash\n")
         (self.dir / "group").write_text("".join(line for line in Path("/etc/group").read_text().splitlines(True)
                                                 if not line.startswith("tty:")) + f"{USER}:x:{UID}:\n")
-        self.bashrc = "".join(f"export {k}={_quote(v)}\n" for k, v in env.items())
+        self.bashrc = "".join(f"export {k}={_quote(v)}\n" for k, v in self.environ(env).items())
+
+    def environ(self, env: Mapping[str, str]) -> dict[str, str]:
+        """`env` for running ssh and rsync: the fetched ones (if any) first on PATH."""
+        return self.tools.environ(env)
 
     @property
     def key(self) -> Path:
@@ -58,10 +70,12 @@ class SshHosts:
 
     def start(self, host: Host) -> HostProcess:
         """Start sshd on `host` (again, after its processes were killed); its log is `log(host)`."""
+        sshd = self.tools.sshd
         with open(self.log_path(host), "ab") as out:
-            server = host.popen(["unshare", "--user", f"--map-user={UID}", f"--map-group={UID}", "/usr/sbin/sshd",
+            server = host.popen(["unshare", "--user", f"--map-user={UID}", f"--map-group={UID}", sshd.path,
                                  "-D", "-e", "-f", str(self.dir / f"{host.name}.conf")],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **sshd.env})
         return server
 
     def log_path(self, host: Host) -> Path:

@@ -1,5 +1,6 @@
 """Ray 2.60's own `ray up` (local provider, over SSH) with the recipes in docs/, on rig hosts with sshd
-(testkit/rayup.py): two head candidates, one follow-mode worker, Redis on its own host, lease 5 s.
+(testkit/rayup.py): two head candidates, one follow-mode worker, Redis on its own host, lease 5 s. sshd, ssh
+and rsync are the machine's, else Debian's fetched without root (testkit/sshtools.py): never a skip.
 
 kill -9 of every process on the leader's machine: the standby leads, the worker keeps its raylet and its
 detached actor, the new leader's autoscaler (given the old one's node list) leaves the worker alone, and a
@@ -13,11 +14,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import wait_for
+from testkit.debian import Unavailable
 from testkit.hostray import ServingDriver
 from testkit.hosts import Rig
 from testkit.rayup import RayUp
@@ -29,12 +30,15 @@ LEASE = 5.0
 
 @pytest.fixture
 def ray_up(rig: Rig, tmp_path) -> RayUp:
-    for tool in ("ray", "ssh", "rsync"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"`{tool}` is needed: pip install 'ray[client]==2.60.0'; apt-get install openssh-server rsync")
-    if not Path("/usr/sbin/sshd").exists():
-        pytest.fail("/usr/sbin/sshd is needed: apt-get install openssh-server")
-    return RayUp(rig, tmp_path, LEASE)
+    """The rig with sshd on its machines; fails with one line if ray is missing or sshd, ssh or rsync can be
+    neither found nor fetched."""
+    if shutil.which("ray") is None:
+        pytest.fail("`ray` is needed: pip install 'ray[client]==2.60.0'", pytrace=False)
+    try:
+        return RayUp(rig, tmp_path, LEASE)
+    except Unavailable as exc:
+        why = str(exc)
+    pytest.fail(why, pytrace=False)
 
 
 def test_ray_up_with_a_hot_standby_survives_kill_9_of_the_leaders_machine_and_ray_down(ray_up: RayUp):
@@ -84,7 +88,7 @@ def test_ray_up_with_a_hot_standby_survives_kill_9_of_the_leaders_machine_and_ra
     assert [s["role"] for s in view["local"]] == ["standby"], "h2's supervisor outlived ray down and stands by"
     print(f"ray up, kill -9 of h1: w1's actor answered with its state {took:.1f}s after the kill; h2's "
           "autoscaler left w1 alone (no login); ray down of h2: h1 leads, h2 stands by again; same raylet and "
-          "actor throughout")
+          f"actor throughout; fetched: {', '.join(ray_up.ssh.tools.fetched) or 'nothing'}")
 
     # The heads first (the standby, then the leader): a leader's autoscaler would start a stopped worker
     # again ("no recent heartbeat, restarting Ray to recover"), as it does after a stock `ray stop` there.
