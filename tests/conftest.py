@@ -56,9 +56,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("redis_version", limit or list(REDIS_VERSIONS), indirect=True)
 
 
-#: Fixtures that start ray-ha processes (each an interpreter start and waits on a lease) or a
-#: cluster-mode Redis: a test that uses one takes seconds.
-SLOW_FIXTURES = frozenset({"fake_ray_env", "make_cluster"})
+#: Fixtures that start ray-ha processes (each an interpreter start and waits on a lease), a
+#: cluster-mode Redis, or that make venvs or fetch shells (test_completions): a test that uses one takes seconds.
+SLOW_FIXTURES = frozenset({"fake_ray_env", "make_cluster", "click_venv", "vendor_shell"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
