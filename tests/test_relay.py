@@ -106,12 +106,12 @@ def test_a_new_target_closes_every_relayed_connection_at_once(relay, echoes):
 
 def test_with_no_target_new_connections_are_reset_not_left_hanging(relay):
     with socket.create_connection(relay.address, timeout=5) as sock:
-        sock.settimeout(2)
+        sock.settimeout(10)  # a hang ends in TimeoutError, not the reset asked for
         started = time.monotonic()
         with pytest.raises(ConnectionResetError):
             sock.sendall(b"x")
             sock.recv(10)
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 5, "reset at once, not after a timeout (generous: a loaded machine)"
 
 
 def test_a_target_that_refuses_resets_the_client(relay):

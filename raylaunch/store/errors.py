@@ -40,9 +40,9 @@ REFUSALS: dict[str, tuple[str, str]] = {
     "NOAUTH": ("credentials", "Redis wants a password: set --redis-password or RAY_REDIS_PASSWORD"),
     "WRONGPASS": ("credentials", "Redis refused the credentials: check --redis-password / "
                                  "RAY_REDIS_PASSWORD and --redis-username"),
-    "NOPERM": ("permission", "the Redis user may not run what ray-ha needs: give it the keys and channels "
-                             "{key}* and the commands it runs on them (for example ACL SETUSER <user> "
-                             "resetchannels ~{key}* &{key}* +@all)"),
+    "NOPERM": ("permission", "the Redis user may not run what ray-ha needs: give it the keys and channel "
+                             "of {key} and the commands it runs on them (the advised ACL: "
+                             "docs/redis-acl.md in ray-ha's source)"),
     "WRONGTYPE": ("wrong-type", "a key of lease {key} holds a value of the wrong type: delete it or "
                                 "choose another --ha-key"),
     "CROSSSLOT": ("crossslot", "Redis refused keys in different hash slots; every key of ray-ha's "
