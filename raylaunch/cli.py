@@ -211,8 +211,9 @@ def stop(ha_node_name: Optional[str], ray_args: tuple[str, ...]) -> None:
 def completion(shell: str) -> None:
     """Print the completion script for SHELL (bash, zsh or fish).
 
-    The script matches the click this ray-ha runs on, so generate it on the machine that uses it:
-    ray-ha completion bash > /etc/bash_completion.d/ray-ha (again after upgrading ray-ha or click).
+    The script matches the click this ray-ha runs on. Load it from your shell's startup file, e.g.
+    eval "$(ray-ha completion bash)"; packaged installs use the loaders in completions/, which ask
+    for it when the shell first completes ray-ha.
     """
     from click.shell_completion import get_completion_class
 
