@@ -231,10 +231,10 @@ def health(role: str, ha_node_name: Optional[str]) -> None:
     """Probe this machine's supervisor: exit 0 if healthy, 1 if not. No Redis, no Ray."""
     from raylaunch.local.control import health as probe
 
-    load_env_file(None)  # RAY_HA_RUN_DIR may come from ./.env, as for start
     try:
+        load_env_file(None)  # RAY_HA_RUN_DIR may come from ./.env, as for start
         ok, why = probe(os.environ, ha_node_name, role)
-    except ConfigError as exc:  # an unsafe run dir
+    except ConfigError as exc:  # an unsafe run dir or env file
         fail(str(exc), EXIT_USAGE)
     click.echo(why, err=not ok)
     sys.exit(EXIT_OK if ok else EXIT_RUNTIME)

@@ -117,6 +117,17 @@ def test_dot_env_in_the_working_directory_is_read(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_HA_TEST_C")
 
 
+@pytest.mark.parametrize("mode", [0o666, 0o620])
+def test_an_env_file_others_may_write_is_refused_and_nothing_is_read(tmp_path, monkeypatch, mode):
+    (tmp_path / ".env").write_text("RAY_HA_TEST_D=planted\n")
+    (tmp_path / ".env").chmod(mode)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_HA_TEST_D", raising=False)
+    with pytest.raises(ConfigError, match="writable by group or others"):
+        load_env_file(None)
+    assert "RAY_HA_TEST_D" not in os.environ
+
+
 def test_missing_env_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="env file not found"):
         load_env_file(str(tmp_path / "nope.env"))

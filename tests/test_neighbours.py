@@ -116,6 +116,27 @@ def test_a_run_dir_the_neighbour_prepared_is_refused_and_nothing_is_written_thro
             machine.sh(f"rm -f {' '.join(planted)}")
 
 
+def test_an_env_file_the_neighbour_left_in_the_working_directory_is_refused(machine, env):
+    """ray-ha reads ./.env, which can set hooks it runs: one planted in a shared place must not be read."""
+    shared = machine.neighbour_sticky_dir()
+    env_file = f"{shared}/.env"
+    if not machine.as_root and os.path.exists(env_file):
+        pytest.fail(f"{env_file} exists already on this machine: cannot plant one there", pytrace=False)
+    # Without root the neighbour is this user, so its file must differ by mode rather than by owner.
+    loose = "" if machine.as_root else f" && chmod 666 {env_file}"
+    machine.sh(f"echo 'RAY_HA_ON_ELECTED=touch /tmp/hooked' > {env_file}{loose}", neighbour=True)
+    try:
+        result = machine.run(["sh", "-c", f"cd {shared} && exec {sys.executable} -m raylaunch start --head --block"],
+                             env=env, timeout=90)
+        assert result.returncode == 2, result.stdout + result.stderr
+        why = "is owned by uid 65534" if machine.as_root else "is writable by group or others"
+        assert result.stderr.startswith(f"ray-ha: error: env file {env_file} {why}"), result.stderr
+        assert not machine.path("/tmp/hooked").exists()
+    finally:
+        if not machine.as_root:
+            machine.sh(f"rm -f {env_file}")
+
+
 def test_the_default_run_dir_is_private_and_the_old_shared_one_is_left_alone(machine, env, redis_server):
     machine.sh("echo keep me > /tmp/precious")
     machine.sh("mkdir -m 1777 /tmp/ray-ha && ln -s /tmp/precious /tmp/ray-ha/a.pid && "
