@@ -181,9 +181,10 @@ def click_venv_bin(version: str) -> Path:
     venv = fetched(cache_dir) / f"click-{version}-{key}"
     with open(venv.parent / f"{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (venv / "made").exists():
+        if not ((venv / "made").exists() and (venv / "bin" / "python").exists()):  # a dead link: rebuild
             shutil.rmtree(venv, ignore_errors=True)
-            check([sys.executable, "-m", "venv", str(venv)], f"make a venv for click {version}")
+            # From the real interpreter, not a venv's (compat's venvs are gone after their run).
+            check([os.path.realpath(sys.executable), "-m", "venv", str(venv)], f"make a venv for click {version}")
             check([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", f"click=={version}",
                    "-e", str(ROOT)], f"install click {version} and ray-ha into {venv}")
             (venv / "made").touch()
