@@ -7,6 +7,7 @@ password only the test knows, so nothing works by accident: every client of the 
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import signal
@@ -175,9 +176,13 @@ def test_min_replicas_leads_with_its_extra_permission(pad, acl_redis, make_redis
         replica.stop()
 
 
+#: RESP2 where redis-py can be told (4.4, the floor, speaks only RESP2 and has no such argument).
+RESP2 = {"protocol": 2} if "protocol" in inspect.signature(redis.Redis.__init__).parameters else {}
+
+
 def tenant_client(server: RedisServer) -> redis.Redis:
     return redis.Redis(port=server.port, username=TENANT["tenant"], password=TENANT["tenant-password"],
-                       decode_responses=True, protocol=2)
+                       decode_responses=True, **RESP2)
 
 
 #: What another tenant might try on the cluster's keys and channel, or on everyone's data at once.
@@ -205,7 +210,7 @@ def test_another_tenants_user_cannot_reach_the_clusters_keys_or_channel(acl_redi
         tenant.eval(f"return redis.call('GET', '{KEYS.record}')", 0)
     assert admin.get(KEYS.record) == "the leader's record" and admin.hlen(GCS_TABLE) == 1, "all still there"
     assert KEYS.record in tenant.scan(count=1000)[1], "what an ACL does not hide: key names"
-    cluster = redis.Redis(port=acl_redis.port, username=USER, password=PASSWORD, decode_responses=True, protocol=2)
+    cluster = redis.Redis(port=acl_redis.port, username=USER, password=PASSWORD, decode_responses=True, **RESP2)
     with pytest.raises(redis.exceptions.NoPermissionError):
         cluster.get("app:list")
 
