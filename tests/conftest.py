@@ -15,6 +15,7 @@ import psutil
 import pytest
 import redis
 
+from raylaunch.store.keys import Keys
 from testkit.localredis import LocalRedis, free_port  # noqa: F401  (free_port: for tests)
 from testkit.procs import TAG_VAR, describe, kill_tree, tagged_processes  # noqa: F401  (for tests)
 from testkit.hosts import Rig, RigUnavailable
@@ -23,6 +24,10 @@ from redisbins import VERSIONS as REDIS_VERSIONS, binary as redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_RAY_DIR = Path(__file__).resolve().parent / "fakeray"
+
+#: The keys of the default lease (--ha-key's default, ray-ha:<namespace>:leader, in namespace default): where
+#: every launcher a test starts without a key or namespace of its own keeps its lease, epoch, record and channel.
+KEYS = Keys("ray-ha:default:leader")
 
 
 class RedisServer(LocalRedis):

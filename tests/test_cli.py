@@ -10,10 +10,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT, RedisServer, free_port, tagged_processes
+from conftest import KEYS, ROOT, RedisServer, free_port, tagged_processes
 from raylaunch.store.keys import Keys
 
-KEYS = Keys("ray-ha:default:leader")
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 

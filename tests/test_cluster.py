@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from conftest import FAST_TIMING, LaunchPad, fake_ray_events, tagged_processes, wait_for
+from conftest import FAST_TIMING, KEYS, LaunchPad, fake_ray_events, tagged_processes, wait_for
 from raylaunch.store.redisstore import RedisStore
 from raylaunch.store.view import read_cluster
 from raylaunch.store.fence import AclFence
@@ -23,7 +23,6 @@ from redisbins import binary as redis_binary
 
 pytestmark = pytest.mark.redis_versions
 
-KEYS = Keys("ray-ha:default:leader")
 
 
 @pytest.fixture

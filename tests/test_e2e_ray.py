@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TAG_VAR, Launcher, LaunchPad, tagged_processes, wait_for
+from conftest import KEYS, TAG_VAR, Launcher, LaunchPad, tagged_processes, wait_for
 from raylaunch.proc.net import split_host_port
 from raylaunch.store.keys import Keys
 from raylaunch.store.raysession import read_session_name
@@ -27,7 +27,6 @@ from rediscluster import LocalCluster
 
 pytestmark = pytest.mark.ray
 
-KEYS = Keys("ray-ha:default:leader")
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 DRIVER = Path(__file__).resolve().parent.parent / "demo" / "actor_driver.py"

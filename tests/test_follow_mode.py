@@ -11,12 +11,11 @@ from typing import Optional
 
 import pytest
 
-from conftest import FAST_TIMING, Launcher, fake_ray_events, tagged_processes, wait_for
+from conftest import FAST_TIMING, KEYS, Launcher, fake_ray_events, tagged_processes, wait_for
 from raylaunch.proc.net import split_address, tcp_accepts
 from raylaunch.proc.tree import is_alive
 from raylaunch.store.keys import Keys
 
-KEYS = Keys("ray-ha:default:leader")
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 

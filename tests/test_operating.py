@@ -11,10 +11,9 @@ import time
 import psutil
 import pytest
 
-from conftest import FAST_TIMING, fake_ray_events, tagged_processes, wait_for
+from conftest import FAST_TIMING, KEYS, fake_ray_events, tagged_processes, wait_for
 from raylaunch.store.keys import Keys
 
-KEYS = Keys("ray-ha:default:leader")
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 

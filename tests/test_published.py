@@ -2,10 +2,9 @@
 
 import json
 
+from conftest import KEYS
 from raylaunch.store.keys import Keys
 from testkit.published import published_gcs_addresses, strays
-
-KEYS = Keys("ray-ha:default:leader")
 
 
 def test_an_outward_gcs_address_in_any_record_is_a_stray(redis_server):

@@ -12,13 +12,12 @@ import urllib.request
 import pytest
 import yaml
 
-from conftest import ROOT, tagged_processes, wait_for
+from conftest import KEYS, ROOT, tagged_processes, wait_for
 from raylaunch.config import HEAD_START_BUDGET, Timing
 from testkit.localredis import LocalRedis, free_port
 from raylaunch.store.keys import Keys
 
 DOCS = ROOT / "docs"
-KEYS = Keys("ray-ha:default:leader")
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 

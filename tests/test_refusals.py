@@ -8,14 +8,13 @@ import sys
 
 import pytest
 
-from conftest import FAST_TIMING, LaunchPad, fake_ray_events, tagged_processes, wait_for
+from conftest import FAST_TIMING, KEYS, LaunchPad, fake_ray_events, tagged_processes, wait_for
 from raylaunch.store.keys import Keys
 from testkit.localredis import free_port
 from test_reporting import get
 
 pytestmark = pytest.mark.redis_versions
 
-KEYS = Keys("ray-ha:default:leader")
 USER = ["--redis-username=ha", "--redis-password=ha-pw"]
 
 

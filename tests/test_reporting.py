@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from conftest import tagged_processes, wait_for
+from conftest import KEYS, tagged_processes, wait_for
 from raylaunch.local.endpoint import Endpoint, render_metrics
 from raylaunch.local.state import SupervisorState
 from raylaunch.store.keys import Keys
@@ -115,7 +115,7 @@ def test_busy_http_port_is_one_line_and_nothing_held(launch, redis_server):
         a = launch("a", f"--ha-http-port={busy.getsockname()[1]}", "--ha-http-host=127.0.0.1")
         assert a.wait() == 1
     assert a.log().strip().splitlines()[-1].startswith("ray-ha: error: cannot serve HTTP on 127.0.0.1:")
-    assert redis_server.client().get(Keys("ray-ha:default:leader").lease) is None
+    assert redis_server.client().get(KEYS.lease) is None
 
 
 def test_hooks_run_on_election_and_demotion_with_role_epoch_and_address(launch, tmp_path, redis_server):
@@ -125,7 +125,7 @@ def test_hooks_run_on_election_and_demotion_with_role_epoch_and_address(launch, 
     a.wait_log("on-elected hook done")
     a.proc.terminate()
     assert a.wait() == 0
-    record = json.loads(redis_server.client().get(Keys("ray-ha:default:leader").record))
+    record = json.loads(redis_server.client().get(KEYS.record))
     assert out.read_text().splitlines() == [f"leader 1 {record['gcs_address']}", f"standby 1 {record['gcs_address']}"]
     assert "on-demoted hook done" in a.log()
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from conftest import fake_ray_events, tagged_processes, wait_for
+from conftest import KEYS, fake_ray_events, tagged_processes, wait_for
 from testkit.localredis import free_port
 from redisbins import binary as redis_binary
 from raylaunch.store.keys import Keys
@@ -16,7 +16,7 @@ from raylaunch.store.connect import RedisTarget, connect, sentinel_master, serve
 
 pytestmark = pytest.mark.redis_versions
 
-KEY = Keys("ray-ha:default:leader").lease
+KEY = KEYS.lease
 #: Long enough that a leader can ride out a Sentinel failover (about 2-3 s here) without stepping down.
 SENTINEL_TIMING = ["--ha-lease-duration=6", "--ha-renew-deadline=4", "--ha-retry-period=0.5",
                    "--ha-redis-timeout=0.5", "--ha-stop-grace=2"]

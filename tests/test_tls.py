@@ -2,6 +2,7 @@
 
 import pytest
 
+from conftest import KEYS
 from raylaunch.store.errors import RedisUnavailable, guarded
 
 from raylaunch.store.keys import Keys
@@ -14,7 +15,6 @@ from tlsproxy import TLSProxy, make_certs
 
 pytestmark = pytest.mark.redis_versions
 
-KEYS = Keys("ray-ha:default:leader")
 KEY = KEYS.lease
 
 
