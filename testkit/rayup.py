@@ -105,7 +105,8 @@ class RayUp:
         return nodes.get(self.host(name).ip, {}).get("tags", {}).get("ray-node-status", "")
 
     def ray_ha(self, name: str, *args: str) -> subprocess.CompletedProcess:
-        """`ray-ha ARGS` on machine `name`, as its user would run it over SSH."""
+        """`ray-ha ARGS` on machine `name`, as its user would run it over SSH (from the admin host, with that
+        user's login environment), not tests/conftest.py's ray_ha, which runs it here as the test's user."""
         return self.admin.run(["ssh", "-i", str(self.ssh.key), "-o", "StrictHostKeyChecking=no",
                                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
                                f"{USER}@{self.host(name).ip}", "source ~/.bashrc && ray-ha " + " ".join(args)],

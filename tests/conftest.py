@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Mapping, Optional, Sequence
 
 import psutil
 import pytest
@@ -140,6 +140,14 @@ def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "con
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def ray_ha(*args: str, env: Mapping[str, str], cwd: Optional[Path] = None, timeout: float = 60,
+           python_options: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """`ray-ha ARGS` (python -m raylaunch, this interpreter's) run to its end in `env` and `cwd`, stdin closed:
+    its exit code, and its stdout and stderr as text. `python_options` go to the interpreter (-X importtime)."""
+    return subprocess.run([sys.executable, *python_options, "-m", "raylaunch", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 FAST_TIMING = ["--ha-lease-duration=3", "--ha-renew-deadline=2", "--ha-retry-period=0.5",

@@ -11,15 +11,13 @@ import inspect
 import json
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import redis
 
-from conftest import FAST_TIMING, LaunchPad, Launcher, RedisServer, tagged_processes, wait_for
+from conftest import FAST_TIMING, LaunchPad, Launcher, RedisServer, ray_ha, tagged_processes, wait_for
 from raylaunch.store.keys import Keys
 from test_e2e_ray import drive, ray_pad
 
@@ -85,14 +83,8 @@ def candidate(pad: LaunchPad, name: str, *args: str) -> Launcher:
     return pad(name, "--port=0", *CREDENTIALS, *args)
 
 
-def ray_ha(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    """`ray-ha <args>` as the cluster's user."""
-    return subprocess.run([sys.executable, "-m", "raylaunch", *args, *CREDENTIALS], env=env, capture_output=True,
-                          text=True, timeout=60, stdin=subprocess.DEVNULL)
-
-
 def status(env: dict[str, str]) -> dict[str, Any]:
-    result = ray_ha(env, "status", "--json")
+    result = ray_ha("status", "--json", *CREDENTIALS, env=env)
     assert result.returncode in (0, 1), result.stderr
     return json.loads(result.stdout)
 
@@ -118,7 +110,7 @@ def test_candidates_lead_fail_over_switch_over_and_report_under_the_advised_acl(
     a.kill_tree()
     new = wait_for(lambda: serving_leader(env, 2), 10, 0.1, what="a takeover")
     other = "c" if new == "b" else "b"
-    moved = ray_ha(env, "switchover", "--to", other, "--timeout", "20")
+    moved = ray_ha("switchover", "--to", other, "--timeout", "20", *CREDENTIALS, env=env)
     assert moved.returncode == 0 and f"{other} leads (epoch 3)" in moved.stdout, moved.stdout + moved.stderr
     assert serving_leader(env, 3) == other
     assert users_connected(admin) == {USER}, "every client of the cluster logs in as its user"

@@ -10,15 +10,10 @@ import sys
 
 import pytest
 
-from conftest import KEYS, ROOT, RedisServer, free_port, tagged_processes
+from conftest import KEYS, ROOT, RedisServer, free_port, ray_ha, tagged_processes
 from raylaunch.store.keys import Keys
 
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
-
-
-def run(args, env, cwd, timeout=30):
-    return subprocess.run([sys.executable, "-m", "raylaunch", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 @pytest.mark.parametrize("ha, args", [
@@ -38,9 +33,8 @@ def test_passthrough_execs_ray_start_with_the_same_arguments(fake_ray_env, tmp_p
 
 
 def test_plain_passthrough_execs_before_click_or_the_rest_of_ray_ha_is_imported(fake_ray_env, tmp_path):
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "raylaunch", "start", "--address=x:1"],
-                          env={**fake_ray_env, "RAY_ENABLE_HEAD_HA": "1"}, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=30)
+    proc = ray_ha("start", "--address=x:1", env={**fake_ray_env, "RAY_ENABLE_HEAD_HA": "1"}, cwd=tmp_path,
+                  python_options=["-X", "importtime"])
     assert json.loads(proc.stdout)["argv"] == ["start", "--address=x:1"]
     imported = proc.stderr
     assert "raylaunch.entry" in imported, "importtime output is what this test reads"
@@ -72,7 +66,7 @@ def test_only_a_certain_plain_ray_start_takes_the_fast_path(monkeypatch, tmp_pat
 
 def test_passthrough_keeps_ray_exit_code_and_drops_our_options(fake_ray_env, tmp_path):
     env = {**fake_ray_env, "FAKE_RAY_EXIT": "7"}
-    result = run(["start", "--ha-lease-duration=5", "--address=x:1"], env, tmp_path)
+    result = ray_ha("start", "--ha-lease-duration=5", "--address=x:1", env=env, cwd=tmp_path)
     assert result.returncode == 7
     assert json.loads(result.stdout)["argv"] == ["start", "--address=x:1"]
 
@@ -85,8 +79,8 @@ def test_shim_runs_the_same_command(fake_ray_env, tmp_path):
 
 
 def test_help_lists_our_options_and_points_to_ray_start(fake_ray_env, tmp_path):
-    top = run(["--help"], fake_ray_env, tmp_path)
-    start = run(["start", "--help"], fake_ray_env, tmp_path)
+    top = ray_ha("--help", env=fake_ray_env, cwd=tmp_path)
+    start = ray_ha("start", "--help", env=fake_ray_env, cwd=tmp_path)
     assert top.returncode == 0 and "start" in top.stdout
     assert "--ha-lease-duration" in top.stdout and "ray start" in top.stdout
     assert start.returncode == 0
@@ -97,13 +91,13 @@ def test_help_lists_our_options_and_points_to_ray_start(fake_ray_env, tmp_path):
 
 
 def test_bare_ray_ha_prints_the_help_and_exits_2(fake_ray_env, tmp_path):
-    result = run([], fake_ray_env, tmp_path)
+    result = ray_ha(env=fake_ray_env, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stdout.startswith("Usage: ray-ha") and "start" in result.stdout
 
 
 def test_version_names_ours_and_rays(fake_ray_env, tmp_path):
-    result = run(["--version"], fake_ray_env, tmp_path)
+    result = ray_ha("--version", env=fake_ray_env, cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.startswith("ray-ha ") and "ray " in result.stdout
 
@@ -206,8 +200,7 @@ def test_bad_input_gives_one_line_its_exit_code_and_leaves_nothing(case, secured
         else:
             env[name] = value.format(dead_port=free_port(), no_lua=redis_without_lua.address,
                                      replica=redis_replica.address)
-    argv = [sys.executable, "-m", "raylaunch", "start", "--head", "--port=0", *extra_args]
-    result = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = ray_ha("start", "--head", "--port=0", *extra_args, env=env, cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == code, result.stderr
     assert len(lines) == 1, f"expected one line, got:\n{result.stderr}"

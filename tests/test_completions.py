@@ -25,7 +25,7 @@ from typing import Callable, TypeVar
 import click
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, ray_ha
 from raylaunch.cli import COMPLETE_VAR, COMPLETION_SHELLS, main
 from testkit import shells
 from testkit.debian import Unavailable, cache_dir
@@ -35,22 +35,17 @@ T = TypeVar("T")
 SHIM_ENV = {**os.environ, "PATH": f"{ROOT / 'bin'}{os.pathsep}{os.environ['PATH']}", "RAY_HA_PYTHON": sys.executable}
 
 
-def ray_ha(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "raylaunch", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=60)
-
-
 @pytest.mark.parametrize("shell", COMPLETION_SHELLS)
 def test_completion_prints_the_installed_clicks_script(shell):
-    printed = ray_ha("completion", shell)
-    generated = ray_ha(**{COMPLETE_VAR: f"{shell}_source"})
+    printed = ray_ha("completion", shell, env=os.environ)
+    generated = ray_ha(env={**os.environ, COMPLETE_VAR: f"{shell}_source"})
     assert printed.returncode == 0 and generated.returncode == 0, printed.stderr + generated.stderr
     assert printed.stdout.split() == generated.stdout.split()  # the same script; whitespace aside
     assert COMPLETE_VAR in printed.stdout and "ray-ha" in printed.stdout
 
 
 def test_completion_refuses_an_unknown_shell_in_one_line():
-    result = ray_ha("completion", "tcsh")
+    result = ray_ha("completion", "tcsh", env=os.environ)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("ray-ha: error: ") and "tcsh" in result.stderr

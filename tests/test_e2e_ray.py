@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KEYS, TAG_VAR, Launcher, LaunchPad, tagged_processes, wait_for
+from conftest import KEYS, TAG_VAR, Launcher, LaunchPad, ray_ha, tagged_processes, wait_for
 from raylaunch.proc.net import split_host_port
 from raylaunch.store.keys import Keys
 from raylaunch.store.raysession import read_session_name
@@ -290,21 +290,21 @@ def test_non_block_start_health_and_stop_with_real_ray(redis_server, leak_guard,
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, TAG_VAR: leak_guard,
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_HA_RUN_DIR": str(short / "run"), "RAY_ENABLE_HEAD_HA": "1",
            "RAY_REDIS_ADDRESS": redis_server.address, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    ray_ha = [sys.executable, "-m", "raylaunch"]
     try:
-        started = subprocess.run([*ray_ha, "start", "--head", "--port=0", "--num-cpus=1", "--include-dashboard=false",
-                                  "--node-ip-address=127.0.0.2", f"--temp-dir={short / 'a'}", "--disable-usage-stats",
-                                  "--ha-node-name=a"], env=env, capture_output=True, text=True, timeout=180)
+        started = ray_ha("start", "--head", "--port=0", "--num-cpus=1", "--include-dashboard=false",
+                         "--node-ip-address=127.0.0.2", f"--temp-dir={short / 'a'}", "--disable-usage-stats",
+                         "--ha-node-name=a", env=env, timeout=180)
         assert started.returncode == 0, started.stdout + started.stderr
         assert "Ray runtime started" in started.stdout and "ray-ha: leading as a (epoch 1)" in started.stdout
-        assert subprocess.run([*ray_ha, "health"], env=env, timeout=30).returncode == 0
-        stopped = subprocess.run([*ray_ha, "stop"], env=env, capture_output=True, text=True, timeout=120)
+        health = ray_ha("health", env=env, timeout=30)
+        assert health.returncode == 0, health.stdout + health.stderr
+        stopped = ray_ha("stop", env=env, timeout=120)
         assert stopped.returncode == 0, stopped.stderr
         assert "stopped the ray-ha supervisor of node a" in stopped.stdout
         assert redis_server.client().get(KEY) is None
         assert tagged_processes(leak_guard) == []
     finally:
-        subprocess.run([*ray_ha, "stop"], env=env, capture_output=True, timeout=120)
+        ray_ha("stop", env=env, timeout=120)
         shutil.rmtree(short, ignore_errors=True)
 
 

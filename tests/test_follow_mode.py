@@ -5,23 +5,16 @@ re-joins after a failover, shows in status, detaches for `ray up` and stops with
 import json
 import signal
 import socket
-import subprocess
-import sys
 from typing import Optional
 
 import pytest
 
-from conftest import FAST_TIMING, KEYS, Launcher, fake_ray_events, tagged_processes, wait_for
+from conftest import FAST_TIMING, KEYS, Launcher, fake_ray_events, ray_ha, tagged_processes, wait_for
 from raylaunch.proc.net import split_address, tcp_accepts
 from raylaunch.proc.tree import is_alive
 from raylaunch.store.keys import Keys
 
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
-
-
-def ray_ha(*args, env, cwd, timeout=60):
-    return subprocess.run([sys.executable, "-m", "raylaunch", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture

@@ -55,6 +55,9 @@ def env(fake_ray_env) -> dict[str, str]:
 
 
 def ray_ha(machine: Neighbourhood, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`ray-ha ARGS` as ray-ha's user on `machine`: through its namespaces (machine.run), so with its private
+    /tmp and /run and, without root, as the root of its user namespace. conftest.ray_ha runs ray-ha on this
+    machine as the test's user, which is not the attack these tests play."""
     return machine.run([sys.executable, "-m", "raylaunch", *args], env=env, timeout=90)
 
 

@@ -4,22 +4,15 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import psutil
 import pytest
 
-from conftest import FAST_TIMING, KEYS, fake_ray_events, tagged_processes, wait_for
+from conftest import FAST_TIMING, KEYS, fake_ray_events, ray_ha, tagged_processes, wait_for
 from raylaunch.store.keys import Keys
 
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
-
-
-def ray_ha(*args, env, cwd, timeout=60):
-    return subprocess.run([sys.executable, "-m", "raylaunch", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -188,8 +181,7 @@ def test_liveness_fails_when_the_supervisor_is_frozen(detached, ha_env, tmp_path
 
 def test_health_imports_neither_redis_nor_ray(detached, ha_env, tmp_path):
     assert detached("a").returncode == 0
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "raylaunch", "health"], env=ha_env,
-                            cwd=tmp_path, capture_output=True, text=True, timeout=10)
+    result = ray_ha("health", env=ha_env, cwd=tmp_path, timeout=10, python_options=["-X", "importtime"])
     assert result.returncode == 0, result.stderr
     modules = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "raylaunch.local.control" in modules, "the probe ran"

@@ -3,12 +3,10 @@ counts them as failed renewals and steps down at its deadline; a standby keeps t
 `status`, `health --role any`, /healthz and /metrics show it stuck until the setting is fixed."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import FAST_TIMING, KEYS, LaunchPad, fake_ray_events, tagged_processes, wait_for
+from conftest import FAST_TIMING, KEYS, LaunchPad, fake_ray_events, ray_ha, tagged_processes, wait_for
 from raylaunch.store.keys import Keys
 from testkit.localredis import free_port
 from test_reporting import get
@@ -16,11 +14,6 @@ from test_reporting import get
 pytestmark = pytest.mark.redis_versions
 
 USER = ["--redis-username=ha", "--redis-password=ha-pw"]
-
-
-def ray_ha(env, *args):
-    return subprocess.run([sys.executable, "-m", "raylaunch", *args], env=env, capture_output=True, text=True,
-                          timeout=60)
 
 
 @pytest.fixture
@@ -48,12 +41,12 @@ def test_access_taken_away_mid_run_stops_the_leader_and_leaves_the_standby_stuck
     assert b.proc.poll() is None, "a standby keeps trying"
 
     env = {**fake_ray_env, "RAY_REDIS_ADDRESS": redis_server.address}
-    health = ray_ha(env, "health", "--role", "any", "--ha-node-name", "b")
+    health = ray_ha("health", "--role", "any", "--ha-node-name", "b", env=env)
     assert health.returncode == 1 and "stuck: Redis refuses it" in health.stderr, health.stderr
-    status = json.loads(ray_ha(env, "status", "--json").stdout)
+    status = json.loads(ray_ha("status", "--json", env=env).stdout)
     mine = {s["node"]: s for s in status["local"]}
     assert "NOPERM" in mine["b"]["redis_refused"]
-    assert "STUCK, Redis refuses it" in ray_ha(env, "status").stdout
+    assert "STUCK, Redis refuses it" in ray_ha("status", env=env).stdout
     assert get(port, "/healthz")[0] == 503
     assert 'ray_ha_redis_refused{node="b"} 1' in get(port, "/metrics")[1]
     assert b.log().count("Redis refuses, and will") == 1, "said once, not every retry period"
@@ -61,7 +54,7 @@ def test_access_taken_away_mid_run_stops_the_leader_and_leaves_the_standby_stuck
     admin.execute_command("ACL", "SETUSER", "ha", "~*")  # fixed
     b.wait_log("Redis answers again", timeout=10)
     b.wait_log("GCS serving", timeout=15)
-    assert ray_ha(env, "health", "--role", "any", "--ha-node-name", "b").returncode == 0
+    assert ray_ha("health", "--role", "any", "--ha-node-name", "b", env=env).returncode == 0
     assert get(port, "/healthz")[0] == 200
     starts = [e for e in fake_ray_events(fake_ray_env) if e["event"] == "start"]
     assert [e["node"] for e in starts] == ["a", "b"] and all(e["others"] == [] for e in starts)

@@ -6,21 +6,14 @@ HTTP endpoint on; then every surface an operator or a log shipper sees is search
 lines are not among them: Ray itself puts the password on gcs_server's.)
 """
 
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 
-from conftest import FAST_TIMING, RedisServer, free_port, wait_for
+from conftest import FAST_TIMING, RedisServer, free_port, ray_ha, wait_for
 
 PASSWORD = "Pw-0f-the-cluster"
 WRONG = "N0t-the-Pw"
-
-
-def ray_ha(*args, env, cwd, timeout=60):
-    return subprocess.run([sys.executable, "-m", "raylaunch", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture
