@@ -150,6 +150,19 @@ def ray_ha(*args: str, env: Mapping[str, str], cwd: Optional[Path] = None, timeo
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+class Clock:
+    """A fake clock for code that takes a `clock` callable: it reads `now`, which only the test moves."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 FAST_TIMING = ["--ha-lease-duration=3", "--ha-renew-deadline=2", "--ha-retry-period=0.5",
                "--ha-redis-timeout=0.5", "--ha-stop-grace=3"]
 

@@ -10,6 +10,7 @@ from typing import Optional
 
 import pytest
 
+from conftest import Clock
 from raylaunch.head.campaign import Campaign
 
 from raylaunch.head.steps import Outcome, Role, Step
@@ -23,17 +24,6 @@ from raylaunch.store.connect import RedisTarget, connect
 OTHER = Holder(node="other", host="h2", pid=7, token="t2")
 TIMING = Timing(lease_duration=15, renew_deadline=10, retry_period=2, redis_timeout=2,
                 stop_grace=10, wait_old_gcs=30)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeStore:

@@ -6,6 +6,7 @@ from typing import Optional
 
 import pytest
 
+from conftest import Clock
 from raylaunch.backoff import CAP as BACKOFF_MAX, FIRST as BACKOFF_FIRST
 from raylaunch.follow.follower import (BETWEEN_POLL, RESTART_GRACE, Decision, Follower, FollowStep, FollowTiming,
                               on_new_leader)
@@ -15,14 +16,6 @@ from raylaunch.store.records import Record
 A1 = Record(node="a", host="ha", gcs_address="10.0.0.1:6379", epoch=1, since=1.0)
 B2 = Record(node="b", host="hb", gcs_address="10.0.0.2:6379", epoch=2, since=2.0)
 VIP2 = Record(node="b", host="hb", gcs_address="10.0.0.1:6379", epoch=2, since=2.0)  # same VIP, new node
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Source:
@@ -66,7 +59,7 @@ class Worker:
 
 
 def make_world(relayed: bool):
-    source, worker, clock, stop = Source(), Worker(relayed), Clock(), threading.Event()
+    source, worker, clock, stop = Source(), Worker(relayed), Clock(100.0), threading.Event()
     follower = Follower(source, worker, FollowTiming(poll=0.5, stop_grace=3.0), stop, clock=clock)
     return follower, source, worker, clock, stop
 
