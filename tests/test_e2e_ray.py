@@ -30,6 +30,8 @@ pytestmark = pytest.mark.ray
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
 DRIVER = Path(__file__).resolve().parent.parent / "demo" / "actor_driver.py"
+#: The heads' and followers' timing here: a 5 s lease, short enough for a takeover within a test.
+TIMING = ["--ha-lease-duration=5", "--ha-renew-deadline=3", "--ha-retry-period=0.5", "--ha-redis-timeout=1"]
 
 
 @pytest.fixture
@@ -46,9 +48,7 @@ def ray_pad(redis_address, leak_guard, tmp_path):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
            TAG_VAR: leak_guard, "RAY_USAGE_STATS_ENABLED": "0", "RAY_HA_RUN_DIR": str(short / "run"),
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    timing = ["--ha-lease-duration=5", "--ha-renew-deadline=3", "--ha-retry-period=0.5",
-              "--ha-redis-timeout=1"]
-    pad = LaunchPad(env, tmp_path, redis_address, timing)
+    pad = LaunchPad(env, tmp_path, redis_address, TIMING)
 
     def start(name, *args, **kw):
         return pad(name, "--port=0", "--num-cpus=1", "--include-dashboard=false",
@@ -201,17 +201,20 @@ def test_a_wrapper_ray_is_not_prewarmed_and_the_takeover_head_runs_through_it(ra
     assert tagged_processes(leak_guard) == []
 
 
+def follower(ray_launch, redis_server, tmp_path, *args: str) -> Launcher:
+    """Follow-mode worker `f` of real Ray (one CPU, a `pinned` resource, on 127.0.0.2) with the heads' timing."""
+    return Launcher("f", ["--ha-follow", "--ha-node-name=f", *TIMING, "--num-cpus=1", '--resources={"pinned": 1}',
+                          "--node-ip-address=127.0.0.2", "--disable-usage-stats", *args, "--block"],
+                    {**ray_launch.env, "RAY_REDIS_ADDRESS": redis_server.address}, tmp_path)
+
+
 def test_a_follower_rejoins_the_new_leader_and_its_pinned_task_runs_again(ray_launch, redis_server, leak_guard,
                                                                           tmp_path):
     leader = ray_launch("a")
     leader.wait_log("GCS serving", timeout=90)
     standby = ray_launch("b")
     standby.wait_log("standing by; leader is a", timeout=60)
-    worker = Launcher("f", ["--ha-follow", "--ha-relay=off", "--ha-node-name=f", "--ha-lease-duration=5", "--ha-renew-deadline=3",
-                            "--ha-retry-period=0.5", "--ha-redis-timeout=1", "--num-cpus=1",
-                            '--resources={"pinned": 1}', "--node-ip-address=127.0.0.2", "--disable-usage-stats",
-                            "--block"],
-                      {**ray_launch.env, "RAY_REDIS_ADDRESS": redis_server.address}, tmp_path)
+    worker = follower(ray_launch, redis_server, tmp_path, "--ha-relay=off")
     try:
         worker.wait_log("joining leader a (epoch 1)", timeout=30)
         before = drive(ray_launch.env, gcs_address(redis_server), "pinned")
@@ -240,11 +243,7 @@ def test_a_follower_keeps_its_worker_when_the_new_leader_serves_at_the_same_addr
     leader.wait_log("GCS serving", timeout=90)
     standby = ray_launch("b", f"--port={port}")
     standby.wait_log("standing by; leader is a", timeout=60)
-    worker = Launcher("f", ["--ha-follow", "--ha-node-name=f", "--ha-lease-duration=5", "--ha-renew-deadline=3",
-                            "--ha-retry-period=0.5", "--ha-redis-timeout=1", "--num-cpus=1",
-                            '--resources={"pinned": 1}', "--node-ip-address=127.0.0.2", "--disable-usage-stats",
-                            "--block"],
-                      {**ray_launch.env, "RAY_REDIS_ADDRESS": redis_server.address}, tmp_path)
+    worker = follower(ray_launch, redis_server, tmp_path)
     try:
         worker.wait_log("joining leader a (epoch 1)", timeout=30)
         before = drive(ray_launch.env, gcs_address(redis_server), "pinned")
