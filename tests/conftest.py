@@ -142,6 +142,16 @@ def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "con
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
+def subscribers(channel: str, *servers: LocalRedis) -> int:
+    """How many clients are subscribed to `channel` (PUBSUB NUMSUB) on `servers`, summed: each node of a
+    cluster counts only the subscriptions made on it."""
+    total = 0
+    for server in servers:
+        with server.client() as client:
+            total += int(client.execute_command("PUBSUB", "NUMSUB", channel)[1])
+    return total
+
+
 def ray_ha(*args: str, env: Mapping[str, str], cwd: Optional[Path] = None, timeout: float = 60,
            python_options: Sequence[str] = ()) -> subprocess.CompletedProcess:
     """`ray-ha ARGS` (python -m raylaunch, this interpreter's) run to its end in `env` and `cwd`, stdin closed:

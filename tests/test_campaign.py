@@ -10,7 +10,7 @@ from typing import Optional
 
 import pytest
 
-from conftest import Clock
+from conftest import Clock, subscribers, wait_for
 from raylaunch.head.campaign import Campaign
 
 from raylaunch.head.steps import Outcome, Role, Step
@@ -584,7 +584,8 @@ def test_released_lease_is_taken_by_a_real_standby_within_half_a_second(redis_se
     thread = threading.Thread(target=campaign.run)
     thread.start()
     try:
-        time.sleep(0.5)  # the standby has polled once and is waiting on its subscription
+        wait_for(lambda: subscribers(Keys("k").channel, redis_server) == 1, 10,
+                 what="the standby to poll once and subscribe to the release channel")
         assert not started.is_set()
         released_at = time.monotonic()
         assert leader.release()
