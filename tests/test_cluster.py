@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from conftest import FAST_TIMING, KEYS, LaunchPad, fake_ray_events, tagged_processes, wait_for
+from conftest import FAST_TIMING, KEYS, LaunchPad, fake_ray_events, subscribers, tagged_processes, wait_for
 from raylaunch.store.redisstore import RedisStore
 from raylaunch.store.view import read_cluster
 from raylaunch.store.fence import AclFence
@@ -75,7 +75,7 @@ def test_the_lease_works_on_a_cluster_of_one_and_of_three_shards(make_cluster, s
     stop = threading.Event()
     waiter = threading.Thread(target=lambda: woke.append(b.wait_released(10, stop)))
     waiter.start()
-    time.sleep(0.5)  # subscribed by now
+    wait_for(lambda: subscribers(KEYS.channel, *cluster.nodes) == 1, 10, what="b's subscription to the release channel")
     assert a.release()
     waiter.join(10)
     assert woke == [True], "the release notification crosses the cluster"
