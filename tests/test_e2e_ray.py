@@ -124,6 +124,25 @@ def test_crash_failover_on_a_one_shard_cluster_mode_redis(leak_guard, tmp_path):
     assert tagged_processes(leak_guard) == []
 
 
+#: read(2)'s number in /proc/<pid>/syscall, by machine (os.uname().machine).
+READ_SYSCALL = {"x86_64": 0, "aarch64": 63}
+
+
+def waits_on_its_stdin(pid: int) -> bool:
+    """Whether process `pid` is blocked in read(2) of its stdin (fd 0), as /proc/<pid>/syscall shows it: a
+    warm interpreter does that once `from ray.scripts.scripts import main` is done (prewarm.serve)."""
+    machine = os.uname().machine
+    if machine not in READ_SYSCALL:
+        pytest.fail(f"read(2)'s syscall number on {machine} is not known here: add it to READ_SYSCALL")
+    try:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    except PermissionError as exc:
+        pytest.fail(f"cannot see what the warm interpreter waits on: {exc}")
+    except FileNotFoundError:
+        pytest.fail(f"the warm interpreter (pid {pid}) is gone")
+    return len(fields) > 1 and fields[0] == str(READ_SYSCALL[machine]) and int(fields[1], 16) == 0
+
+
 def test_a_prewarmed_standby_becomes_the_head_in_its_waiting_interpreter(ray_launch, redis_server, leak_guard):
     """...and is handed the cluster's session name, read from the GCS's own key in Redis (a namespace of
     the user's choice here, as KubeRay sets), so Ray's head resumes it without reading it again."""
@@ -139,7 +158,8 @@ def test_a_prewarmed_standby_becomes_the_head_in_its_waiting_interpreter(ray_lau
     wait_for(lambda: any("prewarm.py" in " ".join(p.cmdline()) for p in standby.descendants()), 30,
              what="a warm interpreter")
     warm = next(p for p in standby.descendants() if "prewarm.py" in " ".join(p.cmdline()))
-    time.sleep(3)  # Ray's CLI imported by now
+    wait_for(lambda: waits_on_its_stdin(warm.pid), 60,
+             what="the warm interpreter to finish importing Ray's CLI and wait for its go line on stdin")
 
     killed_at = time.monotonic()
     leader.kill_tree()
