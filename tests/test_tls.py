@@ -45,7 +45,7 @@ def test_lease_over_tls_with_client_certificate(tls_redis, redis_server):
     lease.close()
 
 
-def test_ca_directory_works_like_a_ca_file(tls_redis, tmp_path):
+def test_ca_directory_works_like_a_ca_file(tls_redis, redis_server, tmp_path):
     import shutil
     import subprocess
 
@@ -60,6 +60,10 @@ def test_ca_directory_works_like_a_ca_file(tls_redis, tmp_path):
                          None, None)
     lease = RedisLease(connect(target, 2.0), KEYS, Holder.me("tls", "h"), 5.0)
     lease.check()
+    assert lease.try_acquire().won
+    assert redis_server.client().get(KEY) == lease.me.value, "the lease was written through the TLS proxy"
+    assert lease.release() and redis_server.client().get(KEY) is None
+    assert proxy.handshakes_failed == 0
     lease.close()
 
 
