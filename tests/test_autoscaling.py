@@ -19,10 +19,14 @@ def test_no_autoscaling_config_needs_nothing(home):
 
 
 def test_the_config_and_its_key_in_place_pass_either_spelling(home):
+    """...and the config is read in both: its local cluster (which a config passed over would not give) comes back."""
     (home / "ray_bootstrap_key.pem").write_text("key")
-    (home / "ray_bootstrap_config.yaml").write_text(json.dumps({"auth": {"ssh_private_key": "~/ray_bootstrap_key.pem"}}))
-    read_autoscaling(["--autoscaling-config=~/ray_bootstrap_config.yaml"], {}, home)
-    read_autoscaling(["--autoscaling-config", "~/ray_bootstrap_config.yaml"], {}, home)
+    config = {"cluster_name": "c", "auth": {"ssh_private_key": "~/ray_bootstrap_key.pem"},
+              "provider": {"type": "local", "head_ip": "10.0.0.11", "worker_ips": ["10.0.0.21"]}}
+    (home / "ray_bootstrap_config.yaml").write_text(json.dumps(config))
+    expected = Autoscaling(local=LocalCluster(home / "ray" / "cluster-c.state", "10.0.0.11", ("10.0.0.21",)))
+    assert read_autoscaling(["--autoscaling-config=~/ray_bootstrap_config.yaml"], {}, home / "ray") == expected
+    assert read_autoscaling(["--autoscaling-config", "~/ray_bootstrap_config.yaml"], {}, home / "ray") == expected
 
 
 def test_a_missing_config_is_refused_with_the_way_out(home):
@@ -42,8 +46,9 @@ def test_a_config_whose_key_is_missing_is_refused(home, text):
 
 @pytest.mark.parametrize("text", ["{}", "not: [valid", json.dumps({"auth": "password"})])
 def test_a_config_without_a_key_path_needs_no_key(home, text):
+    """...and gives nothing to act on: no warning, no local cluster."""
     (home / "c.yaml").write_text(text)
-    read_autoscaling([f"--autoscaling-config={home / 'c.yaml'}"], {}, home)
+    assert read_autoscaling([f"--autoscaling-config={home / 'c.yaml'}"], {}, home) == Autoscaling()
 
 
 @pytest.mark.parametrize("provider, v2, warned", [("local", "1", True), ("local", "0", False), ("local", None, False),
