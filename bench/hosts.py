@@ -127,7 +127,7 @@ def timeline_hosts(rnd: HostsRound) -> dict[str, float]:
 
 def _follower_failover(rnd: HostsRound, relay: bool, job: bool = False) -> dict[str, float]:
     """Parts: a new driver on the new leader's node (both paths) and, with the relay, a driver on w1
-    connected before the kill (with the relay's backoff setting, RELAY_ENV, as the README advises for
+    connected before the kill (with the relay's backoff setting, RELAY_ENV, as docs/follow-mode.md advises for
     drivers on a worker node); each says when w1's actor answered and a task ran on w1. The relay's
     total is the w1 driver's later answer; without a relay, the new driver's task on w1."""
     _leader_and_standby(rnd, *(DASHBOARD if job else ()))
@@ -225,7 +225,7 @@ def probe(host, address: str, old_ip: str):
     """bench/worker_probe.py on `host` at `address`, ready (Ray imported, connected if `auto`)."""
     started = host.popen([sys.executable, str(ROOT / "bench" / "worker_probe.py"), address, old_ip],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                       env=clean_env(**(RELAY_ENV if address == "auto" else {})))  # as the README advises
+                       env=clean_env(**(RELAY_ENV if address == "auto" else {})))  # as docs/follow-mode.md advises
     if read_line(started.proc.stdout, 120) != b"ready":
         raise RuntimeError(f"the probe on {host.name} did not start")
     return started

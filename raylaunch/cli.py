@@ -257,7 +257,7 @@ def _store_for(key: Optional[str], env_file: Optional[str], username: Optional[s
 
 
 @main.command("status", context_settings={"help_option_names": ["--help"]})
-@click.option("--json", "as_json", is_flag=True, help="Print the view as JSON (schema in the README).")
+@click.option("--json", "as_json", is_flag=True, help="Print the view as JSON (schema: docs/operations.md).")
 @_redis_options
 def status(as_json: bool, key: Optional[str], ha_env_file: Optional[str], redis_username: Optional[str],
            redis_password: Optional[str]) -> None:

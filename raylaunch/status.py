@@ -14,7 +14,7 @@ SCHEMA = 1
 
 
 def status_json(view: ClusterView, redis_display: str, local: list[LocalSupervisor]) -> dict[str, Any]:
-    """The view in the JSON layout documented in the README."""
+    """The view in the JSON layout documented in docs/operations.md."""
     lead = view.leadership
     leader = None
     if lead.holder is not None:

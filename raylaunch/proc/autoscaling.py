@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 from raylaunch.config import TRUTHY, ConfigError
 from raylaunch.proc.raycmd import option_value
 
-HINT = "`ray up` copies it only to its head_ip: run `ray up` once per candidate (README, `ray up`)"
+HINT = "`ray up` copies it only to its head_ip: run `ray up` once per candidate (docs/ray-up.md)"
 
 
 @dataclass(frozen=True)
