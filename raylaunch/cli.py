@@ -12,13 +12,21 @@ import importlib.metadata
 import json
 import os
 import sys
-from typing import Any, Callable, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, TypeVar
 
 import click
 
 from raylaunch import __version__
-from raylaunch.config import (EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, IDENTITY, START_GROUPS, ConfigError, Setting,
-                              load_env_file)
+from raylaunch.config import (
+    EXIT_OK,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    IDENTITY,
+    START_GROUPS,
+    ConfigError,
+    Setting,
+    load_env_file,
+)
 
 COMPLETION_SHELLS = ("bash", "zsh", "fish")
 #: The variable click's completion scripts set when they call ray-ha back.
@@ -51,25 +59,32 @@ Exit codes: 0 clean stop (or, without --block, leading/standing by), 1 runtime e
 2 usage/config error, 3 leadership lost, 4 head processes died.
 """
 
+if TYPE_CHECKING:  # the light paths (passthrough, health) import no Redis
+    from raylaunch.store.redisstore import RedisStore
 
-def _option(setting: Setting):
+#: A command function, as click's decorators take and give it back.
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _option(setting: Setting) -> Callable[[F], F]:
     """A click option for one setting, its help naming the environment variable."""
     kind = click.Choice(list(setting.choices)) if setting.choices else None
     return click.option(setting.flag, setting.field, metavar=setting.metavar, type=kind,
                         help=f"{setting.help} Env: {setting.env}.")
 
 
-ENV_FILE_OPTION = click.option("--ha-env-file", metavar="PATH", help="Read settings from this file [./.env if present].")
+ENV_FILE_OPTION = click.option("--ha-env-file", metavar="PATH",
+                               help="Read settings from this file [./.env if present].")
 
 
-def _settings_options(func):
+def _settings_options(func: F) -> F:
     """One --ha- option per setting of every group `start` takes (config's tables)."""
     for setting in reversed([s for group in START_GROUPS for s in group.settings]):
         func = _option(setting)(func)
     return func
 
 
-def _redis_options(func):
+def _redis_options(func: F) -> F:
     """What status and switchover need to reach Redis, named as in `ray start`."""
     func = click.option("--redis-password", metavar="PASSWORD", help="Redis password [RAY_REDIS_PASSWORD].")(func)
     func = click.option("--redis-username", metavar="USER", help="Redis user name.")(func)
@@ -98,7 +113,7 @@ class OneLineErrors(click.Group):
     Bare `ray-ha` still prints the help (exit 2, as click does).
     """
 
-    def main(self, args: Optional[list[str]] = None, *rest: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    def main(self, args: Optional[list[str]] = None, *rest: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]  # click: -> Any; ours always exits
         kwargs["standalone_mode"] = False
         bare = not (sys.argv[1:] if args is None else args) and COMPLETE_VAR not in os.environ
         if bare:  # `ray-ha` alone: help and exit 2 (click < 8.2 would exit 0)
@@ -200,7 +215,7 @@ def stop(ha_node_name: Optional[str], ray_args: tuple[str, ...]) -> None:
         if not report.failed:
             exec_ray(["stop", *ray_args])
         import subprocess
-        subprocess.run([find_ray(), "stop", *ray_args])
+        subprocess.run([find_ray(), "stop", *ray_args], check=False)
         return EXIT_RUNTIME
 
     guard(body)
@@ -240,7 +255,8 @@ def health(role: str, ha_node_name: Optional[str]) -> None:
     sys.exit(EXIT_OK if ok else EXIT_RUNTIME)
 
 
-def _store_for(key: Optional[str], env_file: Optional[str], username: Optional[str], password: Optional[str]):
+def _store_for(key: Optional[str], env_file: Optional[str], username: Optional[str],
+               password: Optional[str]) -> RedisStore:
     """The store of the cluster named by the environment, else by this machine's running supervisor (a
     RedisStore); nothing held."""
     from raylaunch.config import settings_from

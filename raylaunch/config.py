@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Mapping, Optional, TypeVar
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 S = TypeVar("S")
 
@@ -125,7 +126,7 @@ class Reporting:
 
     log_format: str = "text"
     http_port: Optional[int] = None
-    http_host: str = "0.0.0.0"
+    http_host: str = "0.0.0.0"  # noqa: S104  (a load balancer probes /leader from outside; README says so)
     on_elected: Optional[str] = None
     on_demoted: Optional[str] = None
     hook_timeout: float = 30.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from raylaunch.config import FALSY, TRUTHY
 

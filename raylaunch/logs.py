@@ -6,7 +6,8 @@ import json
 import logging
 import sys
 import time
-from typing import Callable, Mapping
+from collections.abc import Mapping
+from typing import Callable
 
 log = logging.getLogger("ray-ha")
 

@@ -7,12 +7,24 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Optional
 
-from raylaunch.config import (FOLLOWING, IDENTITY, REPORTING, SAFETY, TIMING, ConfigError, Identity, Reporting,
-                              Safety, Timing, settings_from)
+from raylaunch.config import (
+    FOLLOWING,
+    IDENTITY,
+    REPORTING,
+    SAFETY,
+    TIMING,
+    ConfigError,
+    Identity,
+    Reporting,
+    Safety,
+    Timing,
+    settings_from,
+)
 from raylaunch.local.rundir import run_dir
 from raylaunch.proc.autoscaling import Autoscaling, LocalCluster, read_autoscaling
 from raylaunch.proc.net import split_host_port

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Protocol, TypeVar
+from typing import Callable, Optional, Protocol, TypeVar
 
 from raylaunch.local.state import StateFile, SupervisorState
 from raylaunch.logs import setup_logging

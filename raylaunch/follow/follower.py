@@ -20,11 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
-from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
-
 from raylaunch.backoff import Backoff
 from raylaunch.logs import report_leftovers
 from raylaunch.proc.stopflag import StopSignal
+from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
 from raylaunch.store.records import Record
 from raylaunch.store.trouble import RedisTrouble
 

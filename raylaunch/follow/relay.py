@@ -13,7 +13,7 @@ import selectors
 import socket
 import struct
 import threading
-from typing import Optional
+from typing import Optional, cast
 
 Target = Optional[tuple[str, int]]
 CHUNK = 256 * 1024
@@ -95,7 +95,7 @@ class Relay:
                     elif key.data == "wake":
                         self._woken()
                     else:
-                        self._serve(key.fileobj, events)
+                        self._serve(cast(socket.socket, key.fileobj), events)
         finally:
             self._drop_all()
             for sock in (self.listener, self._wake_r, self._wake_w):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Mapping, Optional, Union
+from typing import Optional, Union
 
 from raylaunch.config import EXIT_USAGE, ConfigError
 from raylaunch.follow.follower import Follower, FollowStep, FollowTiming
@@ -19,7 +20,7 @@ from raylaunch.follow.relay import Relay, Target
 from raylaunch.local.state import SupervisorState
 from raylaunch.plan import Plan, RelayBind
 from raylaunch.proc.net import join_address, local_address_towards, split_address
-from raylaunch.proc.raycmd import REWRITTEN_HOSTS, RAYLET_NAME, RayCommand, with_address, with_relay_env
+from raylaunch.proc.raycmd import RAYLET_NAME, REWRITTEN_HOSTS, RayCommand, with_address, with_relay_env
 from raylaunch.proc.stopflag import StopFlag, StopSignal
 from raylaunch.proc.tree import ProcessTree
 from raylaunch.store.leader import LeaderSource
@@ -86,7 +87,7 @@ def resolve(address: str) -> Target:
     except OSError as exc:
         log.warning("cannot resolve the leader's GCS address %s (%s); the relay refuses until it can", address, exc)
         return None
-    return info[0][4][0], port
+    return str(info[0][4][0]), port
 
 
 class RelayedWorker:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import suppress
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 from raylaunch.config import Timing
 from raylaunch.head.afterloss import AfterLoss

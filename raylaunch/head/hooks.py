@@ -12,7 +12,8 @@ import os
 import signal
 import subprocess
 import threading
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 from raylaunch.head.steps import Role, Snapshot
 
@@ -29,7 +30,7 @@ class Hooks:
         self.on_elected, self.on_demoted, self.timeout = on_elected, on_demoted, timeout
         self.env = dict(env)
         self._tenure: Optional[tuple[int, str]] = None   # (epoch, GCS address) while we lead
-        self._running: dict[int, subprocess.Popen] = {}
+        self._running: dict[int, subprocess.Popen[str]] = {}
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Collection, Optional
+from collections.abc import Collection
+from typing import Any, Callable, Optional
 
 import psutil
 
@@ -16,7 +17,7 @@ from raylaunch.store.fence import Credentials
 
 log = logging.getLogger("ray-ha")
 
-WILDCARDS = ("0.0.0.0", "::", "")
+WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104  (recognised in a bind address, never bound here)
 
 
 def gcs_address(gcs: psutil.Process, node_ip: Optional[str]) -> Optional[str]:
@@ -33,7 +34,7 @@ def gcs_address(gcs: psutil.Process, node_ip: Optional[str]) -> Optional[str]:
     return join_address(ip, port) if ip and port else None
 
 
-def tcp_connections(proc: psutil.Process) -> list:
+def tcp_connections(proc: psutil.Process) -> list[Any]:
     """A process's TCP sockets; psutil before 6.0 names the call `connections`."""
     call = getattr(proc, "net_connections", None) or proc.connections
     return call(kind="tcp")

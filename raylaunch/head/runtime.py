@@ -8,8 +8,9 @@ head's tree before the watchdog is dismissed and before the lease's connection g
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Mapping, Optional
+from typing import Optional
 
 from raylaunch.config import EXIT_HEAD_DIED, EXIT_LOST, EXIT_OK, EXIT_RUNTIME
 from raylaunch.head.campaign import Campaign

@@ -23,7 +23,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Callable, Iterable, Optional
+from collections.abc import Iterable
+from typing import IO, TYPE_CHECKING, Callable, Optional, cast
 
 if TYPE_CHECKING:
     from raylaunch.head.steps import Snapshot
@@ -37,7 +38,7 @@ SWEEP_FOR = 5.0
 def main(argv: list[str]) -> int:
     """Watch the launcher whose pid is argv[1]; see the module docstring for the protocol."""
     launcher, pending = int(argv[1]), b""
-    session, deadline = 0, None  # armed while deadline is not None
+    session, deadline = 0, cast(Optional[float], None)  # armed while deadline is not None
     while True:
         if deadline is not None and time.monotonic() >= deadline:
             fire(launcher, session, "no lease renewal confirmed in time (launcher frozen or starved?)")
@@ -134,7 +135,7 @@ class Watchdog:
         self._sent: Optional[bytes] = None
         self.proc = self._spawn()
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-S", "-E", os.path.abspath(__file__), str(os.getpid())],
                                 stdin=subprocess.PIPE, start_new_session=True)
 

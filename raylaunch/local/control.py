@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Optional
 
 from raylaunch.local.holder import signal_holder, wait_exit
 from raylaunch.local.rundir import run_dir

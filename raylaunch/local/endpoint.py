@@ -23,7 +23,8 @@ def render_metrics(state: Optional[SupervisorState]) -> str:
     """The ray-ha metrics in Prometheus text format, labelled with the node."""
     if state is None:
         return ""
-    label = '{node="%s"}' % state.node.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = state.node.replace("\\", "\\\\").replace('"', '\\"')
+    label = f'{{node="{escaped}"}}'
     rows: list[tuple[str, str, str, float]] = [
         ("ray_ha_is_leader", "gauge", "1 while this node leads and its GCS serves.", int(state.serving)),
         ("ray_ha_epoch", "gauge", "Fencing epoch this node leads in, or last saw.", state.epoch or 0),
@@ -90,7 +91,7 @@ class _V6Server(ThreadingHTTPServer):
 
 def _handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             status, kind, body = endpoint.answer(self.path.split("?", 1)[0])
             data = body.encode()
             self.send_response(status)
@@ -100,7 +101,7 @@ def _handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(data)
 
-        do_HEAD = do_GET  # noqa: N815
+        do_HEAD = do_GET
 
         def log_message(self, *args: object) -> None:
             pass  # probes every few seconds would drown the log

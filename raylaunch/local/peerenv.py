@@ -3,7 +3,7 @@ only inside the start command, and `status` and `switchover` should find it ther
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import psutil
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Optional
 
 from raylaunch.config import ConfigError
 
 RUN_DIR_ENV = "RAY_HA_RUN_DIR"
 #: The default of 0.2, shared by every user: `stop` and `status` still look there, under the same checks.
-LEGACY_RUN_DIR = Path("/tmp/ray-ha")
+LEGACY_RUN_DIR = Path("/tmp/ray-ha")  # noqa: S108  (only read, under checked_dir's checks)
 #: What to do about an unsafe run dir.
 RUN_DIR_FIX = f"Remove it, or make it yours (mode 0700), or set {RUN_DIR_ENV} to a directory of your own"
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -39,7 +40,7 @@ def run_dir(env: Mapping[str, str], euid: Optional[int] = None, run: Path = Path
     euid = os.geteuid() if euid is None else euid
     if euid == 0 and run.is_dir() and os.access(run, os.W_OK, effective_ids=True):
         return run / "ray-ha"
-    return Path(f"/tmp/ray-ha-{euid}")
+    return Path(f"/tmp/ray-ha-{euid}")  # noqa: S108  (made 0700 and checked before any use)
 
 
 class PrivateDir:
@@ -49,7 +50,7 @@ class PrivateDir:
         self.path, self.fd = path, fd
 
     @classmethod
-    def open(cls, path: Path, create: bool = False, above: bool = True, fix: str = RUN_DIR_FIX) -> "PrivateDir":
+    def open(cls, path: Path, create: bool = False, above: bool = True, fix: str = RUN_DIR_FIX) -> PrivateDir:
         """Open `path` (made mode 0700 if `create`) once it passes the checks; UnsafeDir, saying `fix`,
         if it does not; FileNotFoundError if it is missing and not to be made. `above`: check the
         directories above it too."""
@@ -107,7 +108,7 @@ class PrivateDir:
     def close(self) -> None:
         os.close(self.fd)
 
-    def __enter__(self) -> "PrivateDir":
+    def __enter__(self) -> PrivateDir:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -12,9 +12,10 @@ import json
 import os
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Callable, Optional
 
 from raylaunch.config import ConfigError, Timing
 from raylaunch.local.holder import flock_holder, holder, judge, take
@@ -66,7 +67,7 @@ class SupervisorState:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> Optional["SupervisorState"]:
+    def from_json(cls, text: str) -> Optional[SupervisorState]:
         """The record in `text`; None if unreadable or of another schema. Unknown fields are ignored."""
         try:
             data = json.loads(text)

@@ -5,9 +5,10 @@ with it, so a candidate refuses to stand by without them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 from raylaunch.config import TRUTHY, ConfigError
 from raylaunch.proc.raycmd import option_value
@@ -52,7 +53,7 @@ def read_autoscaling(ray_args: Sequence[str], env: Mapping[str, str], ray_tmp: P
     provider = _section(config, "provider")
     if provider.get("type") != "local":
         return Autoscaling()
-    warnings = ()
+    warnings: tuple[str, ...] = ()
     if env.get("RAY_enable_autoscaler_v2", "").strip().lower() in TRUTHY:
         warnings = ("the autoscaler will run as v2 (RAY_enable_autoscaler_v2, `ray up`'s default since Ray 2.50), "
                     "which launched no local-provider worker on Ray 2.60: run `ray up` with "
@@ -60,7 +61,7 @@ def read_autoscaling(ray_args: Sequence[str], env: Mapping[str, str], ray_tmp: P
     return Autoscaling(warnings, _local_cluster(config, provider, ray_tmp))
 
 
-def _local_cluster(config: dict, provider: dict, ray_tmp: Path) -> Optional[LocalCluster]:
+def _local_cluster(config: dict[str, Any], provider: dict[str, Any], ray_tmp: Path) -> Optional[LocalCluster]:
     name, head, workers = config.get("cluster_name"), provider.get("head_ip"), provider.get("worker_ips")
     if not (isinstance(name, str) and isinstance(head, str) and isinstance(workers, list)):
         return None  # a coordinator-managed local provider, or not a config `ray up` wrote
@@ -83,6 +84,6 @@ def _parse(text: str) -> Any:
         return {}
 
 
-def _section(config: Any, name: str) -> dict:
+def _section(config: Any, name: str) -> dict[str, Any]:
     section = config.get(name) if isinstance(config, dict) else None
     return section if isinstance(section, dict) else {}

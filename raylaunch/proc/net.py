@@ -55,4 +55,4 @@ def local_address_towards(host: str) -> str:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         probe.connect((host, 9))
-        return probe.getsockname()[0]
+        return str(probe.getsockname()[0])

@@ -34,7 +34,8 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, NamedTuple, Optional
 
 #: A warm interpreter that died is replaced at most this often (s), so a broken Ray cannot spin.
 RESPAWN_EVERY = 5.0
@@ -72,7 +73,7 @@ def resume_session(name: str) -> None:
     if not callable(read):
         return
 
-    def answered(*args, **kwargs):
+    def answered(*args: Any, **kwargs: Any) -> Any:
         return name.encode() if args and args[-1] == b"session_name" else read(*args, **kwargs)
 
     node.get_session_key_from_storage = answered
@@ -201,8 +202,8 @@ def pyenv_which(shim: PyenvShim, name: str, env: Mapping[str, str]) -> str:
         raise NotRaysScript(f"it is a pyenv shim, and there is no {shim.pyenv} on PATH to resolve it")
     asked = f"`{pyenv} which {program}`"
     try:
-        done = subprocess.run([pyenv, "which", program], capture_output=True, text=True, timeout=PYENV_TIMEOUT,
-                              env={**env, **({"PYENV_ROOT": shim.root} if shim.root else {})})
+        done = subprocess.run([pyenv, "which", program], check=False, capture_output=True, text=True,
+                              timeout=PYENV_TIMEOUT, env={**env, **({"PYENV_ROOT": shim.root} if shim.root else {})})
     except (OSError, subprocess.SubprocessError) as exc:
         raise NotRaysScript(f"it is a pyenv shim, and {asked} could not run ({exc})") from None
     found = done.stdout.strip()
@@ -217,7 +218,7 @@ class WarmStart:
 
     def __init__(self, python: str, env: Mapping[str, str], clock: Callable[[], float] = time.monotonic) -> None:
         self.python, self.env, self.clock = python, dict(env), clock
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: Optional[subprocess.Popen[bytes]] = None
         self._next_spawn = 0.0
 
     def ensure(self) -> None:
@@ -231,7 +232,7 @@ class WarmStart:
                                      stdin=subprocess.PIPE, start_new_session=True)
 
     def take(self, argv: Sequence[str], env: Mapping[str, str],
-             session_name: Optional[str] = None) -> Optional[subprocess.Popen]:
+             session_name: Optional[str] = None) -> Optional[subprocess.Popen[bytes]]:
         """Hand `argv`, `env` and the cluster's session name (if known) to the warm interpreter; it is
         then the head. None if none is alive."""
         proc, self.proc = self.proc, None
@@ -253,7 +254,7 @@ class WarmStart:
             _kill(proc)
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL an unused warm interpreter's session and reap it."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)

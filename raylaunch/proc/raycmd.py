@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Mapping, Optional, Sequence
+from typing import Any, Optional
 
 from raylaunch.config import ConfigError
 
@@ -96,9 +97,9 @@ def without_option(args: Sequence[str], name: str) -> list[str]:
     return out
 
 
-def merge_system_config(user_text: Optional[str], ours: Mapping[str, int]) -> tuple[dict, list[str]]:
+def merge_system_config(user_text: Optional[str], ours: Mapping[str, int]) -> tuple[dict[str, Any], list[str]]:
     """Our keys under the user's JSON object (theirs win), with a warning for each shorter user value."""
-    user: dict = {}
+    user: dict[str, Any] = {}
     if user_text is not None:
         try:
             user = json.loads(user_text)
@@ -113,15 +114,15 @@ def merge_system_config(user_text: Optional[str], ours: Mapping[str, int]) -> tu
     return {**ours, **user}, warnings
 
 
-def _shorter(user_value: object, ours: float) -> bool:
+def _shorter(user_value: Any, ours: float) -> bool:
     """True if a user's numeric value is below ours; non-numbers are left for Ray to judge."""
     try:
-        return user_value is not None and float(user_value) < ours  # type: ignore[arg-type]
+        return user_value is not None and float(user_value) < ours
     except (TypeError, ValueError):
         return False
 
 
-def child_env(base: Mapping[str, str], version: tuple[int, int], timeout: float) -> tuple[dict, list[str]]:
+def child_env(base: Mapping[str, str], version: tuple[int, int], timeout: float) -> tuple[dict[str, str], list[str]]:
     """The head's environment: the reconnect env var (the user's wins) and no RAY_ENABLE_HEAD_HA.
 
     Ray 2.x raylets read the reconnect timeout from their own environment, not from the head's

@@ -7,7 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Callable, Mapping, NoReturn, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Callable, NoReturn, Optional
 
 from raylaunch.config import ConfigError
 from raylaunch.proc.prewarm import NotRaysScript, ray_python
@@ -41,7 +42,7 @@ def installed_ray() -> Optional[str]:
 def ask_ray_version(ray_exe: str) -> str:
     """What `ray --version` says (ConfigError if it cannot run)."""
     try:
-        out = subprocess.run([ray_exe, "--version"], capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run([ray_exe, "--version"], check=False, capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ConfigError(f"could not run `{ray_exe} --version`: {exc}") from None
     return out.rsplit("version", 1)[-1]

@@ -13,7 +13,8 @@ import os
 import signal
 import subprocess
 import time
-from typing import Callable, Collection, Mapping, Optional, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Callable, Optional
 
 import psutil
 
@@ -25,7 +26,7 @@ def become_subreaper() -> bool:
     """Ask Linux to re-parent this process's orphaned descendants to it (False where unsupported)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 
@@ -51,12 +52,12 @@ class ProcessTree:
                  drain_name: Optional[str] = None, spare: Callable[[], Collection[int]] = frozenset) -> None:
         self.argv, self.env = list(argv), dict(env)
         self.watch_name, self.drain_name, self.spare = watch_name, drain_name, spare
-        self.popen: Optional[subprocess.Popen] = None
+        self.popen: Optional[subprocess.Popen[bytes]] = None
         self._watched: Optional[psutil.Process] = None
         self._draining: Optional[psutil.Process] = None
         self._me = psutil.Process()
 
-    def start(self, adopt: Optional[subprocess.Popen] = None) -> None:
+    def start(self, adopt: Optional[subprocess.Popen[bytes]] = None) -> None:
         """Start the top process in its own session so a terminal's Ctrl-C reaches only the launcher.
 
         `adopt`: a child of ours already running in its own session (a pre-warmed interpreter told to

@@ -46,7 +46,7 @@ def detach(plan: Plan, request: StartRequest, mode: Mode) -> int:
         return echo_until_settled(plan, child, reader)
 
 
-def echo_until_settled(plan: Plan, child: subprocess.Popen, log_file: BinaryIO) -> int:
+def echo_until_settled(plan: Plan, child: subprocess.Popen[bytes], log_file: BinaryIO) -> int:
     """Echo the supervisor's log until it leads, stands by or exits; never wait longer than DETACH_WAIT.
 
     A leader is reported once its GCS serves and `ray start` has said it is done (or the wait is up),

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from raylaunch.config import ConfigError, load_env_file, parse_bool
 from raylaunch.proc.rayexe import exec_ray

@@ -7,8 +7,9 @@ the lease loop for longer than the configured Redis timeout.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -18,6 +19,9 @@ from redis.sentinel import Sentinel
 
 from raylaunch.config import ConfigError
 from raylaunch.proc.net import split_host_port
+
+if TYPE_CHECKING:
+    from typing import TypeGuard  # Python 3.10; only read by the type checker
 
 TLS_FILE_VARS = ("RAY_REDIS_CA_CERT", "RAY_REDIS_CLIENT_CERT", "RAY_REDIS_CLIENT_KEY")
 
@@ -111,13 +115,13 @@ def connect(target: RedisTarget, timeout: float) -> redis.Redis:
     mode = server_mode(client)
     if mode == "cluster":
         client.close()
-        return cluster_client(target, kwargs)  # type: ignore[return-value]
+        return cluster_client(target, kwargs)  # type: ignore[return-value]  # callers use the commands both share
     master = sentinel_master(client) if mode == "sentinel" else None
     if master is None:
         return client
     sentinels = [(target.host, target.port), *target.others]
     watcher = Sentinel(sentinels, sentinel_kwargs=kwargs, **kwargs)
-    return watcher.master_for(master, **kwargs)
+    return cast(redis.Redis, watcher.master_for(master, **kwargs))
 
 
 def server_mode(client: redis.Redis) -> Optional[str]:
@@ -128,7 +132,7 @@ def server_mode(client: redis.Redis) -> Optional[str]:
         return None  # an ACL user denied INFO: treat the address as the Redis itself
 
 
-def cluster_client(target: RedisTarget, kwargs: dict) -> RedisCluster:
+def cluster_client(target: RedisTarget, kwargs: dict[str, Any]) -> RedisCluster:
     """redis-py's cluster client over the given nodes, retrying nothing itself (one try per call).
 
     A call that fails on a node refreshes the slot map from the nodes it knows (redis-py does that
@@ -147,36 +151,35 @@ def cluster_client(target: RedisTarget, kwargs: dict) -> RedisCluster:
     return RedisCluster(startup_nodes=nodes, require_full_coverage=False, **options)
 
 
-def is_cluster(client: object) -> bool:
+def is_cluster(client: object) -> TypeGuard[RedisCluster]:
     return isinstance(client, RedisCluster)
 
 
-def on_slot_owner(client: redis.Redis, key: str, *command: object) -> object:
+def on_slot_owner(client: redis.Redis, key: str, *command: object) -> Any:
     """Run a keyless command (WAIT) on the node that owns `key`'s slot, so it speaks of our writes."""
     if is_cluster(client):
-        node = client.get_node_from_key(key)  # type: ignore[attr-defined]
+        node = client.get_node_from_key(key)
         return client.execute_command(*command, target_nodes=node)
     return client.execute_command(*command)
 
 
-def on_every_node(client: redis.Redis, *command: object) -> list[object]:
+def on_every_node(client: redis.Redis, *command: object) -> list[Any]:
     """Run a node-local command (ACL, CLIENT KILL) on every node; one reply per node."""
     if is_cluster(client):
-        return [client.execute_command(*command, target_nodes=node)  # type: ignore[attr-defined]
-                for node in client.get_nodes()]  # type: ignore[attr-defined]
+        return [client.execute_command(*command, target_nodes=node) for node in client.get_nodes()]
     return [client.execute_command(*command)]
 
 
 def drop_connections(client: redis.Redis) -> None:
     """Close pooled connections, so the next call connects (and resolves the address) anew."""
     if is_cluster(client):
-        client.disconnect_connection_pools()  # type: ignore[attr-defined]
+        client.disconnect_connection_pools()
     else:
         client.connection_pool.disconnect()
 
 
-def _client_kwargs(target: RedisTarget, timeout: float) -> dict:
-    kwargs: dict = dict(username=target.username, password=target.password, socket_timeout=timeout,
+def _client_kwargs(target: RedisTarget, timeout: float) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(username=target.username, password=target.password, socket_timeout=timeout,
                         socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), decode_responses=True)
     if target.tls:
         kwargs.update(ssl=True, ssl_ca_certs=target.ca_cert, ssl_ca_path=target.ca_path,

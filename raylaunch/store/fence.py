@@ -53,7 +53,7 @@ class AclFence:
     def _do_lock_out(self, epoch: int) -> list[str]:
         mine = self._issued.setdefault(epoch, Credentials(f"{self.prefix}{epoch}", secrets.token_urlsafe(24)))
         on_every_node(self.client, "ACL", "SETUSER", mine.username, "reset", *GCS_RULES, f">{mine.password}")
-        users = {str(user) for reply in on_every_node(self.client, "ACL", "USERS") for user in reply}  # type: ignore[attr-defined]
+        users = {str(user) for reply in on_every_node(self.client, "ACL", "USERS") for user in reply}
         removed = sorted(user for user in users if self._older(user, epoch))
         for user in removed:
             on_every_node(self.client, "ACL", "SETUSER", user, "off")

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
 from raylaunch.store.keys import Keys
 from raylaunch.store.records import FollowerHeartbeat, Holder, Record, serving_record
@@ -43,7 +43,7 @@ def read_leadership(store: RedisStore) -> Leadership:
     def exchange() -> Leadership:
         pipe = store.client.pipeline(transaction=False)
         queue_leadership(pipe, store.keys)
-        return leadership_from(cast(list[Any], pipe.execute()))
+        return leadership_from(pipe.execute())
     return store.guard(exchange)
 
 
@@ -65,7 +65,7 @@ class LeaderSource:
             pipe = self.store.client.pipeline(transaction=False)
             queue_leadership(pipe, self.store.keys)
             pipe.set(self.store.keys.follower(self.node), mine.encode(), px=self.ttl_ms)
-            return leadership_from(cast(list[Any], pipe.execute()))
+            return leadership_from(pipe.execute())
 
         leadership = self.store.guard(exchange)
         self.lease_left = leadership.lease_left

@@ -18,7 +18,7 @@ from raylaunch.proc.stopflag import StopSignal
 from raylaunch.store.connect import on_slot_owner
 from raylaunch.store.errors import ReplicasBehind
 from raylaunch.store.keys import Keys
-from raylaunch.store.records import Attempt, StandbyHeartbeat, Holder, Record, Switchover
+from raylaunch.store.records import Attempt, Holder, Record, StandbyHeartbeat, Switchover
 from raylaunch.store.redisstore import RedisStore
 from raylaunch.store.scripts import ACQUIRE, HISTORY_LENGTH, RELEASE, RENEW, WRITE_IF_OURS, WRITE_RECORD
 
@@ -62,16 +62,16 @@ class RedisLease:
 
     def release(self) -> bool:
         """Delete our lease and notify standbys; False if it was not ours (nothing is touched)."""
-        return self._guard(
-            lambda: self._release(keys=[self.key, self.keys.grant], args=[self.me.value, self.keys.channel]) == 1)
+        return self._guard(lambda: bool(
+            self._release(keys=[self.key, self.keys.grant], args=[self.me.value, self.keys.channel]) == 1))
 
     def write_record(self, gcs_address: str, epoch: int, since: float) -> bool:
         """Publish our GCS address and epoch next to the lease; False if the lease is not ours."""
         record = Record(node=self.me.node, host=self.me.host, gcs_address=gcs_address,
                         epoch=epoch, since=since)
         text = json.dumps(asdict(record), sort_keys=True)
-        return self._guard(lambda: self._write_record(keys=[self.key, self.keys.record, self.keys.history],
-                                                      args=[self.me.value, text, HISTORY_LENGTH]) == 1)
+        return self._guard(lambda: bool(self._write_record(keys=[self.key, self.keys.record, self.keys.history],
+                                                           args=[self.me.value, text, HISTORY_LENGTH]) == 1))
 
     def read_record(self) -> Optional[Record]:
         """The last leader's record, or None if none was written."""
@@ -79,8 +79,8 @@ class RedisLease:
 
     def write_provider_nodes(self, text: str) -> bool:
         """Keep the local node provider's worker list (JSON) for the next leader; False if not ours."""
-        return self._guard(lambda: self._write_if_ours(keys=[self.key, self.keys.provider],
-                                                       args=[self.me.value, text]) == 1)
+        return self._guard(lambda: bool(self._write_if_ours(keys=[self.key, self.keys.provider],
+                                                            args=[self.me.value, text]) == 1))
 
     def read_provider_nodes(self) -> Optional[str]:
         """The worker list the last leader kept, or None."""

@@ -8,7 +8,7 @@ import os
 import secrets
 from dataclasses import asdict, dataclass
 from functools import cached_property
-from typing import Optional
+from typing import Any, Optional
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Holder:
     token: str
 
     @classmethod
-    def me(cls, node: str, host: str) -> "Holder":
+    def me(cls, node: str, host: str) -> Holder:
         """This process as a candidate, with a fresh token so a restart never mistakes an old lease for ours."""
         return cls(node=node, host=host, pid=os.getpid(), token=secrets.token_hex(8))
 
@@ -31,7 +31,7 @@ class Holder:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def decode(cls, text: str) -> "Holder":
+    def decode(cls, text: str) -> Holder:
         """Parse a lease value; a foreign value is shown as its node name rather than failing."""
         try:
             data = json.loads(text)
@@ -62,7 +62,7 @@ class Record:
     since: float
 
     @classmethod
-    def decode(cls, text: Optional[str]) -> Optional["Record"]:
+    def decode(cls, text: Optional[str]) -> Optional[Record]:
         """Parse a stored record; a missing or unreadable one is None."""
         try:
             data = json.loads(text or "")
@@ -96,7 +96,7 @@ class Switchover:
         return json.dumps({"from": self.source, "to": self.target, "epoch": self.epoch}, sort_keys=True)
 
     @classmethod
-    def decode(cls, text: Optional[str]) -> Optional["Switchover"]:
+    def decode(cls, text: Optional[str]) -> Optional[Switchover]:
         try:
             data = json.loads(text or "")
             return cls(source=str(data["from"]), target=str(data["to"]), epoch=int(data["epoch"]))
@@ -125,7 +125,7 @@ class StandbyHeartbeat:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def decode(cls, text: Optional[str]) -> Optional["StandbyHeartbeat"]:
+    def decode(cls, text: Optional[str]) -> Optional[StandbyHeartbeat]:
         data = _json_object(text)
         return None if data is None else cls(node=str(data.get("node")), host=data.get("host"),
                                              pid=data.get("pid"), since=data.get("since"),
@@ -148,14 +148,14 @@ class FollowerHeartbeat:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def decode(cls, text: Optional[str]) -> Optional["FollowerHeartbeat"]:
+    def decode(cls, text: Optional[str]) -> Optional[FollowerHeartbeat]:
         data = _json_object(text)
         return None if data is None else cls(
             node=str(data.get("node")), host=data.get("host"), pid=data.get("pid"), since=data.get("since"),
             epoch=data.get("epoch"), leader=data.get("leader"), gcs_address=data.get("gcs_address"))
 
 
-def _json_object(text: Optional[str]) -> Optional[dict]:
+def _json_object(text: Optional[str]) -> Optional[dict[str, Any]]:
     try:
         data = json.loads(text or "")
     except ValueError:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar, cast
+from typing import Any, Optional, TypeVar
 
 from raylaunch.store.leader import Leadership, leadership_from, queue_leadership, read_leadership
-from raylaunch.store.records import StandbyHeartbeat, FollowerHeartbeat, Record, Switchover
+from raylaunch.store.records import FollowerHeartbeat, Record, StandbyHeartbeat, Switchover
 from raylaunch.store.redisstore import RedisStore
 
 HISTORY_SHOWN = 10
@@ -54,7 +54,7 @@ def _read_cluster(store: RedisStore) -> ClusterView:
     queue_leadership(pipe, keys)
     pipe.get(keys.switchover)
     pipe.lrange(keys.history, 0, HISTORY_SHOWN - 1)
-    replies = cast(list[Any], pipe.execute())
+    replies = pipe.execute()
     leadership = leadership_from(replies)
     leader = leadership.holder.node if leadership.holder else None
     standbys = [c for c in _heartbeats(store, keys.candidate(""), StandbyHeartbeat) if c.record.node != leader]
@@ -71,7 +71,7 @@ def _heartbeats(store: RedisStore, prefix: str, kind: type[M]) -> list[Live]:
     for name in names:
         pipe.get(name)
         pipe.pttl(name)
-    replies = cast(list[Any], pipe.execute()) if names else []
+    replies = pipe.execute() if names else []
     found = []
     for text, ttl in zip(replies[::2], replies[1::2]):
         record = kind.decode(text)
