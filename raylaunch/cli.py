@@ -259,7 +259,7 @@ def _store_for(key: Optional[str], env_file: Optional[str], username: Optional[s
                password: Optional[str]) -> RedisStore:
     """The store of the cluster named by the environment, else by this machine's running supervisor (a
     RedisStore); nothing held."""
-    from raylaunch.config import settings_from
+    from raylaunch.config import TIMING, settings_from
     from raylaunch.local.peerenv import redis_of_local_supervisor
     from raylaunch.store.connect import target_from
     from raylaunch.store.redisstore import open_store
@@ -269,7 +269,8 @@ def _store_for(key: Optional[str], env_file: Optional[str], username: Optional[s
     if "RAY_REDIS_ADDRESS" not in env:  # as under `ray up`: the start command alone said where Redis is
         env.update(redis_of_local_supervisor(env))
     target = target_from(env, username, password)
-    return open_store(target, settings_from(IDENTITY, {"key": key}, env).key, 2.0)
+    timeout = settings_from(TIMING, {}, env).redis_timeout  # the one a supervisor here would use
+    return open_store(target, settings_from(IDENTITY, {"key": key}, env).key, timeout)
 
 
 @main.command("status", context_settings={"help_option_names": ["--help"]})

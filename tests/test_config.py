@@ -1,11 +1,15 @@
-"""Flags, environment and .env: booleans, durations, the timing rules, precedence."""
+"""Flags, environment and .env: booleans, durations, the timing rules, precedence, and the defaults --help states."""
 
 import os
+import re
+import socket
 
 import pytest
+from click.testing import CliRunner
 
-from raylaunch.config import (IDENTITY, REPORTING, SAFETY, TIMING, ConfigError, Timing, load_env_file, parse_bool,
-                              parse_duration, settings_from)
+from raylaunch.cli import main
+from raylaunch.config import (IDENTITY, REPORTING, SAFETY, START_GROUPS, TIMING, ConfigError, Setting, Timing,
+                              load_env_file, parse_bool, parse_duration, settings_from)
 
 
 def timing_from(flags, env):
@@ -166,3 +170,29 @@ def test_every_setting_is_a_start_option_whose_help_names_its_environment_variab
         for setting in group.settings:
             assert setting.flag in out and setting.env in out, setting.field
             assert settings_from(group, {setting.field: None}, {}) == settings_from(group, {}, {})
+
+
+#: Defaults --help states in words, as the code has them when nothing is set (no flag, empty env).
+WORDED_DEFAULTS = {"reconnect_timeout": None,  # "[lease + 45s]": worked out from the lease when None
+                   "wait_old_gcs": 3 * 24 * 3600.0,  # "[3 days]"
+                   "node_name": socket.gethostname(), "key": "ray-ha:default:leader"}
+
+
+def stated_default(setting: Setting) -> object:
+    """The default a setting's --help states in its closing [brackets], read with the setting's own parser."""
+    found = re.search(r"\[([^\]]+)\]\.?$", setting.help)
+    if found is None:
+        return None  # no default stated: the field is unset (None) unless given
+    if setting.field in WORDED_DEFAULTS:
+        return WORDED_DEFAULTS[setting.field]
+    text = found.group(1).split(":")[0]  # "auto: exit with --block, ..." states "auto"
+    return None if text == "off" else setting.parse(setting.flag, text, True)
+
+
+@pytest.mark.parametrize("group, setting", [(g, s) for g in START_GROUPS for s in g.settings],
+                         ids=[s.field for g in START_GROUPS for s in g.settings])
+def test_every_default_in_help_is_the_one_the_code_uses(group, setting):
+    used = getattr(settings_from(group, {}, {}), setting.field)
+    assert stated_default(setting) == used, f"{setting.flag}: --help says {setting.help!r}, the code uses {used!r}"
+    shown = "".join(CliRunner().invoke(main, ["start", "--help"]).output.split())  # click wraps at spaces and hyphens
+    assert "".join(setting.help.split()) in shown, f"{setting.flag}'s help, default included, is what --help shows"

@@ -10,13 +10,12 @@ from raylaunch.head.runtime import HeadMode
 from raylaunch.local.state import local_supervisors
 from raylaunch.plan import Plan, StartRequest, make_plan
 from raylaunch.start.detach import detach, verdict
-from raylaunch.start.passthrough import pass_through_unless_ha
 from raylaunch.supervisor import Mode, supervise
 
 
 def run_start(request: StartRequest) -> int:
-    """Decide passthrough or HA, validate everything, then supervise here or in a detached process."""
-    pass_through_unless_ha(request.ray_args, request.env_file, request.follow)
+    """Validate everything, then supervise here or in a detached process (the CLI has already handed a
+    non-HA start to `ray start`, before the heavy imports)."""
     plan = make_plan(request)
     following = already_following(plan) if plan.follow else None
     if following is not None:
