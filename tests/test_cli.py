@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import KEYS, ROOT, RedisServer, free_port, ray_ha, tagged_processes
+from conftest import KEYS, ROOT, free_port, ray_ha, tagged_processes
 from raylaunch.store.keys import Keys
 
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>

@@ -14,7 +14,6 @@ from raylaunch.store.view import read_cluster
 from raylaunch.store.fence import AclFence
 from raylaunch.store.leader import LeaderSource
 from raylaunch.store.errors import LeaseStoreError, guarded
-from raylaunch.store.keys import Keys
 from raylaunch.store.lease import RedisLease
 from raylaunch.store.records import Holder
 from raylaunch.store.connect import RedisTarget, connect, is_cluster

@@ -12,7 +12,6 @@ import pytest
 from conftest import FAST_TIMING, KEYS, Launcher, fake_ray_events, ray_ha, tagged_processes, wait_for
 from raylaunch.proc.net import split_address, tcp_accepts
 from raylaunch.proc.tree import is_alive
-from raylaunch.store.keys import Keys
 
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 

@@ -10,10 +10,8 @@ import threading
 import time
 
 import psutil
-import pytest
 
 from conftest import KEYS, fake_ray_events, tagged_processes, wait_for
-from raylaunch.store.keys import Keys
 
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 

@@ -10,7 +10,6 @@ import psutil
 import pytest
 
 from conftest import FAST_TIMING, KEYS, fake_ray_events, ray_ha, tagged_processes, wait_for
-from raylaunch.store.keys import Keys
 
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 

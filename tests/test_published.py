@@ -3,7 +3,6 @@
 import json
 
 from conftest import KEYS
-from raylaunch.store.keys import Keys
 from testkit.published import published_gcs_addresses, strays
 
 

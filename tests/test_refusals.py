@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from conftest import FAST_TIMING, KEYS, LaunchPad, fake_ray_events, ray_ha, tagged_processes, wait_for
-from raylaunch.store.keys import Keys
+from conftest import FAST_TIMING, LaunchPad, fake_ray_events, ray_ha, tagged_processes
 from testkit.localredis import free_port
 from test_reporting import get
 

@@ -10,7 +10,6 @@ import pytest
 from conftest import KEYS, tagged_processes, wait_for
 from raylaunch.local.endpoint import Endpoint, render_metrics
 from raylaunch.local.state import SupervisorState
-from raylaunch.store.keys import Keys
 from testkit.localredis import free_port
 
 

@@ -11,7 +11,6 @@ import redis
 from conftest import KEYS, fake_ray_events, tagged_processes, wait_for
 from testkit.localredis import free_port
 from redisbins import binary as redis_binary
-from raylaunch.store.keys import Keys
 from raylaunch.store.connect import RedisTarget, connect, sentinel_master, server_mode
 
 pytestmark = pytest.mark.redis_versions

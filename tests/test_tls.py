@@ -5,7 +5,6 @@ import pytest
 from conftest import KEYS
 from raylaunch.store.errors import RedisUnavailable, guarded
 
-from raylaunch.store.keys import Keys
 
 from raylaunch.store.lease import RedisLease
 
