@@ -17,16 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, TypeVar
 import click
 
 from raylaunch import __version__
-from raylaunch.config import (
-    EXIT_OK,
-    EXIT_RUNTIME,
-    EXIT_USAGE,
-    IDENTITY,
-    START_GROUPS,
-    ConfigError,
-    Setting,
-    load_env_file,
-)
+from raylaunch.config import IDENTITY, START_GROUPS, ConfigError, Exit, Setting, load_env_file
 
 COMPLETION_SHELLS = ("bash", "zsh", "fish")
 #: The variable click's completion scripts set when they call ray-ha back.
@@ -119,13 +110,13 @@ class OneLineErrors(click.Group):
         if bare:  # `ray-ha` alone: help and exit 2 (click < 8.2 would exit 0)
             with click.Context(self, info_name=kwargs.get("prog_name", "ray-ha")) as ctx:
                 click.echo(ctx.get_help())
-            sys.exit(EXIT_USAGE)
+            sys.exit(Exit.USAGE)
         try:
             code = super().main(args, *rest, **kwargs)
         except click.ClickException as exc:
             fail(exc.format_message(), exc.exit_code)
         except click.Abort:
-            fail("aborted", EXIT_RUNTIME)
+            fail("aborted", Exit.RUNTIME)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -147,7 +138,7 @@ def guard_light(call: Callable[[], None]) -> None:
     try:
         call()
     except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail(str(exc), Exit.USAGE)
 
 
 def guard(call: Callable[[], int]) -> NoReturn:
@@ -159,11 +150,11 @@ def guard(call: Callable[[], int]) -> NoReturn:
     try:
         code = call()
     except (AlreadyRunning, RuntimeProblem) as exc:
-        fail(str(exc), EXIT_RUNTIME)
+        fail(str(exc), Exit.RUNTIME)
     except (ConfigError, LeaseStoreError) as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail(str(exc), Exit.USAGE)
     except RedisUnavailable as exc:
-        fail(str(exc), EXIT_RUNTIME)
+        fail(str(exc), Exit.RUNTIME)
     sys.exit(code)
 
 
@@ -216,7 +207,7 @@ def stop(ha_node_name: Optional[str], ray_args: tuple[str, ...]) -> None:
             exec_ray(["stop", *ray_args])
         import subprocess
         subprocess.run([find_ray(), "stop", *ray_args], check=False)
-        return EXIT_RUNTIME
+        return Exit.RUNTIME
 
     guard(body)
 
@@ -250,9 +241,9 @@ def health(role: str, ha_node_name: Optional[str]) -> None:
         load_env_file(None)  # RAY_HA_RUN_DIR may come from ./.env, as for start
         ok, why = probe(os.environ, ha_node_name, role)
     except ConfigError as exc:  # an unsafe run dir or env file
-        fail(str(exc), EXIT_USAGE)
+        fail(str(exc), Exit.USAGE)
     click.echo(why, err=not ok)
-    sys.exit(EXIT_OK if ok else EXIT_RUNTIME)
+    sys.exit(Exit.OK if ok else Exit.RUNTIME)
 
 
 def _store_for(key: Optional[str], env_file: Optional[str], username: Optional[str],
@@ -293,7 +284,7 @@ def status(as_json: bool, key: Optional[str], ha_env_file: Optional[str], redis_
             click.echo(f"ray-ha: note: {line}", err=True)
         view = status_json(read_cluster(store), store.display, here.supervisors)
         click.echo(json.dumps(view, indent=2, sort_keys=True) if as_json else render(view))
-        return EXIT_OK if view["leader"] else EXIT_RUNTIME
+        return Exit.OK if view["leader"] else Exit.RUNTIME
 
     guard(body)
 
@@ -317,14 +308,14 @@ def switchover(target: Optional[str], timeout: float, key: Optional[str], ha_env
         try:
             request = request_switchover(store, target, ttl=timeout)
         except SwitchoverError as exc:
-            fail(str(exc), EXIT_RUNTIME)
+            fail(str(exc), Exit.RUNTIME)
         click.echo(f"ray-ha: asked {request.source} (epoch {request.epoch}) to hand over to "
                    f"{request.target or 'any standby'}")
         leader = await_switchover(store, request, timeout)
         if leader is None or leader.holder is None or leader.serving is None:
-            fail(f"no new leader serving within {timeout:g}s; the request was withdrawn", EXIT_RUNTIME)
+            fail(f"no new leader serving within {timeout:g}s; the request was withdrawn", Exit.RUNTIME)
         click.echo(f"ray-ha: {leader.holder.node} leads (epoch {leader.epoch}), GCS serving at "
                    f"{leader.serving.gcs_address}")
-        return EXIT_OK
+        return Exit.OK
 
     guard(body)

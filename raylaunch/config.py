@@ -6,6 +6,7 @@ deployments move over unchanged.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import socket
@@ -18,8 +19,31 @@ S = TypeVar("S")
 #: The spellings of yes and no that RAY_ENABLE_HEAD_HA and the other switches accept.
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 FALSY = frozenset({"0", "false", "no", "off", ""})
-#: Exit codes of `ray-ha start` (the other commands use the first three).
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_LOST, EXIT_HEAD_DIED = 0, 1, 2, 3, 4
+
+
+class Exit(enum.IntEnum):
+    """Exit codes of `ray-ha start` (the other commands use the first three)."""
+
+    OK = 0
+    RUNTIME = 1      # something outside the user's input went wrong
+    USAGE = 2        # bad input or a setting that will not work: one line on stderr
+    LOST = 3         # the lease was lost
+    HEAD_DIED = 4    # the head died
+
+
+class Role(str, enum.Enum):
+    """A supervisor's role, as its state file, status, health and the log spell it (one spelling each)."""
+
+    STARTING = "starting"            # before its first tick
+    STANDBY = "standby"
+    WAITING = "waiting"              # leads, waiting for the previous leader's GCS to go away
+    LEADER = "leader"
+    STEPPING_DOWN = "stepping-down"
+    DONE = "done"
+    FOLLOWER = "follower"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class ConfigError(ValueError):

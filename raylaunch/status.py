@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
+from raylaunch.config import Role
 from raylaunch.local.state import LocalSupervisor
 from raylaunch.store.view import ClusterView
 
@@ -76,7 +77,7 @@ def render(view: dict[str, Any]) -> str:
     if view["local"]:
         lines += ["", "supervisors on this machine:"]
         lines += [f"  {s['node']} (pid {s['pid']}): {s['role']}"
-                  + (f", epoch {s['epoch']}" if s["role"] in ("leader", "follower") and s["epoch"] else "")
+                  + (f", epoch {s['epoch']}" if s["role"] in (Role.LEADER, Role.FOLLOWER) and s["epoch"] else "")
                   + (f", relay {s['relay']}" if s["relay"] else "")
                   + (f"; STUCK, Redis refuses it: {s['redis_refused']}" if s["redis_refused"] else "")
                   + (f"; not taken for a supervisor: {s['doubt']}" if s["doubt"] else "")

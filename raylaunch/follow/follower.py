@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
 from raylaunch.backoff import Backoff
+from raylaunch.config import Role
 from raylaunch.logs import report_leftovers
 from raylaunch.proc.stopflag import StopSignal
 from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
@@ -105,7 +106,7 @@ class Follower:
         self.next_start = 0.0
         self.backoff = Backoff()
         self.restarts = 0
-        self.trouble = RedisTrouble(lambda: "follower", clock, note="; the worker, if any, keeps running")
+        self.trouble = RedisTrouble(lambda: Role.FOLLOWER.value, clock, note="; the worker, if any, keeps running")
         self._next_wait_log = 0.0
         self._relay_paused = False
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Optional, Union
 
-from raylaunch.config import EXIT_USAGE, ConfigError
+from raylaunch.config import ConfigError, Exit, Role
 from raylaunch.follow.follower import Follower, FollowStep, FollowTiming
 from raylaunch.follow.relay import Relay, Target
 from raylaunch.local.state import SupervisorState
@@ -146,7 +146,7 @@ def follow_state(base: SupervisorState, follower: Follower, step: FollowStep,
                  relay: Optional[str] = None) -> SupervisorState:
     """The state record of a follower after a tick (read by status, health and a detached start)."""
     following = follower.following
-    return replace(base, role="follower", step=step.value, joined=following is not None,
+    return replace(base, role=Role.FOLLOWER, step=step.value, joined=following is not None,
                    epoch=following.epoch if following else None, leader=following.node if following else None,
                    gcs_address=following.gcs_address if following else None, serving=False,
                    restarts=follower.restarts, redis_refused=follower.trouble.refused, relay=relay)
@@ -163,7 +163,7 @@ class FollowMode:
 
     def context(self) -> Mapping[str, object]:
         following = self.follower.following if self.follower else None
-        return {"role": "follower", "epoch": following.epoch if following else 0,
+        return {"role": Role.FOLLOWER.value, "epoch": following.epoch if following else 0,
                 "leader": following.node if following else None}
 
     def check_redis(self) -> None:
@@ -190,7 +190,7 @@ class FollowMode:
             follower.run(report=report)
         except ConfigError as exc:  # the relay cannot listen where --ha-relay says
             log.error("%s", exc)
-            return EXIT_USAGE
+            return Exit.USAGE
         except Exception:
             log.exception("internal error; stopping the worker")
             return 1

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import Callable, Optional
 
-from raylaunch.config import Timing
+from raylaunch.config import Role, Timing
 from raylaunch.head.afterloss import AfterLoss
-from raylaunch.head.steps import HOLDING, Fence, Head, LeaseStore, Outcome, Role, Snapshot, Step, Watcher
+from raylaunch.head.steps import HOLDING, Fence, Head, LeaseStore, Outcome, Snapshot, Step, Watcher
 from raylaunch.logs import report_leftovers
 from raylaunch.proc.net import tcp_accepts
 from raylaunch.proc.stopflag import StopSignal

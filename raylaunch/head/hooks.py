@@ -15,7 +15,8 @@ import threading
 from collections.abc import Mapping
 from typing import Optional
 
-from raylaunch.head.steps import Role, Snapshot
+from raylaunch.config import Role
+from raylaunch.head.steps import Snapshot
 
 log = logging.getLogger("ray-ha")
 
@@ -37,9 +38,9 @@ class Hooks:
     def __call__(self, snapshot: Snapshot) -> None:
         if snapshot.serving and self._tenure is None:
             self._tenure = (snapshot.epoch, snapshot.gcs_address or "")
-            self._fire("elected", self.on_elected, "leader", *self._tenure)
+            self._fire("elected", self.on_elected, Role.LEADER, *self._tenure)
         elif self._tenure is not None and snapshot.role not in LEADING:
-            self._fire("demoted", self.on_demoted, "standby", *self._tenure)
+            self._fire("demoted", self.on_demoted, Role.STANDBY, *self._tenure)
             self._tenure = None
 
     def pids(self) -> set[int]:
@@ -52,10 +53,10 @@ class Hooks:
         for thread in self._threads:
             thread.join(self.timeout + 5)
 
-    def _fire(self, event: str, command: Optional[str], role: str, epoch: int, gcs: str) -> None:
+    def _fire(self, event: str, command: Optional[str], role: Role, epoch: int, gcs: str) -> None:
         if not command:
             return
-        env = {**self.env, "RAY_HA_ROLE": role, "RAY_HA_EPOCH": str(epoch), "RAY_HA_GCS_ADDRESS": gcs}
+        env = {**self.env, "RAY_HA_ROLE": role.value, "RAY_HA_EPOCH": str(epoch), "RAY_HA_GCS_ADDRESS": gcs}
         thread = threading.Thread(target=self._run, args=(event, command, env), daemon=True,
                                   name=f"hook-{event}")
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]

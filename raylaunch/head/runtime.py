@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Optional
 
-from raylaunch.config import EXIT_HEAD_DIED, EXIT_LOST, EXIT_OK, EXIT_RUNTIME
+from raylaunch.config import Exit
 from raylaunch.head.campaign import Campaign
 from raylaunch.head.hooks import Hooks
 from raylaunch.head.provider import NodeListCarrier
@@ -32,15 +32,15 @@ from raylaunch.store.records import Holder
 from raylaunch.store.redisstore import RedisStore
 from raylaunch.supervisor import RuntimeProblem, Session, connect
 
-OUTCOME_CODES = {Outcome.STOPPED: EXIT_OK, Outcome.FAILED: EXIT_RUNTIME,
-                 Outcome.LOST: EXIT_LOST, Outcome.HEAD_DIED: EXIT_HEAD_DIED}
+OUTCOME_CODES = {Outcome.STOPPED: Exit.OK, Outcome.FAILED: Exit.RUNTIME,
+                 Outcome.LOST: Exit.LOST, Outcome.HEAD_DIED: Exit.HEAD_DIED}
 
 log = logging.getLogger("ray-ha")
 
 
 def head_state(base: SupervisorState, snapshot: Snapshot) -> SupervisorState:
     """The state record of a campaign after a tick."""
-    return replace(base, role=snapshot.role.value, epoch=snapshot.epoch, leader=snapshot.leader,
+    return replace(base, role=snapshot.role, epoch=snapshot.epoch, leader=snapshot.leader,
                    gcs_address=snapshot.gcs_address, serving=snapshot.serving,
                    transitions=snapshot.transitions, renew_failures=snapshot.renew_failures,
                    takeover_seconds=snapshot.takeover_seconds,

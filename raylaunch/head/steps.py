@@ -7,6 +7,7 @@ import enum
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
+from raylaunch.config import Role
 from raylaunch.proc.stopflag import StopSignal
 from raylaunch.store.records import Attempt, Record, Switchover
 
@@ -43,15 +44,7 @@ class Fence(Protocol):
     def lock_out(self, epoch: int) -> list[str]: ...
 
 
-class Role(enum.Enum):
-    STANDBY = "standby"
-    WAITING = "waiting"  # leader, waiting for the previous leader's GCS to go away
-    LEADER = "leader"
-    STEPPING_DOWN = "stepping-down"
-    DONE = "done"
-
-
-#: The roles in which this candidate holds the lease (and may run a head).
+#: A campaign's roles are config.Role's standby to done; in these it holds the lease (and may run a head).
 HOLDING = frozenset({Role.WAITING, Role.LEADER, Role.STEPPING_DOWN})
 
 

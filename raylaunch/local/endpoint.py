@@ -14,6 +14,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 
+from raylaunch.config import Role
 from raylaunch.local.state import SupervisorState, gcs_probe
 
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -67,7 +68,7 @@ class Endpoint:
         """(status, content type, body) for one GET."""
         state = self._state
         fresh = state is not None and time.monotonic() - self._seen <= self.stale_after
-        role = state.role if state else "starting"
+        role = state.role if state else Role.STARTING
         if path == "/healthz":
             refused = state is not None and state.redis_refused is not None
             healthy = fresh and state is not None and state.health("any")[0]

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from raylaunch.config import ConfigError, Timing
+from raylaunch.config import ConfigError, Role, Timing
 from raylaunch.local.holder import flock_holder, holder, judge, take
 from raylaunch.local.rundir import LEGACY_RUN_DIR, RUN_DIR_ENV, PrivateDir, UnsafeDir, run_dir
 from raylaunch.proc.net import tcp_accepts
@@ -45,7 +45,7 @@ class SupervisorState:
     stop_grace: float = Timing.stop_grace
     started: float = 0.0
     http: Optional[str] = None      # host:port of the HTTP endpoint, if any
-    role: str = "starting"          # a campaign's Role value, or "follower"
+    role: Role = Role.STARTING
     epoch: Optional[int] = None
     leader: Optional[str] = None
     gcs_address: Optional[str] = None
@@ -73,6 +73,7 @@ class SupervisorState:
             data = json.loads(text)
             known = {f.name for f in fields(cls)}
             state = cls(**{k: v for k, v in data.items() if k in known})
+            state = replace(state, role=Role(state.role))  # a role this version does not know: unreadable
         except (ValueError, TypeError, AttributeError):
             return None
         return state if state.schema == SCHEMA else None
@@ -90,7 +91,7 @@ class SupervisorState:
             return False, f"{self.role}, stuck: Redis refuses it: {self.redis_refused}"
         if role == "any":
             return True, self.role
-        if self.role != "leader" or not self.serving:
+        if self.role != Role.LEADER or not self.serving:
             return False, f"not the serving leader ({self.role})"
         address = self.gcs_address or ""
         if not probe(address):

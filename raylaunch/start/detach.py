@@ -9,7 +9,7 @@ import sys
 import time
 from typing import BinaryIO, Optional
 
-from raylaunch.config import EXIT_OK, EXIT_RUNTIME
+from raylaunch.config import Exit, Role
 from raylaunch.local.rundir import PrivateDir
 from raylaunch.local.state import SupervisorState, local_supervisors
 from raylaunch.plan import Plan, StartRequest
@@ -61,7 +61,7 @@ def echo_until_settled(plan: Plan, child: subprocess.Popen[bytes], log_file: Bin
         if code is not None:
             _echo(log_file)
             print(f"ray-ha: the supervisor exited with code {code}; see {plan.log_path}", file=sys.stderr)
-            return code or EXIT_RUNTIME
+            return code or Exit.RUNTIME
         line, leading = _verdict_of(plan, child.pid)
         leading_since = leading_since or (time.monotonic() if leading else None)
         timed_out = time.monotonic() > deadline
@@ -70,7 +70,7 @@ def echo_until_settled(plan: Plan, child: subprocess.Popen[bytes], log_file: Bin
         if timed_out:
             print(f"ray-ha: error: no outcome after {DETACH_WAIT:.0f}s; the supervisor (pid {child.pid}) "
                   f"keeps trying, see {plan.log_path}", file=sys.stderr)
-            return EXIT_RUNTIME
+            return Exit.RUNTIME
 
 
 def _verdict_of(plan: Plan, pid: int) -> tuple[Optional[str], bool]:
@@ -89,21 +89,21 @@ def _settled(plan: Plan, pid: int, line: str, quiet_ray: bool) -> int:
               "began serving; reporting without it")
     print(f"ray-ha: {line}")
     print(f"ray-ha: supervisor pid {pid}, log {plan.log_path}; stop it with: ray-ha stop")
-    return EXIT_OK
+    return Exit.OK
 
 
 def verdict(state: SupervisorState) -> tuple[Optional[str], bool]:
     """A line for a settled supervisor state (None while it is on its way), and whether it leads."""
-    if state.role == "leader" and state.serving:
+    if state.role == Role.LEADER and state.serving:
         return f"leading as {state.node} (epoch {state.epoch}); GCS serving at {state.gcs_address}", True
-    if state.role == "standby" and state.leader:
+    if state.role == Role.STANDBY and state.leader:
         return f"standing by; leader is {state.leader} (epoch {state.epoch})", False
-    if state.role == "follower" and state.joined:
+    if state.role == Role.FOLLOWER and state.joined:
         via = f" through the relay at {state.relay}" if state.relay else ""
         return (f"following {state.leader} (epoch {state.epoch}); worker joined {state.gcs_address}{via}"), True
-    if state.role == "follower" and state.step == "waiting-leader":
+    if state.role == Role.FOLLOWER and state.step == "waiting-leader":
         return "no leader serves yet; the follower joins one as soon as it does", False
-    if state.role == "waiting" and state.waiting_old_gcs:
+    if state.role == Role.WAITING and state.waiting_old_gcs:
         return (f"elected (epoch {state.epoch}) but waiting for the previous GCS to go away before starting "
                 "the head; the supervisor carries on"), False
     return None, False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from raylaunch.config import EXIT_OK
+from raylaunch.config import Exit, Role
 from raylaunch.follow.runtime import FollowMode
 from raylaunch.head.runtime import HeadMode
 from raylaunch.local.state import local_supervisors
@@ -20,7 +20,7 @@ def run_start(request: StartRequest) -> int:
     following = already_following(plan) if plan.follow else None
     if following is not None:
         print(f"ray-ha: already {following}; nothing changed (to change its options: ray-ha stop, then start)")
-        return EXIT_OK
+        return Exit.OK
     mode: Mode = FollowMode(plan) if plan.follow else HeadMode(plan)
     if "--block" not in request.ray_args:
         return detach(plan, request, mode)
@@ -31,7 +31,7 @@ def already_following(plan: Plan) -> Optional[str]:
     """What this node's running follower is doing, if one runs: starting a follower again (as a new
     leader's autoscaler does under `ray up`) must not touch a worker that follows already."""
     for found in local_supervisors(plan.state_dir, plan.identity.node_name):
-        if found.running and found.state is not None and found.state.role == "follower":
+        if found.running and found.state is not None and found.state.role == Role.FOLLOWER:
             line, _ = verdict(found.state)
             return line or "following (on its way)"
     return None
