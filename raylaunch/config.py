@@ -150,7 +150,7 @@ class Reporting:
 
     log_format: str = "text"
     http_port: Optional[int] = None
-    http_host: str = "0.0.0.0"  # noqa: S104  (a load balancer probes /leader from outside; README says so)
+    http_host: str = "0.0.0.0"  # noqa: S104  (a load balancer probes /leader from outside; docs/SECURITY.md says so)
     on_elected: Optional[str] = None
     on_demoted: Optional[str] = None
     hook_timeout: float = 30.0

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from typing import IO, TYPE_CHECKING, Callable, Optional, cast
+from typing import IO, TYPE_CHECKING, Callable, Optional
 
 if TYPE_CHECKING:
     from raylaunch.head.steps import Snapshot
@@ -38,7 +38,8 @@ SWEEP_FOR = 5.0
 def main(argv: list[str]) -> int:
     """Watch the launcher whose pid is argv[1]; see the module docstring for the protocol."""
     launcher, pending = int(argv[1]), b""
-    session, deadline = 0, cast(Optional[float], None)  # armed while deadline is not None
+    session = 0
+    deadline: Optional[float] = None  # armed while not None
     while True:
         if deadline is not None and time.monotonic() >= deadline:
             fire(launcher, session, "no lease renewal confirmed in time (launcher frozen or starved?)")

@@ -72,8 +72,9 @@ class SupervisorState:
         try:
             data = json.loads(text)
             known = {f.name for f in fields(cls)}
-            state = cls(**{k: v for k, v in data.items() if k in known})
-            state = replace(state, role=Role(state.role))  # a role this version does not know: unreadable
+            values = {k: v for k, v in data.items() if k in known}
+            values["role"] = Role(values.get("role", Role.STARTING))  # a role this version does not know: unreadable
+            state = cls(**values)
         except (ValueError, TypeError, AttributeError):
             return None
         return state if state.schema == SCHEMA else None
