@@ -177,6 +177,25 @@ FAST_TIMING = ["--ha-lease-duration=3", "--ha-renew-deadline=2", "--ha-retry-per
                "--ha-redis-timeout=0.5", "--ha-stop-grace=3"]
 
 
+def _status(proc: psutil.Process) -> Optional[str]:
+    try:
+        return proc.status()
+    except psutil.Error:
+        return None
+
+
+def named(procs: Sequence[psutil.Process], name: str) -> list[psutil.Process]:
+    """Those of `procs` called `name` (a raylet, gcs_server); one that ends while it is read is left out."""
+    found = []
+    for proc in procs:
+        try:
+            if proc.name() == name:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
 class Launcher:
     """One `ray-ha start` process (python -m raylaunch) with its output in a log file."""
 
@@ -205,11 +224,16 @@ class Launcher:
             pytest.fail(f"{self.name} did not exit within {timeout}s:\n{self.log()}")
 
     def descendants(self) -> list[psutil.Process]:
+        """The live processes under the launcher now; one that ends while they are read is left out."""
         try:
-            return [p for p in psutil.Process(self.pid).children(recursive=True)
-                    if p.status() != psutil.STATUS_ZOMBIE]
+            children = psutil.Process(self.pid).children(recursive=True)
         except psutil.Error:
             return []
+        return [p for p in children if _status(p) not in (None, psutil.STATUS_ZOMBIE)]
+
+    def named(self, name: str) -> list[psutil.Process]:
+        """The live descendants called `name` (a raylet, gcs_server); one that ends meanwhile is left out."""
+        return named(self.descendants(), name)
 
     def kill_tree(self) -> None:
         """kill -9 of the launcher and everything under it, at once; returns once all of them are gone."""

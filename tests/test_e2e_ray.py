@@ -92,7 +92,7 @@ def test_crash_failover_resumes_the_session_and_the_actor(ray_launch, redis_serv
 
     # Plain `ray start --block` leaves ray::DashboardAgent and ray::RuntimeEnvAgent behind when its
     # GCS dies; ray-ha must leave nothing of the tree.
-    gcs = next(p for p in standby.descendants() if p.name() == "gcs_server")
+    gcs = standby.named("gcs_server")[0]
     gcs.kill()
     assert standby.wait(60) == 4
     survivors = tagged_processes(leak_guard)
@@ -166,7 +166,7 @@ def test_a_prewarmed_standby_becomes_the_head_in_its_waiting_interpreter(ray_lau
     standby.wait_log("GCS serving", timeout=90)
     took = time.monotonic() - killed_at
     assert f"handed to the pre-warmed interpreter (pid {warm.pid}), resuming {before['session']}" in standby.log()
-    gcs = next(p for p in standby.descendants() if p.name() == "gcs_server")
+    gcs = standby.named("gcs_server")[0]
     assert warm.pid in [p.pid for p in gcs.parents()], "the warm interpreter runs the head's tree"
     host, port = split_host_port(redis_server.address)
     assert {f"--redis_address={host}", f"--redis_port={port}"} <= set(gcs.cmdline()), \
@@ -212,7 +212,7 @@ def test_a_wrapper_ray_is_not_prewarmed_and_the_takeover_head_runs_through_it(ra
     leader.kill_tree()
     standby.wait_log("GCS serving", timeout=90)
     assert "pre-warmed interpreter" not in standby.log()
-    gcs = next(p for p in standby.descendants() if p.name() == "gcs_server")
+    gcs = standby.named("gcs_server")[0]
     assert gcs.environ().get("WRAPPED_RAY") == leak_guard, "the new head's GCS has the wrapper's environment"
     starts = {int(line.split()[0]) for line in calls.read_text().splitlines() if " start --head " in f"{line} "}
     assert starts & {p.pid for p in gcs.parents()}, "the new head's `ray start` is the wrapper's process"
@@ -267,7 +267,7 @@ def test_a_follower_keeps_its_worker_when_the_new_leader_serves_at_the_same_addr
     try:
         worker.wait_log("joining leader a (epoch 1)", timeout=30)
         before = drive(ray_launch.env, gcs_address(redis_server), "pinned")
-        raylet = next(p for p in worker.descendants() if p.name() == "raylet")
+        raylet = worker.named("raylet")[0]
         leader.kill_tree()
         worker.wait_log("the worker stays", timeout=90)
         after = drive(ray_launch.env, gcs_address(redis_server), "pinned")
@@ -336,7 +336,7 @@ def test_acl_fence_locks_a_stale_gcs_out_of_redis(ray_launch, redis_server, leak
     old.wait_log("GCS serving", timeout=90)
     clients = redis_server.client().execute_command("CLIENT", "LIST")
     assert f"user={KEYS.gcs_user_prefix}1" in clients, "the GCS talks to Redis as its epoch's user"
-    stale_gcs = next(p for p in old.descendants() if p.name() == "gcs_server")
+    stale_gcs = old.named("gcs_server")[0]
     dog = next(p for p in old.descendants() if any(a.endswith("watchdog.py") for a in p.cmdline()))
     frozen = [dog, psutil.Process(old.pid)]
     for proc in frozen:

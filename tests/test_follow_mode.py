@@ -34,7 +34,7 @@ def follower(fake_ray_env, redis_server, tmp_path):
 
 
 def raylets_of(launcher) -> list:
-    return [p for p in launcher.descendants() if p.name() == "raylet"]
+    return launcher.named("raylet")
 
 
 def record(redis_server) -> dict:

@@ -48,7 +48,7 @@ def test_stop_leaves_nothing_alive_and_releases(launch, redis_server, leak_guard
     leader = launch("a")
     leader.wait_log("GCS serving")
     wait_whole_tree(leader)
-    orphan = next(p for p in leader.descendants() if p.name() == "ray::Agent")
+    orphan = leader.named("ray::Agent")[0]
     assert orphan.ppid() == leader.pid, "the subreaper keeps the double-forked orphan"
     assert redis_server.client().get(KEY) is not None
     leader.proc.send_signal(signal.SIGTERM)
@@ -70,7 +70,7 @@ def test_leader_records_its_gcs_and_epoch(launch, redis_server):
 def test_head_gets_epoch_and_leader_env(launch, fake_ray_env):
     leader = launch("a")
     leader.wait_log("GCS serving")
-    top = next(p for p in leader.descendants() if p.name() == "ray")
+    top = leader.named("ray")[0]
     env = top.environ()
     assert env["RAY_HA_EPOCH"] == "1" and env["RAY_HA_LEADER"] == "1"
     assert "RAY_ENABLE_HEAD_HA" not in env
@@ -84,7 +84,7 @@ def test_gcs_death_kills_the_tree_releases_and_a_standby_takes_over(launch, redi
     wait_whole_tree(leader)
     standby = launch("b")
     standby.wait_log("standing by; leader is a")
-    gcs = next(p for p in leader.descendants() if p.name() == "gcs_server")
+    gcs = leader.named("gcs_server")[0]
     gcs.kill()
     assert leader.wait() == 4
     assert "gcs_server" in leader.log() and "died" in leader.log()
@@ -212,7 +212,7 @@ def test_exited_orphans_are_reaped_and_the_head_keeps_running(launch):
     leader = launch("a")
     leader.wait_log("GCS serving")
     wait_whole_tree(leader)
-    orphan = next(p for p in leader.descendants() if p.name() == "ray::Agent")
+    orphan = leader.named("ray::Agent")[0]
     assert orphan.ppid() == leader.pid
     orphan.kill()
 

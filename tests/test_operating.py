@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from conftest import FAST_TIMING, KEYS, fake_ray_events, ray_ha, tagged_processes, wait_for
+from conftest import FAST_TIMING, KEYS, fake_ray_events, named, ray_ha, tagged_processes, wait_for
 
 KEY = KEYS.lease  # {ray-ha:default:leader}; the rest of the layout is KEY:<suffix>
 
@@ -103,7 +103,7 @@ def test_a_detached_leader_whose_head_died_cleans_up_and_campaigns_again(detache
                                                                         leak_guard):
     assert detached("a").returncode == 0
     supervisor = detached_supervisor("a")
-    first_gcs = next(p for p in supervisor.children(recursive=True) if p.name() == "gcs_server")
+    first_gcs = named(supervisor.children(recursive=True), "gcs_server")[0]
     first_gcs.kill()
     log = tmp_path / "ray" / "ray-ha" / "a.log"
     wait_for(lambda: "head died; lease released; standing by again in 1s" in log.read_text(), 30, 0.1,
@@ -111,14 +111,14 @@ def test_a_detached_leader_whose_head_died_cleans_up_and_campaigns_again(detache
     record = lambda: json.loads(redis_server.client().get(f"{KEY}:record") or "{}")
     wait_for(lambda: record().get("epoch") == 2, 30, 0.1, what="a second tenure")
     assert supervisor.is_running(), "the same supervisor: a detached candidate never drops out"
-    gcs = [p for p in supervisor.children(recursive=True) if p.name() == "gcs_server"]
+    gcs = named(supervisor.children(recursive=True), "gcs_server")
     assert len(gcs) == 1 and gcs[0].pid != first_gcs.pid, "one new head, nothing of the old one"
 
 
 def test_a_detached_candidate_told_to_exit_after_a_loss_exits(detached, redis_server, tmp_path, leak_guard):
     assert detached("a", "--ha-after-loss=exit").returncode == 0
     supervisor = detached_supervisor("a")
-    next(p for p in supervisor.children(recursive=True) if p.name() == "gcs_server").kill()
+    named(supervisor.children(recursive=True), "gcs_server")[0].kill()
     supervisor.wait(30)  # not our child: psutil cannot tell its exit code, the log does
     assert "head died; lease released (head-died)" in (tmp_path / "ray" / "ray-ha" / "a.log").read_text()
     assert redis_server.client().get(KEY) is None, "released on the way out"

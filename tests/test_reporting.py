@@ -144,7 +144,7 @@ def test_head_death_does_not_kill_a_running_hook(launch, tmp_path):
     marker = tmp_path / "hook-finished"
     a = launch("a", f"--ha-on-elected=sleep 1.5; touch {marker}", "--ha-hook-timeout=10")
     a.wait_log("GCS serving")
-    gcs = next(p for p in a.descendants() if p.name() == "gcs_server")
+    gcs = a.named("gcs_server")[0]
     gcs.kill()
     assert a.wait() == 4
     assert marker.exists(), "the launcher waited for its hook instead of killing it with the head"

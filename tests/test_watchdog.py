@@ -139,7 +139,7 @@ def starts(env):
 
 
 def gcs_of(launcher):
-    return next(p for p in launcher.descendants() if p.name() == "gcs_server")
+    return launcher.named("gcs_server")[0]
 
 
 def test_frozen_leader_tree_is_dead_before_the_standby_starts(launch, fake_ray_env, leak_guard):
