@@ -51,7 +51,7 @@ Exit codes: 0 clean stop (or, without --block, leading/standing by), 1 runtime e
 """
 
 if TYPE_CHECKING:  # the light paths (passthrough, health) import no Redis
-    from raylaunch.store.redisstore import RedisStore
+    from raylaunch.store.keyspace import Keyspace
 
 #: A command function, as click's decorators take and give it back.
 F = TypeVar("F", bound=Callable[..., Any])
@@ -144,14 +144,14 @@ def guard_light(call: Callable[[], None]) -> None:
 def guard(call: Callable[[], int]) -> NoReturn:
     """Run a command body, mapping our exception types to one line and an exit code."""
     from raylaunch.local.state import AlreadyRunning
-    from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
+    from raylaunch.store.errors import RedisRefused, RedisUnavailable
     from raylaunch.supervisor import RuntimeProblem
 
     try:
         code = call()
     except (AlreadyRunning, RuntimeProblem) as exc:
         fail(str(exc), Exit.RUNTIME)
-    except (ConfigError, LeaseStoreError) as exc:
+    except (ConfigError, RedisRefused) as exc:
         fail(str(exc), Exit.USAGE)
     except RedisUnavailable as exc:
         fail(str(exc), Exit.RUNTIME)
@@ -246,14 +246,14 @@ def health(role: str, ha_node_name: Optional[str]) -> None:
     sys.exit(Exit.OK if ok else Exit.RUNTIME)
 
 
-def _store_for(key: Optional[str], env_file: Optional[str], username: Optional[str],
-               password: Optional[str]) -> RedisStore:
-    """The store of the cluster named by the environment, else by this machine's running supervisor (a
-    RedisStore); nothing held."""
+def _keyspace_for(key: Optional[str], env_file: Optional[str], username: Optional[str],
+                  password: Optional[str]) -> Keyspace:
+    """The keyspace of the cluster named by the environment, else by this machine's running supervisor (a
+    Keyspace); nothing held."""
     from raylaunch.config import TIMING, settings_from
     from raylaunch.local.peerenv import redis_of_local_supervisor
     from raylaunch.store.connect import target_from
-    from raylaunch.store.redisstore import open_store
+    from raylaunch.store.keyspace import open_keyspace
 
     load_env_file(env_file)
     env: dict[str, str] = dict(os.environ)
@@ -261,7 +261,7 @@ def _store_for(key: Optional[str], env_file: Optional[str], username: Optional[s
         env.update(redis_of_local_supervisor(env))
     target = target_from(env, username, password)
     timeout = settings_from(TIMING, {}, env).redis_timeout  # the one a supervisor here would use
-    return open_store(target, settings_from(IDENTITY, {"key": key}, env).key, timeout)
+    return open_keyspace(target, settings_from(IDENTITY, {"key": key}, env).key, timeout)
 
 
 @main.command("status", context_settings={"help_option_names": ["--help"]})
@@ -278,11 +278,11 @@ def status(as_json: bool, key: Optional[str], ha_env_file: Optional[str], redis_
     from raylaunch.store.view import read_cluster
 
     def body() -> int:
-        store = _store_for(key, ha_env_file, redis_username, redis_password)
+        keyspace = _keyspace_for(key, ha_env_file, redis_username, redis_password)
         here = machine_supervisors(os.environ)
         for line in here.notes:
             click.echo(f"ray-ha: note: {line}", err=True)
-        view = status_json(read_cluster(store), store.display, here.supervisors)
+        view = status_json(read_cluster(keyspace), keyspace.display, here.supervisors)
         click.echo(json.dumps(view, indent=2, sort_keys=True) if as_json else render(view))
         return Exit.OK if view["leader"] else Exit.RUNTIME
 
@@ -304,14 +304,14 @@ def switchover(target: Optional[str], timeout: float, key: Optional[str], ha_env
     from raylaunch.store.view import SwitchoverError, await_switchover, request_switchover
 
     def body() -> int:
-        store = _store_for(key, ha_env_file, redis_username, redis_password)
+        keyspace = _keyspace_for(key, ha_env_file, redis_username, redis_password)
         try:
-            request = request_switchover(store, target, ttl=timeout)
+            request = request_switchover(keyspace, target, ttl=timeout)
         except SwitchoverError as exc:
             fail(str(exc), Exit.RUNTIME)
         click.echo(f"ray-ha: asked {request.source} (epoch {request.epoch}) to hand over to "
                    f"{request.target or 'any standby'}")
-        leader = await_switchover(store, request, timeout)
+        leader = await_switchover(keyspace, request, timeout)
         if leader is None or leader.holder is None or leader.serving is None:
             fail(f"no new leader serving within {timeout:g}s; the request was withdrawn", Exit.RUNTIME)
         click.echo(f"ray-ha: {leader.holder.node} leads (epoch {leader.epoch}), GCS serving at "

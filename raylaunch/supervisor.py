@@ -18,8 +18,8 @@ from raylaunch.logs import setup_logging
 from raylaunch.plan import Plan
 from raylaunch.proc.stopflag import StopFlag, StopSignal
 from raylaunch.proc.tree import become_subreaper
-from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
-from raylaunch.store.redisstore import RedisStore, open_store
+from raylaunch.store.errors import RedisRefused, RedisUnavailable
+from raylaunch.store.keyspace import Keyspace, open_keyspace
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -33,7 +33,7 @@ class RuntimeProblem(Exception):
 
 
 @dataclass(frozen=True)
-class Session:
+class Supervision:
     """What a mode runs with: the stop flag its signals set, and its state file."""
 
     stop: StopFlag
@@ -47,7 +47,7 @@ class Mode(Protocol):
 
     def context(self) -> Mapping[str, object]: ...
     def check_redis(self) -> None: ...
-    def run(self, session: Session) -> int: ...
+    def run(self, supervision: Supervision) -> int: ...
 
 
 def supervise(plan: Plan, mode: Mode) -> int:
@@ -62,7 +62,7 @@ def supervise(plan: Plan, mode: Mode) -> int:
             log.warning("%s", warning)
         if not become_subreaper():
             log.warning("cannot become a child subreaper; orphaned %s processes may escape supervision", mode.noun)
-        return mode.run(Session(stop, state))
+        return mode.run(Supervision(stop, state))
     finally:
         state.close()
 
@@ -87,26 +87,26 @@ def claim_state(plan: Plan) -> StateFile:
     return state
 
 
-def connect(plan: Plan, stop: StopSignal, build: Callable[[RedisStore], T]) -> T:
+def connect(plan: Plan, stop: StopSignal, build: Callable[[Keyspace], T]) -> T:
     """`build` (which checks what it needs) on a new connection to the plan's Redis; Redis gets a few
     quiet tries, one second apart, before we give up. A refusal is not tried again."""
     target = plan.target
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
-        store = None
+        keyspace = None
         try:
-            store = open_store(target, plan.identity.key, plan.timing.redis_timeout)
-            return build(store)
+            keyspace = open_keyspace(target, plan.identity.key, plan.timing.redis_timeout)
+            return build(keyspace)
         except RedisUnavailable as exc:
-            _close(store)
+            _close(keyspace)
             if attempt == CONNECT_ATTEMPTS or stop.is_set():
                 raise RedisUnavailable(f"cannot reach Redis at {target.display}: {exc}") from None
             stop.wait(1.0)
-        except LeaseStoreError as exc:
-            _close(store)
-            raise LeaseStoreError(f"Redis at {target.display}: {exc}", exc.cause) from None
+        except RedisRefused as exc:
+            _close(keyspace)
+            raise RedisRefused(f"Redis at {target.display}: {exc}", exc.cause) from None
     raise AssertionError("unreachable")
 
 
-def _close(store: Optional[RedisStore]) -> None:
-    if store is not None:
-        store.close()
+def _close(keyspace: Optional[Keyspace]) -> None:
+    if keyspace is not None:
+        keyspace.close()

@@ -1,4 +1,4 @@
-"""The campaign state machine, step by step on a fake clock with fakes of our own seams (store, head).
+"""The campaign state machine, step by step on a fake clock with fakes of our own seams (lease, head).
 
 One test at the end runs a real campaign against a real Redis to check the release wake-up.
 """
@@ -15,8 +15,9 @@ from raylaunch.head.campaign import Campaign
 
 from raylaunch.head.steps import Outcome, Role, Step
 from raylaunch.config import Timing
-from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
+from raylaunch.store.errors import RedisRefused, RedisUnavailable
 from raylaunch.store.keys import Keys
+from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.lease import RedisLease
 from raylaunch.store.records import Attempt, Holder, Record, Switchover
 from raylaunch.store.connect import RedisTarget, connect
@@ -26,7 +27,7 @@ TIMING = Timing(lease_duration=15, renew_deadline=10, retry_period=2, redis_time
                 stop_grace=10, wait_old_gcs=30)
 
 
-class FakeStore:
+class FakeLease:
     """An in-memory lease for one candidate; `events` records the order of side effects."""
 
     def __init__(self, events: list, holder: Optional[Holder] = None, epoch: int = 0) -> None:
@@ -122,10 +123,10 @@ class FakeHead:
 def world():
     events: list = []
     clock = Clock()
-    store, head, stop = FakeStore(events), FakeHead(events, clock), threading.Event()
-    campaign = Campaign(store, head, TIMING, stop, clock=clock, wall=lambda: 42.0,
+    lease, head, stop = FakeLease(events), FakeHead(events, clock), threading.Event()
+    campaign = Campaign(lease, head, TIMING, stop, clock=clock, wall=lambda: 42.0,
                         old_gcs_alive=lambda address: False, name="me")
-    return campaign, store, head, clock, stop, events
+    return campaign, lease, head, clock, stop, events
 
 
 def lead(campaign) -> None:
@@ -135,8 +136,8 @@ def lead(campaign) -> None:
 
 
 def test_standby_stops_at_once_holding_nothing(world):
-    campaign, store, head, clock, stop, events = world
-    store.holder = OTHER
+    campaign, lease, head, clock, stop, events = world
+    lease.holder = OTHER
     assert campaign.tick() is Step.STANDING_BY
     stop.set()
     assert campaign.tick() is Step.STOPPED
@@ -145,11 +146,11 @@ def test_standby_stops_at_once_holding_nothing(world):
 
 
 def test_only_a_standby_that_lost_the_attempt_prepares_a_takeover(world):
-    campaign, store, head, clock, stop, events = world
-    store.holder = OTHER
+    campaign, lease, head, clock, stop, events = world
+    lease.holder = OTHER
     assert campaign.tick() is Step.STANDING_BY
     assert head.prepared == 1
-    store.holder = None
+    lease.holder = None
     clock.advance(10)
     lead(campaign)
     clock.advance(2.0)
@@ -158,28 +159,28 @@ def test_only_a_standby_that_lost_the_attempt_prepares_a_takeover(world):
 
 
 def test_winner_starts_head_with_its_epoch(world):
-    campaign, store, head, clock, stop, events = world
-    store.epoch = 6
+    campaign, lease, head, clock, stop, events = world
+    lease.epoch = 6
     lead(campaign)
     assert events == [("acquired", 7), ("start", 7)]
 
 
 def test_stop_right_after_winning_releases_and_never_starts(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
 
     def acquire_then_signal():
-        attempt = FakeStore.try_acquire(store)
+        attempt = FakeLease.try_acquire(lease)
         stop.set()
         return attempt
 
-    store.try_acquire = acquire_then_signal
+    lease.try_acquire = acquire_then_signal
     assert campaign.tick() is Step.STOPPED
     assert events == [("acquired", 1), "release"]
     assert campaign.outcome is Outcome.STOPPED
 
 
 def test_renews_every_retry_period(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
     assert campaign.tick() is Step.LEADING
     clock.advance(2.0)
@@ -189,7 +190,7 @@ def test_renews_every_retry_period(world):
 
 
 def test_record_is_published_once_gcs_serves(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
     assert campaign.tick() is Step.LEADING
     head.address = "10.0.0.1:6379"
@@ -199,10 +200,10 @@ def test_record_is_published_once_gcs_serves(world):
 
 
 def test_no_renewal_within_deadline_kills_head_before_lease_can_expire_then_releases(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
     acquired_at = clock()
-    store.renew_result = RedisUnavailable("down")
+    lease.renew_result = RedisUnavailable("down")
     steps = []
     while campaign.outcome is None:
         clock.advance(0.5)
@@ -217,7 +218,7 @@ def test_no_renewal_within_deadline_kills_head_before_lease_can_expire_then_rele
 
 def test_hung_renewals_are_judged_by_the_local_clock(world):
     """Each renewal hangs for the whole Redis timeout; the deadline still fires in time."""
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
     acquired_at = clock()
 
@@ -225,7 +226,7 @@ def test_hung_renewals_are_judged_by_the_local_clock(world):
         clock.advance(TIMING.redis_timeout)
         raise RedisUnavailable("timeout")
 
-    store.renew = hung_renew
+    lease.renew = hung_renew
     while campaign.outcome is None:
         clock.advance(0.1)
         campaign.tick()
@@ -234,9 +235,9 @@ def test_hung_renewals_are_judged_by_the_local_clock(world):
 
 
 def test_lease_taken_by_another_kills_at_once_and_does_not_release(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
-    store.renew_result = False
+    lease.renew_result = False
     clock.advance(2.0)
     assert campaign.tick() is Step.LEASE_LOST
     assert ("stop", 0.0) in events and "release" not in events
@@ -244,7 +245,7 @@ def test_lease_taken_by_another_kills_at_once_and_does_not_release(world):
 
 
 def test_head_death_kills_the_rest_then_releases(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
     head.why = "gcs_server (pid 9) died"
     assert campaign.tick() is Step.HEAD_DIED
@@ -255,13 +256,13 @@ def test_head_death_kills_the_rest_then_releases(world):
 @pytest.fixture
 def rejoining(world):
     """The world with a campaign told to stand by again after a loss (a detached candidate)."""
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     campaign.after_loss.stand_by_again = True
     return world
 
 
 def test_a_detached_candidate_whose_head_died_stands_by_again_after_a_backoff(rejoining):
-    campaign, store, head, clock, stop, events = rejoining
+    campaign, lease, head, clock, stop, events = rejoining
     serve(campaign, head, clock)
     head.why = "gcs_server (pid 9) died"
     assert campaign.tick() is Step.HEAD_DIED
@@ -275,9 +276,9 @@ def test_a_detached_candidate_whose_head_died_stands_by_again_after_a_backoff(re
 
 
 def test_a_detached_candidate_that_lost_the_lease_stands_by_under_the_new_leader(rejoining):
-    campaign, store, head, clock, stop, events = rejoining
+    campaign, lease, head, clock, stop, events = rejoining
     serve(campaign, head, clock)
-    store.renew_result, store.holder = False, Holder("other", "h2", 7, "t2")
+    lease.renew_result, lease.holder = False, Holder("other", "h2", 7, "t2")
     clock.advance(2.0)
     assert campaign.tick() is Step.LEASE_LOST
     assert ("stop", 0.0) in events and "release" not in events
@@ -287,7 +288,7 @@ def test_a_detached_candidate_that_lost_the_lease_stands_by_under_the_new_leader
 
 
 def test_the_rejoin_backoff_doubles_on_quick_deaths_and_starts_over_after_a_long_lead(rejoining):
-    campaign, store, head, clock, stop, events = rejoining
+    campaign, lease, head, clock, stop, events = rejoining
     holds = []
     campaign.after_loss.settle()
     for _ in range(7):
@@ -300,14 +301,14 @@ def test_the_rejoin_backoff_doubles_on_quick_deaths_and_starts_over_after_a_long
     assert holds == [1, 2, 4, 8, 16, 30, 30]
     lead(campaign)
     clock.advance(600)
-    store.renew_result = True
+    lease.renew_result = True
     head.why = "died"
     campaign.tick()
     assert campaign.hold_until - clock() == 1
 
 
 def test_a_stop_during_the_backoff_ends_at_once(rejoining):
-    campaign, store, head, clock, stop, events = rejoining
+    campaign, lease, head, clock, stop, events = rejoining
     serve(campaign, head, clock)
     head.why = "died"
     campaign.tick()
@@ -316,7 +317,7 @@ def test_a_stop_during_the_backoff_ends_at_once(rejoining):
 
 
 def test_a_head_that_never_served_ends_even_a_detached_campaign(rejoining):
-    campaign, store, head, clock, stop, events = rejoining
+    campaign, lease, head, clock, stop, events = rejoining
     lead(campaign)
     head.why = "ray start exited 1"
     assert campaign.tick() is Step.HEAD_DIED
@@ -324,7 +325,7 @@ def test_a_head_that_never_served_ends_even_a_detached_campaign(rejoining):
 
 
 def test_without_stand_by_again_a_loss_ends_the_campaign(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
     head.why = "died"
     campaign.tick()
@@ -332,7 +333,7 @@ def test_without_stand_by_again_a_loss_ends_the_campaign(world):
 
 
 def test_graceful_stop_keeps_renewing_until_the_tree_is_gone(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
     stop.set()
     assert campaign.tick() is Step.STOPPING
@@ -348,7 +349,7 @@ def test_graceful_stop_keeps_renewing_until_the_tree_is_gone(world):
 
 
 def test_graceful_stop_escalates_to_kill_after_grace(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
     stop.set()
     campaign.tick()
@@ -360,20 +361,20 @@ def test_graceful_stop_escalates_to_kill_after_grace(world):
 
 
 def test_lease_lost_during_graceful_stop_cuts_it_short(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
     stop.set()
     campaign.tick()
-    store.renew_result = False
+    lease.renew_result = False
     clock.advance(2.0)
     assert campaign.tick() is Step.LEASE_LOST
     assert ("stop", 0.0) in events
 
 
 def test_new_leader_waits_for_the_old_gcs_bounded(world):
-    campaign, store, head, clock, stop, events = world
-    store.record = Record(node="old", host="h0", gcs_address="10.0.0.9:6379", epoch=3, since=1.0)
-    store.epoch = 3
+    campaign, lease, head, clock, stop, events = world
+    lease.record = Record(node="old", host="h0", gcs_address="10.0.0.9:6379", epoch=3, since=1.0)
+    lease.epoch = 3
     alive = {"10.0.0.9:6379": True}
     campaign.old_gcs_alive = lambda address: alive[address]
     assert campaign.tick() is Step.ACQUIRED
@@ -385,10 +386,10 @@ def test_new_leader_waits_for_the_old_gcs_bounded(world):
 
 
 def test_old_gcs_that_never_goes_away_is_waited_out(world, caplog):
-    campaign, store, head, clock, stop, events = world
-    store.record = Record(node="old", host="h0", gcs_address="10.0.0.9:6379", epoch=1, since=1.0)
+    campaign, lease, head, clock, stop, events = world
+    lease.record = Record(node="old", host="h0", gcs_address="10.0.0.9:6379", epoch=1, since=1.0)
     campaign.old_gcs_alive = lambda address: True
-    store.epoch = 1
+    lease.epoch = 1
     campaign.tick()
     steps = []
     while campaign.role is Role.WAITING:
@@ -402,19 +403,19 @@ def test_old_gcs_that_never_goes_away_is_waited_out(world, caplog):
 
 @pytest.mark.parametrize("ttl_ms, expected", [(5000, 2.0), (300, 0.305), (0, 2.0), (-1, 2.0)])
 def test_standby_retries_when_the_lease_runs_out_or_after_the_retry_period(world, ttl_ms, expected):
-    campaign, store, head, clock, stop, events = world
-    store.holder, store.ttl_ms = OTHER, ttl_ms
+    campaign, lease, head, clock, stop, events = world
+    lease.holder, lease.ttl_ms = OTHER, ttl_ms
     assert campaign.tick() is Step.STANDING_BY
     assert campaign.next_try - clock() == pytest.approx(expected)
 
 
 def test_standby_logs_each_leader_change_once(world, caplog):
-    campaign, store, head, clock, stop, events = world
-    store.holder, store.epoch = OTHER, 4
+    campaign, lease, head, clock, stop, events = world
+    lease.holder, lease.epoch = OTHER, 4
     caplog.set_level(logging.INFO, logger="ray-ha")
     for _ in range(5):
         campaign.tick()
-    store.holder, store.epoch = Holder("third", "h3", 8, "t3"), 5
+    lease.holder, lease.epoch = Holder("third", "h3", 8, "t3"), 5
     for _ in range(5):
         campaign.tick()
     lines = [r.message for r in caplog.records if "leader is" in r.message]
@@ -423,8 +424,8 @@ def test_standby_logs_each_leader_change_once(world, caplog):
 
 
 def test_standby_repeats_who_leads_at_most_once_a_minute(world, caplog):
-    campaign, store, head, clock, stop, events = world
-    store.holder, store.epoch = OTHER, 4
+    campaign, lease, head, clock, stop, events = world
+    lease.holder, lease.epoch = OTHER, 4
     caplog.set_level(logging.INFO, logger="ray-ha")
     for _ in range(30):  # a minute of tries two seconds apart
         campaign.tick()
@@ -443,9 +444,9 @@ def serve(campaign, head, clock) -> None:
 
 
 def test_snapshot_counts_takeover_time_transitions_and_renew_failures(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     serve(campaign, head, clock)
-    store.renew_result = RedisUnavailable("hung")
+    lease.renew_result = RedisUnavailable("hung")
     clock.advance(TIMING.retry_period)
     assert campaign.tick() is Step.RENEW_FAILED
     snap = campaign.snapshot(Step.LEADING)
@@ -456,9 +457,9 @@ def test_snapshot_counts_takeover_time_transitions_and_renew_failures(world):
 
 
 def test_switchover_hands_over_and_stands_by_again(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     serve(campaign, head, clock)
-    store.switchover = Switchover(source="me", target="", epoch=1)
+    lease.switchover = Switchover(source="me", target="", epoch=1)
     clock.advance(TIMING.retry_period)
     assert campaign.tick() is Step.SWITCHOVER
     assert campaign.role is Role.STEPPING_DOWN
@@ -471,18 +472,18 @@ def test_switchover_hands_over_and_stands_by_again(world):
 @pytest.mark.parametrize("request_", [Switchover(source="other", target="", epoch=1),
                                       Switchover(source="me", target="", epoch=0)])
 def test_switchover_for_another_node_or_epoch_is_ignored(world, request_):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     serve(campaign, head, clock)
-    store.switchover = request_
+    lease.switchover = request_
     clock.advance(TIMING.retry_period)
     assert campaign.tick() is Step.RENEWED
     assert campaign.role is Role.LEADER
 
 
 def test_stop_during_a_switchover_ends_the_campaign(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     serve(campaign, head, clock)
-    store.switchover = Switchover(source="me", target="", epoch=1)
+    lease.switchover = Switchover(source="me", target="", epoch=1)
     clock.advance(TIMING.retry_period)
     assert campaign.tick() is Step.SWITCHOVER
     stop.set()
@@ -491,7 +492,7 @@ def test_stop_during_a_switchover_ends_the_campaign(world):
 
 
 def test_a_failing_watcher_never_stops_the_campaign(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     seen = []
 
     def broken(snapshot):
@@ -506,22 +507,22 @@ def test_a_failing_watcher_never_stops_the_campaign(world):
 
 def test_standby_survives_redis_outage_and_logs_it_once_a_minute(world, caplog):
     caplog.set_level(logging.INFO, logger="ray-ha")
-    campaign, store, head, clock, stop, events = world
-    store.acquire_error = RedisUnavailable("refused")
+    campaign, lease, head, clock, stop, events = world
+    lease.acquire_error = RedisUnavailable("refused")
     assert [campaign.tick() for _ in range(3)] == [Step.REDIS_DOWN] * 3
     assert caplog.text.count("Redis unavailable") == 1
     clock.advance(61)
     assert campaign.tick() is Step.REDIS_DOWN
     assert caplog.text.count("Redis unavailable") == 2
     assert campaign.snapshot(Step.REDIS_DOWN).redis_refused is None, "an outage is not a refusal"
-    store.acquire_error = None
+    lease.acquire_error = None
     assert campaign.tick() is Step.ACQUIRED
     assert caplog.text.count("Redis answers again") == 1
 
 
 def test_a_standby_refused_by_redis_is_stuck_says_why_once_a_minute_and_keeps_trying(world, caplog):
-    campaign, store, head, clock, stop, events = world
-    store.acquire_error = LeaseStoreError("the Redis user may not run what ray-ha needs (NOPERM ...)", "permission")
+    campaign, lease, head, clock, stop, events = world
+    lease.acquire_error = RedisRefused("the Redis user may not run what ray-ha needs (NOPERM ...)", "permission")
     assert [campaign.tick() for _ in range(5)] == [Step.REDIS_REFUSED] * 5
     assert caplog.text.count("Redis refuses, and will until a setting changes") == 1
     assert "NOPERM" in caplog.text and "ERROR" in caplog.text
@@ -532,18 +533,18 @@ def test_a_standby_refused_by_redis_is_stuck_says_why_once_a_minute_and_keeps_tr
     clock.advance(31)
     campaign.tick()
     assert caplog.text.count("Redis refuses") == 2, "not once ever: again after a minute"
-    store.acquire_error = RedisUnavailable("down")  # a new kind of trouble is logged at once
+    lease.acquire_error = RedisUnavailable("down")  # a new kind of trouble is logged at once
     assert campaign.tick() is Step.REDIS_DOWN and caplog.text.count("Redis unavailable") == 1
-    store.acquire_error = None
+    lease.acquire_error = None
     assert campaign.tick() is Step.ACQUIRED
     assert campaign.snapshot(Step.ACQUIRED).redis_refused is None
 
 
 def test_a_refused_renewal_is_a_failed_renewal_and_the_deadline_still_kills_in_time(world, caplog):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
     acquired_at = clock()
-    store.renew_result = LeaseStoreError("RAY_REDIS_ADDRESS reaches a read-only replica (READONLY ...)", "readonly")
+    lease.renew_result = RedisRefused("RAY_REDIS_ADDRESS reaches a read-only replica (READONLY ...)", "readonly")
     steps = []
     while campaign.outcome is None:
         clock.advance(0.5)
@@ -557,7 +558,7 @@ def test_a_refused_renewal_is_a_failed_renewal_and_the_deadline_still_kills_in_t
 
 
 def test_internal_error_while_leading_still_kills_then_releases(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
 
     def broken():
@@ -572,8 +573,8 @@ def test_released_lease_is_taken_by_a_real_standby_within_half_a_second(redis_se
     """Real Redis: a standby with a 5 s retry period is woken by the release notification."""
     target = RedisTarget(host="127.0.0.1", port=redis_server.port)
     timing = Timing(lease_duration=30, renew_deadline=10, retry_period=5, redis_timeout=1)
-    leader = RedisLease(connect(target, 1), Keys("k"), Holder.me("a", "h"), timing.lease_duration)
-    standby = RedisLease(connect(target, 1), Keys("k"), Holder.me("b", "h"), timing.lease_duration)
+    leader = RedisLease(Keyspace(connect(target, 1), Keys("k")), Holder.me("a", "h"), timing.lease_duration)
+    standby = RedisLease(Keyspace(connect(target, 1), Keys("k")), Holder.me("b", "h"), timing.lease_duration)
     assert leader.try_acquire().won
     events: list = []
     started = threading.Event()
@@ -603,10 +604,10 @@ def test_default_waits_for_a_live_old_gcs_rather_than_starting_beside_it(caplog)
     """With the default bound, a new leader keeps holding the lease (renewing) and does not start."""
     events: list = []
     clock = Clock()
-    store, head, stop = FakeStore(events, epoch=1), FakeHead(events, clock), threading.Event()
-    store.record = Record(node="old", host="h0", gcs_address="10.0.0.9:6379", epoch=1, since=1.0)
+    lease, head, stop = FakeLease(events, epoch=1), FakeHead(events, clock), threading.Event()
+    lease.record = Record(node="old", host="h0", gcs_address="10.0.0.9:6379", epoch=1, since=1.0)
     timing = Timing()
-    campaign = Campaign(store, head, timing, stop, clock=clock, old_gcs_alive=lambda address: True)
+    campaign = Campaign(lease, head, timing, stop, clock=clock, old_gcs_alive=lambda address: True)
     campaign.tick()
     for _ in range(3600):  # an hour of ticks, a second apart
         clock.advance(1.0)
@@ -618,11 +619,11 @@ def test_default_waits_for_a_live_old_gcs_rather_than_starting_beside_it(caplog)
 
 
 def test_lease_key_lost_by_redis_is_taken_back_and_the_record_republished(world, caplog):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     lead(campaign)
     head.address = "10.0.0.1:6379"
     assert campaign.tick() is Step.SERVING
-    store.renew_result = 5
+    lease.renew_result = 5
     clock.advance(2.0)
     assert campaign.tick() is Step.SERVING, "the record is republished in the same tick"
     assert campaign.epoch == 5 and campaign.role is Role.LEADER
@@ -645,7 +646,7 @@ class FakeFence:
 
 
 def test_fence_goes_up_before_the_head_starts_and_a_failure_holds_the_start(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     campaign.fence = fence = FakeFence(events)
     fence.error = RedisUnavailable("down")
     assert campaign.tick() is Step.ACQUIRED
@@ -659,10 +660,10 @@ def test_fence_goes_up_before_the_head_starts_and_a_failure_holds_the_start(worl
 
 
 def test_a_fence_that_never_goes_up_ends_in_losing_the_lease_not_a_head(world):
-    campaign, store, head, clock, stop, events = world
+    campaign, lease, head, clock, stop, events = world
     campaign.fence = fence = FakeFence(events)
     fence.error = RedisUnavailable("down")
-    store.renew_result = RedisUnavailable("down")
+    lease.renew_result = RedisUnavailable("down")
     assert campaign.tick() is Step.ACQUIRED
     for _ in range(20):
         clock.advance(1)

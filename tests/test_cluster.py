@@ -9,11 +9,11 @@ import pytest
 import redis
 
 from conftest import FAST_TIMING, KEYS, LaunchPad, fake_ray_events, subscribers, tagged_processes, wait_for
-from raylaunch.store.redisstore import RedisStore
+from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.view import read_cluster
 from raylaunch.store.fence import AclFence
-from raylaunch.store.leader import LeaderSource
-from raylaunch.store.errors import LeaseStoreError, guarded
+from raylaunch.store.leader import LeaderReader
+from raylaunch.store.errors import RedisRefused, guarded
 from raylaunch.store.lease import RedisLease
 from raylaunch.store.records import Holder
 from raylaunch.store.connect import RedisTarget, connect, is_cluster
@@ -43,7 +43,7 @@ def make_cluster(tmp_path, redis_version):
 
 def lease_on(cluster, node, lease=5.0, port=None):
     target = RedisTarget("127.0.0.1", port or cluster.nodes[0].port)
-    return RedisLease(guarded(lambda: connect(target, 1.0), KEYS.lease), KEYS, Holder.me(node, "h"), lease)
+    return RedisLease(Keyspace(guarded(lambda: connect(target, 1.0), KEYS.lease), KEYS), Holder.me(node, "h"), lease)
 
 
 @pytest.mark.parametrize("shards", [1, 3])
@@ -63,9 +63,9 @@ def test_the_lease_works_on_a_cluster_of_one_and_of_three_shards(make_cluster, s
     others = [n for n in cluster.masters if n is not owner]
     assert all(n.client().dbsize() == 0 for n in others), "every key of the lease lives on one shard"
 
-    view = read_cluster(b.store)
+    view = read_cluster(b.keyspace)
     assert view.leader_node == "a" and [s.record.node for s in view.standbys] == ["b"]
-    source = LeaderSource(b.store, "w", ttl=5)
+    source = LeaderReader(b.keyspace, "w", ttl=5)
     assert source.current(None).gcs_address == "10.0.0.1:6379"
     assert owner.client().get(KEYS.follower("w")) is not None
 
@@ -137,8 +137,8 @@ def test_a_shard_failover_under_a_running_leader_never_gives_two_heads(make_clus
 def test_the_fence_issues_and_revokes_users_on_every_node(make_cluster):
     cluster = make_cluster(shards=1, replicas=1)
     client = connect(RedisTarget("127.0.0.1", cluster.nodes[0].port), 1.0)
-    AclFence(RedisStore(client, KEYS)).lock_out(1)
-    fence = AclFence(RedisStore(client, KEYS))
+    AclFence(Keyspace(client, KEYS)).lock_out(1)
+    fence = AclFence(Keyspace(client, KEYS))
     assert fence.lock_out(2) == [f"{KEYS.gcs_user_prefix}1"]
     for node in cluster.nodes:
         users = node.client().acl_users()
@@ -151,11 +151,11 @@ def test_the_fence_issues_and_revokes_users_on_every_node(make_cluster):
 def test_keys_in_different_slots_are_a_permanent_refusal(make_cluster):
     cluster = make_cluster(shards=1)
     plain = cluster.nodes[0].client()  # a client that does not know it talks to a cluster
-    with pytest.raises(LeaseStoreError) as refused:
+    with pytest.raises(RedisRefused) as refused:
         guarded(lambda: plain.eval("return 1", 2, "ray-ha:a", "ray-ha:b"), KEYS.lease)
     assert refused.value.cause == "crossslot" and "CROSSSLOT" in str(refused.value)
     clustered = connect(RedisTarget("127.0.0.1", cluster.nodes[0].port), 1.0)
-    with pytest.raises(LeaseStoreError) as refused:  # redis-py's cluster client refuses it itself
+    with pytest.raises(RedisRefused) as refused:  # redis-py's cluster client refuses it itself
         guarded(lambda: clustered.eval("return 1", 2, "ray-ha:a", "ray-ha:b"), KEYS.lease)
     assert refused.value.cause == "crossslot"
 
@@ -164,7 +164,7 @@ def test_a_cluster_node_taken_for_a_plain_redis_is_a_permanent_refusal(make_clus
     cluster = make_cluster(shards=3)
     owner = cluster.owner_of(KEYS.lease)
     elsewhere = next(n for n in cluster.masters if n is not owner)
-    lease = RedisLease(elsewhere.client(), KEYS, Holder.me("a", "h"), 5.0)  # as when INFO is denied
-    with pytest.raises(LeaseStoreError) as refused:
+    lease = RedisLease(Keyspace(elsewhere.client(), KEYS), Holder.me("a", "h"), 5.0)  # as when INFO is denied
+    with pytest.raises(RedisRefused) as refused:
         lease.check()
     assert refused.value.cause == "moved" and "allow INFO" in str(refused.value)

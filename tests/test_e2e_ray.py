@@ -21,7 +21,7 @@ from conftest import KEYS, TAG_VAR, Launcher, LaunchPad, ray_ha, tagged_processe
 from raylaunch.proc.net import split_host_port
 from raylaunch.store.keys import Keys
 from raylaunch.store.raysession import read_session_name
-from raylaunch.store.redisstore import RedisStore
+from raylaunch.store.keyspace import Keyspace
 from testkit.localredis import free_port
 from rediscluster import LocalCluster
 
@@ -153,7 +153,7 @@ def test_a_prewarmed_standby_becomes_the_head_in_its_waiting_interpreter(ray_lau
     standby.wait_log("standing by; leader is a", timeout=60)
     keys = Keys("ray-ha:ns-e2e:leader")  # ray-ha's lease follows the namespace too
     before = drive(ray_launch.env, gcs_address(redis_server, keys.lease), "create")
-    store = RedisStore(redis_server.client(), keys)
+    store = Keyspace(redis_server.client(), keys)
     assert read_session_name(store, "ns-e2e") == before["session"], "ray-ha reads the key Ray's head reads"
     wait_for(lambda: any("prewarm.py" in " ".join(p.cmdline()) for p in standby.descendants()), 30,
              what="a warm interpreter")

@@ -5,9 +5,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from raylaunch.store.redisstore import RedisStore
+from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.fence import AclFence
-from raylaunch.store.errors import LeaseStoreError
+from raylaunch.store.errors import RedisRefused
 from raylaunch.store.keys import Keys
 
 pytestmark = pytest.mark.redis_versions
@@ -24,7 +24,7 @@ def login(server, credentials):
 
 
 def test_each_epoch_gets_a_user_that_can_use_redis(redis_server):
-    fence = AclFence(RedisStore(redis_server.client(), KEYS))
+    fence = AclFence(Keyspace(redis_server.client(), KEYS))
     assert fence.lock_out(1) == []
     gcs = login(redis_server, fence.credentials(1))
     gcs.set("ray-state", "x")
@@ -32,7 +32,7 @@ def test_each_epoch_gets_a_user_that_can_use_redis(redis_server):
 
 
 def test_a_new_epoch_locks_the_old_one_out_and_drops_its_connections(redis_server):
-    old, new = AclFence(RedisStore(redis_server.client(), KEYS)), AclFence(RedisStore(redis_server.client(), KEYS))
+    old, new = AclFence(Keyspace(redis_server.client(), KEYS)), AclFence(Keyspace(redis_server.client(), KEYS))
     old.lock_out(1)
     stale = login(redis_server, old.credentials(1))
     assert new.lock_out(2) == [f"{KEY}:gcs:e1"]
@@ -47,13 +47,13 @@ def test_a_new_epoch_locks_the_old_one_out_and_drops_its_connections(redis_serve
 
 
 def test_other_clusters_users_are_left_alone(redis_server):
-    AclFence(RedisStore(redis_server.client(), Keys("ray-ha:other:leader"))).lock_out(1)
-    assert AclFence(RedisStore(redis_server.client(), KEYS)).lock_out(5) == []
+    AclFence(Keyspace(redis_server.client(), Keys("ray-ha:other:leader"))).lock_out(1)
+    assert AclFence(Keyspace(redis_server.client(), KEYS)).lock_out(5) == []
     assert "ray-ha:other:leader:gcs:e1" in redis_server.client().acl_users()
 
 
 def test_a_user_without_acl_rights_is_refused_at_start(redis_server):
     redis_server.client().execute_command("ACL", "SETUSER", "plain", "on", ">pw", "~*", "&*", "+@all", "-@admin")
     client = redis.Redis(port=redis_server.port, username="plain", password="pw", decode_responses=True)
-    with pytest.raises(LeaseStoreError, match="may not run"):
-        AclFence(RedisStore(client, KEYS)).check()
+    with pytest.raises(RedisRefused, match="may not run"):
+        AclFence(Keyspace(client, KEYS)).check()

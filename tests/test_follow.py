@@ -10,7 +10,7 @@ from conftest import Clock
 from raylaunch.backoff import CAP as BACKOFF_MAX, FIRST as BACKOFF_FIRST
 from raylaunch.follow.follower import (BETWEEN_POLL, RESTART_GRACE, Decision, Follower, FollowStep, FollowTiming,
                               on_new_leader)
-from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
+from raylaunch.store.errors import RedisRefused, RedisUnavailable
 from raylaunch.store.records import Record
 
 A1 = Record(node="a", host="ha", gcs_address="10.0.0.1:6379", epoch=1, since=1.0)
@@ -165,7 +165,7 @@ def test_a_follower_refused_by_redis_keeps_its_worker_is_stuck_and_says_so_once_
     follower, source, worker, clock, stop = world
     source.leader = A1
     follower.tick()
-    source.error = LeaseStoreError("a key of lease {k} holds a value of the wrong type (WRONGTYPE ...)", "wrong-type")
+    source.error = RedisRefused("a key of lease {k} holds a value of the wrong type (WRONGTYPE ...)", "wrong-type")
     assert [follower.tick() for _ in range(4)] == [FollowStep.REDIS_REFUSED] * 4
     assert caplog.text.count("Redis refuses") == 1 and follower.trouble.refused.startswith("a key of lease")
     clock.now += 61

@@ -131,3 +131,10 @@ def test_the_entry_point_imports_only_config_before_the_cli():
 def test_the_health_probe_does_not_reach_redis():
     reached = reachable("raylaunch.local.control")
     assert not any(name.startswith("raylaunch.store") for name in reached), sorted(reached)
+
+
+@pytest.mark.parametrize("loop", ["raylaunch.head.campaign", "raylaunch.follow.follower"])
+def test_the_decision_loops_speak_no_redis(loop):
+    """They hear outage.Unavailable/Refused and read typed records; Redis's client, errors and keys stay in store/."""
+    reached = {name for name in reachable(loop) if name.startswith("raylaunch.store")}
+    assert reached <= {"raylaunch.store", "raylaunch.store.records"}, sorted(reached)

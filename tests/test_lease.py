@@ -8,8 +8,9 @@ import redis
 
 import json
 
-from raylaunch.store.errors import LeaseStoreError, RedisUnavailable, guarded
+from raylaunch.store.errors import RedisRefused, RedisUnavailable, guarded
 from raylaunch.store.keys import Keys
+from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.lease import RedisLease
 from raylaunch.store.records import Holder, Switchover
 from raylaunch.store.scripts import HISTORY_LENGTH
@@ -23,7 +24,7 @@ KEY = KEYS.lease  # the lease itself: {ray-ha:test:leader}
 
 def make_lease(server, node="n1", lease=5.0, timeout=1.0, keys=KEYS, password=None):
     target = RedisTarget(host="127.0.0.1", port=server.port, password=password or server.password)
-    return RedisLease(guarded(lambda: connect(target, timeout), keys.lease), keys, Holder.me(node, "host"), lease)
+    return RedisLease(Keyspace(guarded(lambda: connect(target, timeout), keys.lease), keys), Holder.me(node, "host"), lease)
 
 
 def test_every_key_of_a_lease_shares_one_hash_slot_under_its_name_as_the_tag():
@@ -282,16 +283,16 @@ def test_hung_redis_call_times_out(redis_server):
 def test_wrong_type_lease_key_is_reported(redis_server):
     redis_server.client().hset(KEY, "a", "b")
     lease = make_lease(redis_server)
-    with pytest.raises(LeaseStoreError, match="holds a hash"):
+    with pytest.raises(RedisRefused, match="holds a hash"):
         lease.check()
-    with pytest.raises(LeaseStoreError, match="wrong type"):
+    with pytest.raises(RedisRefused, match="wrong type"):
         lease.try_acquire()
 
 
 def test_wrong_password_is_a_store_error(tmp_path, make_redis):
     server = make_redis(tmp_path, password="right").start()
     try:
-        with pytest.raises(LeaseStoreError, match="credentials"):
+        with pytest.raises(RedisRefused, match="credentials"):
             make_lease(server, password="wrong").check()
         make_lease(server, password="right").check()
     finally:
@@ -303,8 +304,8 @@ def test_redis_user_without_scripting_is_reported(redis_server):
     redis_server.client().execute_command("ACL", "SETUSER", "noscript", "on", ">pw", "~*", "&*", "+@all",
                                           "-@scripting")
     target = RedisTarget(host="127.0.0.1", port=redis_server.port, username="noscript", password="pw")
-    lease = RedisLease(connect(target, 1.0), KEYS, Holder.me("n", "h"), 5.0)
-    with pytest.raises(LeaseStoreError, match="may not run"):
+    lease = RedisLease(Keyspace(connect(target, 1.0), KEYS), Holder.me("n", "h"), 5.0)
+    with pytest.raises(RedisRefused, match="may not run"):
         lease.check()
     assert redis_server.client().get(KEY) is None
 
@@ -313,8 +314,8 @@ def test_a_user_given_what_the_advice_says_can_do_everything_ray_ha_does(redis_s
     """The NOPERM advice (keys and channels {name}*) is enough: check, win, renew, record, wake, release."""
     admin = redis_server.client()
     admin.execute_command("ACL", "SETUSER", "ha", "on", ">pw", "resetchannels", f"~{KEY}*", f"&{KEY}*", "+@all")
-    a, b = (RedisLease(connect(RedisTarget("127.0.0.1", redis_server.port, username="ha", password="pw"), 1.0),
-                       KEYS, Holder.me(node, "h"), 5.0) for node in "ab")
+    a, b = (RedisLease(Keyspace(connect(RedisTarget("127.0.0.1", redis_server.port, username="ha", password="pw"),
+                                        1.0), KEYS), Holder.me(node, "h"), 5.0) for node in "ab")
     a.check()
     assert a.try_acquire().won and not b.try_acquire().won
     assert a.renew(1) == 1 and a.write_record("127.0.1.1:1", 1, 1.0)

@@ -6,6 +6,7 @@ from conftest import KEYS
 from raylaunch.store.errors import RedisUnavailable, guarded
 
 
+from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.lease import RedisLease
 
 from raylaunch.store.records import Holder
@@ -35,7 +36,7 @@ def tls_env(port, certs, **overrides):
 def test_lease_over_tls_with_client_certificate(tls_redis, redis_server):
     proxy, certs = tls_redis
     target = target_from(tls_env(proxy.port, certs), None, None)
-    lease = RedisLease(connect(target, 2.0), KEYS, Holder.me("tls", "h"), 5.0)
+    lease = RedisLease(Keyspace(connect(target, 2.0), KEYS), Holder.me("tls", "h"), 5.0)
     lease.check()
     assert lease.try_acquire().won
     assert redis_server.client().get(KEY) == lease.me.value
@@ -57,7 +58,7 @@ def test_ca_directory_works_like_a_ca_file(tls_redis, redis_server, tmp_path):
     subprocess.run(["openssl", "rehash", str(ca_dir)], check=True, capture_output=True)
     target = target_from(tls_env(proxy.port, certs, RAY_REDIS_CA_CERT=None, RAY_REDIS_CA_PATH=str(ca_dir)),
                          None, None)
-    lease = RedisLease(connect(target, 2.0), KEYS, Holder.me("tls", "h"), 5.0)
+    lease = RedisLease(Keyspace(connect(target, 2.0), KEYS), Holder.me("tls", "h"), 5.0)
     lease.check()
     assert lease.try_acquire().won
     assert redis_server.client().get(KEY) == lease.me.value, "the lease was written through the TLS proxy"

@@ -97,7 +97,7 @@ def test_disarmed_watchdog_kills_nothing_and_exits_with_the_launcher(stand_in):
     assert len(stand_in.tree()) == 2, "a launcher that exits cleanly has already stopped its own tree"
 
 
-def test_launcher_death_while_armed_kills_the_head_session_at_once(stand_in):
+def test_launcher_death_while_armed_kills_the_head_sid_at_once(stand_in):
     tree = stand_in.tree()
     stand_in.arm(60)
     stand_in.proc.kill()  # our end of the pipe stays open: close it as the launcher's death would
@@ -109,7 +109,7 @@ def test_launcher_death_while_armed_kills_the_head_session_at_once(stand_in):
 
 
 def test_fire_after_sits_between_the_renew_deadline_and_the_lease():
-    dog = watchdog.Watchdog(renew_deadline=10, lease_duration=15, head_session=lambda: None)
+    dog = watchdog.Watchdog(renew_deadline=10, lease_duration=15, head_sid=lambda: None)
     try:
         assert 10 < dog.fire_after < 15
     finally:
@@ -120,7 +120,7 @@ def test_fire_after_sits_between_the_renew_deadline_and_the_lease():
 def test_a_dead_watchdog_is_replaced_at_the_next_report():
     from types import SimpleNamespace
 
-    dog = watchdog.Watchdog(renew_deadline=10, lease_duration=15, head_session=lambda: None)
+    dog = watchdog.Watchdog(renew_deadline=10, lease_duration=15, head_sid=lambda: None)
     try:
         first = dog.proc
         first.kill()

@@ -23,10 +23,9 @@ from typing import Callable, Optional, Protocol
 from raylaunch.backoff import Backoff
 from raylaunch.config import Role
 from raylaunch.logs import report_leftovers
+from raylaunch.outage import OUTAGES, Trouble
 from raylaunch.proc.stopflag import StopSignal
-from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
 from raylaunch.store.records import Record
-from raylaunch.store.trouble import RedisTrouble
 
 log = logging.getLogger("ray-ha")
 
@@ -41,7 +40,7 @@ BETWEEN_POLL = 0.1
 
 
 class LeaderSource(Protocol):
-    """Who leads now (store.leader.LeaderSource in production); also tells Redis whom we follow."""
+    """Who leads now (store.leader.LeaderReader in production); also tells Redis whom we follow."""
 
     lease_left: float  # at the last read, how long the lease runs without a renewal (0: nobody holds it)
 
@@ -106,7 +105,7 @@ class Follower:
         self.next_start = 0.0
         self.backoff = Backoff()
         self.restarts = 0
-        self.trouble = RedisTrouble(lambda: Role.FOLLOWER.value, clock, note="; the worker, if any, keeps running")
+        self.trouble = Trouble(lambda: Role.FOLLOWER.value, clock, note="; the worker, if any, keeps running")
         self._next_wait_log = 0.0
         self._relay_paused = False
 
@@ -140,7 +139,7 @@ class Follower:
         # 3. Read who leads (and tell Redis whom we follow); Redis trouble leaves the worker alone.
         try:
             leader = self.source.current(self.following)
-        except (RedisUnavailable, LeaseStoreError) as exc:
+        except OUTAGES as exc:
             self.trouble.failed(exc)  # a running worker is left alone either way
             return FollowStep.REDIS_REFUSED if self.trouble.refused else FollowStep.REDIS_DOWN
         self.trouble.recovered()

@@ -23,9 +23,9 @@ from raylaunch.proc.net import join_address, local_address_towards, split_addres
 from raylaunch.proc.raycmd import RAYLET_NAME, REWRITTEN_HOSTS, RayCommand, with_address, with_relay_env
 from raylaunch.proc.stopflag import StopFlag, StopSignal
 from raylaunch.proc.tree import ProcessTree
-from raylaunch.store.leader import LeaderSource
-from raylaunch.store.redisstore import RedisStore
-from raylaunch.supervisor import Session, connect
+from raylaunch.store.keyspace import Keyspace
+from raylaunch.store.leader import LeaderReader
+from raylaunch.supervisor import Supervision, connect
 
 log = logging.getLogger("ray-ha")
 
@@ -168,24 +168,24 @@ class FollowMode:
 
     def check_redis(self) -> None:
         """Reach Redis once and check the lease's keys (before detaching)."""
-        connect_store(self.plan, StopFlag()).close()
+        connect_keyspace(self.plan, StopFlag()).close()
 
-    def run(self, session: Session) -> int:
+    def run(self, supervision: Supervision) -> int:
         """Follow the leader until a stop is asked; 0 once the worker's tree is gone."""
         plan = self.plan
         worker = make_worker(plan)
         worker.open()  # a relay's given host and port are checked now, not at the first leader
-        store = connect_store(plan, session.stop)
-        source = LeaderSource(store, plan.identity.node_name,
+        keyspace = connect_keyspace(plan, supervision.stop)
+        source = LeaderReader(keyspace, plan.identity.node_name,
                               ttl=max(plan.timing.lease_duration, 3 * plan.timing.retry_period))
         self.follower = follower = Follower(source, worker,
                                             FollowTiming(plan.timing.retry_period, plan.timing.stop_grace),
-                                            session.stop)
-        log.info("following the leader of %s on %s%s", store.keys.lease, plan.target.display,
+                                            supervision.stop)
+        log.info("following the leader of %s on %s%s", keyspace.keys.lease, plan.target.display,
                  "" if worker.relayed else " (no relay: the worker is restarted when the leader moves)")
 
         def report(step: FollowStep) -> None:
-            session.state.update(follow_state(session.state.base, follower, step, worker.relay_address))
+            supervision.state.update(follow_state(supervision.state.base, follower, step, worker.relay_address))
         try:
             follower.run(report=report)
         except ConfigError as exc:  # the relay cannot listen where --ha-relay says
@@ -201,7 +201,7 @@ class FollowMode:
                 source.forget()
             except Exception as exc:  # the record expires by itself
                 log.warning("could not remove the follower record: %s", exc)
-            store.close()
+            keyspace.close()
         return 0
 
 
@@ -212,9 +212,9 @@ def make_worker(plan: Plan) -> Union[RayWorker, RelayedWorker]:
     return RelayedWorker(RayWorker(with_relay_env(plan.command)), plan.relay, plan.node_ip)
 
 
-def connect_store(plan: Plan, stop: StopSignal) -> RedisStore:
+def connect_keyspace(plan: Plan, stop: StopSignal) -> Keyspace:
     """A checked connection to the lease's Redis (a few quiet tries)."""
-    def build(store: RedisStore) -> RedisStore:
-        store.check()
-        return store
+    def build(keyspace: Keyspace) -> Keyspace:
+        keyspace.check()
+        return keyspace
     return connect(plan, stop, build)

@@ -16,19 +16,17 @@ from typing import Callable, Optional
 
 from raylaunch.config import Role, Timing
 from raylaunch.head.afterloss import AfterLoss
-from raylaunch.head.steps import HOLDING, Fence, Head, LeaseStore, Outcome, Snapshot, Step, Watcher
+from raylaunch.head.steps import HOLDING, Fence, Head, Lease, Outcome, Snapshot, Step, Watcher
 from raylaunch.logs import report_leftovers
+from raylaunch.outage import OUTAGES, Trouble
 from raylaunch.proc.net import tcp_accepts
 from raylaunch.proc.stopflag import StopSignal
-from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
 from raylaunch.store.records import Attempt, describe
-from raylaunch.store.trouble import RedisTrouble
 
 log = logging.getLogger("ray-ha")
 
 #: How often a leader looks at its head between renewals (s).
 HEAD_POLL = 0.1
-STORE_ERRORS = (RedisUnavailable, LeaseStoreError)
 #: A standby retries this long after the lease's remaining TTL, so it arrives just after expiry (s).
 TTL_SLACK = 0.005
 #: How often a leader waiting for the previous GCS says so, and a standby who leads (s).
@@ -38,12 +36,12 @@ WAIT_LOG_EVERY = QUIET_LOG_EVERY = 60.0
 class Campaign:
     """One candidate's campaign for the lease, and its head while it leads."""
 
-    def __init__(self, store: LeaseStore, head: Head, timing: Timing, stop: StopSignal,
+    def __init__(self, lease: Lease, head: Head, timing: Timing, stop: StopSignal,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  old_gcs_alive: Callable[[str], bool] = tcp_accepts, name: str = "",
                  watchers: Sequence[Watcher] = (), fence: Optional[Fence] = None,
                  stand_by_again: bool = False) -> None:
-        self.store, self.head, self.timing, self.stop = store, head, timing, stop
+        self.lease, self.head, self.timing, self.stop = lease, head, timing, stop
         self.clock, self.wall, self.old_gcs_alive = clock, wall, old_gcs_alive
         self.name, self.watchers, self.fence = name, list(watchers), fence
         self.fenced_epoch = 0   # the epoch whose fence is up (older epochs locked out of Ray's storage)
@@ -66,7 +64,7 @@ class Campaign:
         self.serving = False
         self.next_try = 0.0     # when a standby tries to acquire again (monotonic)
         self._seen_leader: Optional[tuple[str, int]] = None
-        self.trouble = RedisTrouble(lambda: self.role.value, clock)
+        self.trouble = Trouble(lambda: self.role.value, clock)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -119,7 +117,7 @@ class Campaign:
         if self.role is Role.STANDBY and self.clock() < self.hold_until:
             self.stop.wait(self.hold_until - self.clock())
         elif self.role is Role.STANDBY:
-            self.store.wait_released(max(0.0, self.next_try - self.clock()), self.stop)
+            self.lease.wait_released(max(0.0, self.next_try - self.clock()), self.stop)
         elif self.role is Role.STEPPING_DOWN:
             time.sleep(HEAD_POLL)
         else:
@@ -130,8 +128,8 @@ class Campaign:
     def _standby_step(self) -> Step:
         # 1. A standby holds nothing, so a stop request ends it at once.
         if self.stop.is_set():
-            with suppress(*STORE_ERRORS):  # else its heartbeat expires with the lease duration anyway
-                self.store.forget_candidate()
+            with suppress(*OUTAGES):  # else its heartbeat expires with the lease duration anyway
+                self.lease.forget_candidate()
             return self._finish(Outcome.STOPPED, Step.STOPPED, "stopped while standing by")
         # 2. Back from a loss: wait out the backoff first.
         if self.clock() < self.hold_until:
@@ -140,8 +138,8 @@ class Campaign:
         sent = self.next_try = self.clock()
         self.next_try += self.timing.retry_period
         try:
-            attempt = self.store.try_acquire()
-        except STORE_ERRORS as exc:
+            attempt = self.lease.try_acquire()
+        except OUTAGES as exc:
             self.trouble.failed(exc)
             return Step.REDIS_REFUSED if self.trouble.refused else Step.REDIS_DOWN
         self.trouble.recovered()
@@ -184,7 +182,7 @@ class Campaign:
         """Raise the fence for our epoch; False on a Redis error, to try again next tick (lease kept)."""
         try:
             removed = self.fence.lock_out(self.epoch) if self.fence else []
-        except STORE_ERRORS as exc:
+        except OUTAGES as exc:
             log.warning("leader epoch %d: could not fence older epochs yet: %s", self.epoch, exc)
             return False
         self.fenced_epoch = self.epoch
@@ -239,8 +237,8 @@ class Campaign:
     def _switchover_asked(self) -> bool:
         """True if a switchover asks this leader, in this epoch, to step down."""
         try:
-            request = self.store.switchover_request()
-        except STORE_ERRORS as exc:
+            request = self.lease.switchover_request()
+        except OUTAGES as exc:
             log.warning("could not read switchover requests: %s", exc)
             return False
         self.rejoin = bool(request and request.source == self.name and request.epoch == self.epoch)
@@ -260,8 +258,8 @@ class Campaign:
         self.next_renew, self.acquired_wall = sent + self.timing.retry_period, self.wall()
         self.role, self.wait_until = Role.WAITING, self.clock() + self.timing.wait_old_gcs
         try:
-            record = self.store.read_record()
-        except STORE_ERRORS as exc:
+            record = self.lease.read_record()
+        except OUTAGES as exc:
             log.warning("could not read the previous leader's record: %s", exc)
             record = None
         self.old_gcs = record.gcs_address if record and record.epoch < epoch else None
@@ -292,8 +290,8 @@ class Campaign:
         if address is None:
             return None
         try:
-            self.store.write_record(address, self.epoch, self.acquired_wall)
-        except STORE_ERRORS as exc:
+            self.lease.write_record(address, self.epoch, self.acquired_wall)
+        except OUTAGES as exc:
             log.warning("could not write the leader record (will retry): %s", exc)
             return None
         self.serving, self.gcs_address = True, address
@@ -309,13 +307,13 @@ class Campaign:
         if self.clock() >= self.next_renew:
             sent = self.clock()
             try:
-                held = self.store.renew(self.epoch)
+                held = self.lease.renew(self.epoch)
                 if not held:
                     return Step.LEASE_LOST
                 step = Step.RENEWED if held == self.epoch else self._reacquired(held)
                 self.renewed_at = sent
                 self.trouble.recovered()
-            except STORE_ERRORS as exc:
+            except OUTAGES as exc:
                 self._renewal_failed(exc)
                 step = Step.RENEW_FAILED
             self.next_renew = sent + self.timing.retry_period
@@ -372,8 +370,8 @@ class Campaign:
     def _release(self) -> None:
         """Release (compare-and-set) so a standby takes over now; on failure the lease simply expires."""
         try:
-            self.store.release()
-        except STORE_ERRORS as exc:
+            self.lease.release()
+        except OUTAGES as exc:
             log.warning("could not release the lease (it expires within %.0fs): %s",
                         self.timing.lease_duration, exc)
 

@@ -12,15 +12,15 @@ from typing import Optional, Protocol
 
 from raylaunch.head.steps import Snapshot, Step
 from raylaunch.proc.autoscaling import LocalCluster
-from raylaunch.store.errors import LeaseStoreError, RedisUnavailable
+from raylaunch.store.errors import RedisRefused, RedisUnavailable
 
 log = logging.getLogger("ray-ha")
 
 KIND = "ray-node-type"  # Ray's TAG_RAY_NODE_KIND
-ERRORS = (RedisUnavailable, LeaseStoreError, OSError, ValueError)
+ERRORS = (RedisUnavailable, RedisRefused, OSError, ValueError)
 
 
-class NodeListStore(Protocol):
+class NodeListLease(Protocol):
     """Where the leader keeps the list (store.lease.RedisLease in production)."""
 
     def write_provider_nodes(self, text: str) -> bool: ...
@@ -32,8 +32,8 @@ class NodeListCarrier:
     serving, right after each renewal (Redis just answered; once per retry period, not every tick),
     keep them in Redis if Ray's file changed."""
 
-    def __init__(self, store: NodeListStore, cluster: LocalCluster) -> None:
-        self.store, self.cluster = store, cluster
+    def __init__(self, lease: NodeListLease, cluster: LocalCluster) -> None:
+        self.lease, self.cluster = lease, cluster
         self._saved: Optional[int] = None  # mtime_ns of the file last kept
 
     def __call__(self, snapshot: Snapshot) -> None:
@@ -47,7 +47,7 @@ class NodeListCarrier:
 
     def restore(self) -> None:
         """Write the last leader's worker entries into this machine's list (ours for the rest)."""
-        text = self.store.read_provider_nodes()
+        text = self.lease.read_provider_nodes()
         if text is None:
             return
         path = self.cluster.state_path
@@ -74,5 +74,5 @@ class NodeListCarrier:
             return
         nodes = json.loads(path.read_text())
         workers = {ip: entry for ip, entry in nodes.items() if entry.get("tags", {}).get(KIND) == "worker"}
-        if self.store.write_provider_nodes(json.dumps(workers, sort_keys=True)):
+        if self.lease.write_provider_nodes(json.dumps(workers, sort_keys=True)):
             self._saved = stamp

@@ -12,7 +12,7 @@ from raylaunch.proc.net import join_address, tcp_accepts
 from raylaunch.proc.prewarm import WarmStart
 from raylaunch.proc.raycmd import GCS_NAME, RAYLET_NAME, RayCommand, with_redis_credentials
 from raylaunch.proc.tree import ProcessTree
-from raylaunch.store.errors import LeaseStoreError
+from raylaunch.store.errors import RedisRefused
 from raylaunch.store.fence import Credentials
 
 log = logging.getLogger("ray-ha")
@@ -71,12 +71,12 @@ class RayHead:
             argv = with_redis_credentials(argv, issued.username, issued.password)
         self.tree = ProcessTree(argv, env, watch_name=GCS_NAME, drain_name=RAYLET_NAME,
                                 spare=self.spare)
-        session = self._session_name() if self.warm else None
-        warm = self.warm.take(argv, env, session) if self.warm else None
+        name = self._session_name() if self.warm else None
+        warm = self.warm.take(argv, env, name) if self.warm else None
         self.tree.start(adopt=warm)
         if warm:
             log.info("head command handed to the pre-warmed interpreter (pid %d), %s", warm.pid,
-                     f"resuming {session}" if session else "a new session or Ray reads it")
+                     f"resuming {name}" if name else "a new session or Ray reads it")
         elif self.warm:
             log.info("no pre-warmed interpreter was ready; starting the head command cold")
 
@@ -84,7 +84,7 @@ class RayHead:
         """The cluster's session name, or None (Ray then reads it itself) if Redis does not answer."""
         try:
             return self.session_name()
-        except LeaseStoreError as exc:
+        except RedisRefused as exc:
             log.warning("cannot read the cluster's session name (%s); Ray reads it itself", exc)
             return None
 
@@ -98,8 +98,8 @@ class RayHead:
         if self.warm:
             self.warm.close()
 
-    def session(self) -> Optional[int]:
-        """The session the head's tree runs in (its top's pid), once started."""
+    def sid(self) -> Optional[int]:
+        """The process session id the head's tree runs in (its top's pid), once started."""
         return self.tree.popen.pid if self.tree and self.tree.popen else None
 
     def failure(self) -> Optional[str]:

@@ -26,11 +26,11 @@ from raylaunch.proc.prewarm import WarmStart
 from raylaunch.proc.raycmd import redact, storage_namespace
 from raylaunch.proc.stopflag import StopFlag, StopSignal
 from raylaunch.store.fence import AclFence
+from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.lease import RedisLease
 from raylaunch.store.raysession import read_session_name
 from raylaunch.store.records import Holder
-from raylaunch.store.redisstore import RedisStore
-from raylaunch.supervisor import RuntimeProblem, Session, connect
+from raylaunch.supervisor import RuntimeProblem, Supervision, connect
 
 OUTCOME_CODES = {Outcome.STOPPED: Exit.OK, Outcome.FAILED: Exit.RUNTIME,
                  Outcome.LOST: Exit.LOST, Outcome.HEAD_DIED: Exit.HEAD_DIED}
@@ -69,7 +69,7 @@ class HeadMode:
         finally:
             lease.close()
 
-    def run(self, session: Session) -> int:
+    def run(self, supervision: Supervision) -> int:
         plan = self.plan
         endpoint = start_endpoint(plan)
         hooks = Hooks(plan.reporting.on_elected, plan.reporting.on_demoted, plan.reporting.hook_timeout,
@@ -77,23 +77,23 @@ class HeadMode:
         lease = watchdog = None
         head: Optional[RayHead] = None
         try:
-            lease = connect_lease(plan, session.stop)
+            lease = connect_lease(plan, supervision.stop)
             log.info("campaigning as %s for %s on %s (lease %gs, renew deadline %gs, retry %gs)",
                      plan.identity.node_name, lease.key, plan.target.display, plan.timing.lease_duration,
                      plan.timing.renew_deadline, plan.timing.retry_period)
             log.info("head command: %s", " ".join(redact(plan.command.argv)))
             watchdog = dog = Watchdog(plan.timing.renew_deadline, plan.timing.lease_duration,
-                                      lambda: head.session() if head else None)
+                                      lambda: head.sid() if head else None)
             fence = make_fence(plan, lease)
             warm = WarmStart(plan.warm_python, plan.command.env) if plan.warm_python else None
             namespace = storage_namespace(plan.command)
             head = RayHead(plan.command, plan.node_ip, spare=lambda: hooks.pids() | dog.pids(),
                            credentials=fence.credentials if fence else None, warm=warm,
-                           session_name=lambda: read_session_name(lease.store, namespace))
-            watchers: list[Watcher] = [dog, self._publisher(session, endpoint), hooks]
+                           session_name=lambda: read_session_name(lease.keyspace, namespace))
+            watchers: list[Watcher] = [dog, self._publisher(supervision, endpoint), hooks]
             if plan.local_cluster:
                 watchers.append(NodeListCarrier(lease, plan.local_cluster))
-            self.campaign = Campaign(lease, head, plan.timing, session.stop, name=plan.identity.node_name,
+            self.campaign = Campaign(lease, head, plan.timing, supervision.stop, name=plan.identity.node_name,
                                      watchers=watchers, fence=fence, stand_by_again=plan.stand_by_again)
             return OUTCOME_CODES[self.campaign.run()]
         finally:
@@ -108,11 +108,11 @@ class HeadMode:
                 lease.close()
 
     @staticmethod
-    def _publisher(session: Session, endpoint: Optional[Endpoint]) -> Watcher:
+    def _publisher(supervision: Supervision, endpoint: Optional[Endpoint]) -> Watcher:
         """A watcher that turns each snapshot into the state record, for the state file and the endpoint."""
         def publish(snapshot: Snapshot) -> None:
-            record = head_state(session.state.base, snapshot)
-            session.state.update(record)
+            record = head_state(supervision.state.base, snapshot)
+            supervision.state.update(record)
             if endpoint:
                 endpoint(record)
         return publish
@@ -135,8 +135,8 @@ def connect_lease(plan: Plan, stop: StopSignal) -> RedisLease:
     """A checked lease handle for this candidate (Redis gets a few quiet tries)."""
     me = Holder.me(plan.identity.node_name, plan.identity.host)
 
-    def build(store: RedisStore) -> RedisLease:
-        lease = RedisLease(store.client, store.keys, me, plan.timing.lease_duration,
+    def build(keyspace: Keyspace) -> RedisLease:
+        lease = RedisLease(keyspace, me, plan.timing.lease_duration,
                            min_replicas=plan.safety.min_replicas, wait_timeout=plan.timing.redis_timeout / 2)
         lease.check()
         return lease
@@ -145,9 +145,9 @@ def connect_lease(plan: Plan, stop: StopSignal) -> RedisLease:
 
 
 def make_fence(plan: Plan, lease: RedisLease) -> Optional[AclFence]:
-    """The storage fence asked for, checked (LeaseStoreError if our user may not manage ACLs)."""
+    """The storage fence asked for, checked (RedisRefused if our user may not manage ACLs)."""
     if plan.safety.fence != "acl":
         return None
-    fence = AclFence(lease.store)
+    fence = AclFence(lease.keyspace)
     fence.check()
     return fence

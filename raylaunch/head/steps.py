@@ -12,7 +12,7 @@ from raylaunch.proc.stopflag import StopSignal
 from raylaunch.store.records import Attempt, Record, Switchover
 
 
-class LeaseStore(Protocol):
+class Lease(Protocol):
     """What the campaign needs of the lease (store.lease.RedisLease in production)."""
 
     def try_acquire(self) -> Attempt: ...

@@ -5,7 +5,7 @@ runs out and a standby starts another one. So each launcher keeps a tiny second 
 session and imported with nothing but the standard library, that it tells over a pipe when its lease
 was last confirmed:
 
-    arm SESSION DEADLINE     the head runs in session SESSION (0: not started yet); kill the tree if
+    arm SID DEADLINE     the head runs in session SID (0: not started yet); kill the tree if
                              CLOCK_MONOTONIC passes DEADLINE before the next line
     disarm                   the launcher holds no lease and runs no head
 
@@ -38,11 +38,11 @@ SWEEP_FOR = 5.0
 def main(argv: list[str]) -> int:
     """Watch the launcher whose pid is argv[1]; see the module docstring for the protocol."""
     launcher, pending = int(argv[1]), b""
-    session = 0
+    sid = 0
     deadline: Optional[float] = None  # armed while not None
     while True:
         if deadline is not None and time.monotonic() >= deadline:
-            fire(launcher, session, "no lease renewal confirmed in time (launcher frozen or starved?)")
+            fire(launcher, sid, "no lease renewal confirmed in time (launcher frozen or starved?)")
             deadline = None
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not select.select([0], [], [], timeout)[0]:
@@ -50,29 +50,29 @@ def main(argv: list[str]) -> int:
         data = os.read(0, 4096)
         if not data:
             if deadline is not None:
-                fire(launcher, session, "the launcher died while leading")
+                fire(launcher, sid, "the launcher died while leading")
             return 0
         *lines, pending = (pending + data).split(b"\n")
         for line in lines:
             words = line.split()
             if words[:1] == [b"arm"] and len(words) == 3:
-                session, deadline = int(words[1]), float(words[2])
+                sid, deadline = int(words[1]), float(words[2])
             elif words == [b"disarm"]:
                 deadline = None
 
 
-def fire(launcher: int, session: int, why: str) -> None:
+def fire(launcher: int, sid: int, why: str) -> None:
     """Kill the tree now and say so on stderr (the launcher's log)."""
-    killed = sweep(launcher, session)
+    killed = sweep(launcher, sid)
     say(f"{why}; killed the head's processes: {' '.join(map(str, sorted(killed))) or 'none left'}")
 
 
-def sweep(launcher: int, session: int) -> set[int]:
+def sweep(launcher: int, sid: int) -> set[int]:
     """SIGKILL the launcher's descendants and the head's session until none is left; the pids hit."""
     hit: set[int] = set()
     give_up = time.monotonic() + SWEEP_FOR
     while time.monotonic() < give_up:
-        doomed = targets(launcher, session, os.getpid())
+        doomed = targets(launcher, sid, os.getpid())
         if not doomed:
             break
         for pid in doomed:
@@ -85,8 +85,8 @@ def sweep(launcher: int, session: int) -> set[int]:
     return hit
 
 
-def targets(launcher: int, session: int, me: int) -> set[int]:
-    """Live (non-zombie) processes under `launcher` or in `session`, except `me` and the launcher."""
+def targets(launcher: int, sid: int, me: int) -> set[int]:
+    """Live (non-zombie) processes under `launcher` or in session `sid`, except `me` and the launcher."""
     table = dict(process_table())
     children: dict[int, list[int]] = {}
     for pid, (ppid, _, _) in table.items():
@@ -96,13 +96,13 @@ def targets(launcher: int, session: int, me: int) -> set[int]:
         pid = todo.pop()
         found.add(pid)
         todo.extend(children.get(pid, []))
-    if session > 0:
-        found |= {pid for pid, (_, sid, _) in table.items() if sid == session}
+    if sid > 0:
+        found |= {pid for pid, (_, theirs, _) in table.items() if theirs == sid}
     return {pid for pid in found if table[pid][2] != "Z" and pid not in (me, launcher)}
 
 
 def process_table() -> Iterable[tuple[int, tuple[int, int, str]]]:
-    """(pid, (ppid, session, state)) for every process, from /proc/PID/stat."""
+    """(pid, (ppid, session id, state)) for every process, from /proc/PID/stat."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -130,9 +130,9 @@ class Watchdog:
     """
 
     def __init__(self, renew_deadline: float, lease_duration: float,
-                 head_session: Callable[[], Optional[int]]) -> None:
+                 head_sid: Callable[[], Optional[int]]) -> None:
         self.fire_after = (renew_deadline + lease_duration) / 2
-        self.head_session = head_session
+        self.head_sid = head_sid
         self._sent: Optional[bytes] = None
         self.proc = self._spawn()
 
@@ -148,7 +148,7 @@ class Watchdog:
         """Campaign watcher: re-arm after each confirmed renewal, disarm once we hold nothing."""
         confirmed = snapshot.lease_confirmed_at
         line = b"disarm\n" if confirmed is None else \
-            f"arm {self.head_session() or 0} {confirmed + self.fire_after:.6f}\n".encode()
+            f"arm {self.head_sid() or 0} {confirmed + self.fire_after:.6f}\n".encode()
         if line != self._sent:
             self._send(line)
 

@@ -1,5 +1,6 @@
 """Redis's answers judged once for everyone: transient (RedisUnavailable: try again) or permanent
-(LeaseStoreError: a refusal that lasts until someone changes a setting, with what to do)."""
+(RedisRefused: a refusal that lasts until someone changes a setting, with what to do). Both are the
+neutral outcomes of raylaunch.outage, which is all the decision loops catch."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Callable, TypeVar
 
 import redis
 
+from raylaunch.outage import Refused, Unavailable
+
 T = TypeVar("T")
 
 
-class RedisUnavailable(Exception):
+class RedisUnavailable(Unavailable):
     """Transient: Redis could not be reached, did not answer within the Redis timeout, or is busy
     (loading, failing over, out of memory); trying again may succeed."""
 
@@ -20,7 +23,7 @@ class ReplicasBehind(RedisUnavailable):
     """Redis took a lease write, but fewer replicas than required confirmed it in time."""
 
 
-class LeaseStoreError(Exception):
+class RedisRefused(Refused):
     """Permanent: Redis answered and refuses, and goes on refusing until someone changes a setting.
 
     `cause` names which refusal (credentials, permission, wrong-type, crossslot, readonly, moved, no-lua,
@@ -28,10 +31,6 @@ class LeaseStoreError(Exception):
     configuration error (exit 2); while running a leader counts it as a failed renewal, and a standby
     or follower reports itself stuck on it.
     """
-
-    def __init__(self, message: str, cause: str = "other") -> None:
-        super().__init__(message)
-        self.cause = cause
 
 
 #: Refusals by the start of Redis's error reply: (cause, what it means and what to do). {key} is the
@@ -67,11 +66,11 @@ CODE_CLASSES = (("ReadOnlyError", "READONLY"), ("NoPermissionError", "NOPERM"), 
 
 def guarded(call: Callable[[], T], key: str) -> T:
     """Run one Redis exchange, turning redis-py's errors into RedisUnavailable (transient) or
-    LeaseStoreError (permanent, with what to do)."""
+    RedisRefused (permanent, with what to do)."""
     try:
         return call()
     except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
-        raise LeaseStoreError(f"{REFUSALS['WRONGPASS'][1]} ({exc})", "credentials") from None
+        raise RedisRefused(f"{REFUSALS['WRONGPASS'][1]} ({exc})", "credentials") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise RedisUnavailable(f"Redis did not answer: {exc}") from None
     except redis.ResponseError as exc:
@@ -102,7 +101,7 @@ def _has_code(reply: str, code: str) -> bool:
 
 
 def refusal(reply: str, key: str) -> Exception:
-    """The exception for one error reply of Redis: LeaseStoreError if it will not pass by itself."""
+    """The exception for one error reply of Redis: RedisRefused if it will not pass by itself."""
     if any(_has_code(reply, code) for code in PASSING):
         return RedisUnavailable(f"Redis is busy or failing over: {reply}")
     reply = reply.split(", with args beginning with")[0]  # Redis quotes a script's text there
@@ -110,11 +109,11 @@ def refusal(reply: str, key: str) -> Exception:
     prefix = next((code for code in REFUSALS if _has_code(reply, code)), "")
     if not prefix and "unknown command" in lowered:
         if not any(f"{q}{name}{q}" in lowered for name in ("eval", "evalsha", "script") for q in "'`"):
-            return LeaseStoreError(f"Redis does not know a command ray-ha needs ({reply})", "unknown-command")
+            return RedisRefused(f"Redis does not know a command ray-ha needs ({reply})", "unknown-command")
         prefix = "NOSCRIPT"
     if not prefix and ("AUTH" in reply or "invalid username-password" in lowered or "invalid password" in lowered):
         prefix = "WRONGPASS"
     if prefix:
         cause, advice = REFUSALS[prefix]
-        return LeaseStoreError(f"{advice.format(key=key)} ({reply})", cause)
-    return LeaseStoreError(f"Redis refused: {reply}")
+        return RedisRefused(f"{advice.format(key=key)} ({reply})", cause)
+    return RedisRefused(f"Redis refused: {reply}")

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from raylaunch.store.connect import on_every_node
-from raylaunch.store.redisstore import RedisStore
+from raylaunch.store.keyspace import Keyspace
 
 # What a GCS may do: everything, on every key and channel. ACL key patterns cannot exclude ray-ha's
 # own keys, and Ray's needs change between versions.
@@ -30,21 +30,21 @@ class AclFence:
     """Issues and revokes the per-epoch GCS users of one lease, on every node of a cluster-mode Redis
     (ACL users are each node's own, and the GCS follows its slots to whichever node owns them)."""
 
-    def __init__(self, store: RedisStore) -> None:
-        self.store, self.client = store, store.client
-        self.prefix = store.keys.gcs_user_prefix
+    def __init__(self, keyspace: Keyspace) -> None:
+        self.keyspace, self.client = keyspace, keyspace.client
+        self.prefix = keyspace.keys.gcs_user_prefix
         self._issued: dict[int, Credentials] = {}
 
     def check(self) -> None:
         """Fail at start, not at the first election, if our Redis user may not manage ACL users."""
-        self.store.guard(lambda: on_every_node(self.client, "ACL", "USERS"))
+        self.keyspace.guard(lambda: on_every_node(self.client, "ACL", "USERS"))
 
     def lock_out(self, epoch: int) -> list[str]:
         """Create this epoch's user, then remove every older epoch's; returns the users removed.
 
         Idempotent: a retry after a Redis error picks up where it stopped.
         """
-        return self.store.guard(lambda: self._do_lock_out(epoch))
+        return self.keyspace.guard(lambda: self._do_lock_out(epoch))
 
     def credentials(self, epoch: int) -> Credentials:
         """The user and password issued for `epoch` (lock_out first)."""

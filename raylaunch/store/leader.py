@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from raylaunch.store.keys import Keys
+from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.records import FollowerHeartbeat, Holder, Record, serving_record
-from raylaunch.store.redisstore import RedisStore
 
 
 @dataclass(frozen=True)
@@ -38,20 +38,20 @@ def leadership_from(replies: list[Any]) -> Leadership:
                       lease_left=max(0, int(pttl)) / 1000 if value else 0.0)
 
 
-def read_leadership(store: RedisStore) -> Leadership:
+def read_leadership(keyspace: Keyspace) -> Leadership:
     """Who leads now, in one round trip."""
     def exchange() -> Leadership:
-        pipe = store.client.pipeline(transaction=False)
-        queue_leadership(pipe, store.keys)
+        pipe = keyspace.client.pipeline(transaction=False)
+        queue_leadership(pipe, keyspace.keys)
         return leadership_from(pipe.execute())
-    return store.guard(exchange)
+    return keyspace.guard(exchange)
 
 
-class LeaderSource:
+class LeaderReader:
     """Follow mode's view: the serving leader, while refreshing our follower heartbeat in the same round trip."""
 
-    def __init__(self, store: RedisStore, node: str, ttl: float) -> None:
-        self.store, self.node, self.ttl_ms = store, node, int(ttl * 1000)
+    def __init__(self, keyspace: Keyspace, node: str, ttl: float) -> None:
+        self.keyspace, self.node, self.ttl_ms = keyspace, node, int(ttl * 1000)
         self.lease_left = 0.0  # from the last read
         self.me = FollowerHeartbeat(node=node, host=socket.gethostname(), pid=os.getpid(), since=time.time())
 
@@ -62,15 +62,15 @@ class LeaderSource:
                        gcs_address=following.gcs_address if following else None)
 
         def exchange() -> Leadership:
-            pipe = self.store.client.pipeline(transaction=False)
-            queue_leadership(pipe, self.store.keys)
-            pipe.set(self.store.keys.follower(self.node), mine.encode(), px=self.ttl_ms)
+            pipe = self.keyspace.client.pipeline(transaction=False)
+            queue_leadership(pipe, self.keyspace.keys)
+            pipe.set(self.keyspace.keys.follower(self.node), mine.encode(), px=self.ttl_ms)
             return leadership_from(pipe.execute())
 
-        leadership = self.store.guard(exchange)
+        leadership = self.keyspace.guard(exchange)
         self.lease_left = leadership.lease_left
         return leadership.serving
 
     def forget(self) -> None:
         """Remove our follower record when we stop, so status stops listing us at once."""
-        self.store.guard(lambda: self.store.client.delete(self.store.keys.follower(self.node)))
+        self.keyspace.guard(lambda: self.keyspace.client.delete(self.keyspace.keys.follower(self.node)))

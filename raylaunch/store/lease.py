@@ -1,7 +1,7 @@
 """The leader lease in Redis: acquire with a fencing epoch, renew, release, the leader's record.
 
 No Ray and no processes here. Every write is one of the Lua scripts in store.scripts. "Not ours" is
-a False; Redis trouble is RedisUnavailable (transient) or LeaseStoreError (permanent), judged by
+a False; Redis trouble is RedisUnavailable (transient) or RedisRefused (permanent), judged by
 store.errors. Public methods translate Redis errors; their _do_ twins talk to Redis.
 """
 
@@ -17,21 +17,21 @@ import redis
 from raylaunch.proc.stopflag import StopSignal
 from raylaunch.store.connect import on_slot_owner
 from raylaunch.store.errors import ReplicasBehind
-from raylaunch.store.keys import Keys
+from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.records import Attempt, Holder, Record, StandbyHeartbeat, Switchover
-from raylaunch.store.redisstore import RedisStore
 from raylaunch.store.scripts import ACQUIRE, HISTORY_LENGTH, RELEASE, RENEW, WRITE_IF_OURS, WRITE_RECORD
 
 T = TypeVar("T")
 
 
 class RedisLease:
-    """One candidate's view of the lease key `key` (epoch, record and channel live beside it)."""
+    """One candidate's view of the lease key of `keyspace` (epoch, record and channel live beside it)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, me: Holder, lease_duration: float,
+    def __init__(self, keyspace: Keyspace, me: Holder, lease_duration: float,
                  min_replicas: int = 0, wait_timeout: float = 1.0) -> None:
-        self.store = RedisStore(client, keys)
-        self.client, self.keys, self.me = client, keys, me
+        self.keyspace, self.me = keyspace, me
+        client, keys = keyspace.client, keyspace.keys
+        self.client, self.keys = client, keys
         self.key = keys.lease
         self.min_replicas, self.wait_ms = min_replicas, max(1, int(wait_timeout * 1000))
         self.ttl_ms = max(1, int(lease_duration * 1000))
@@ -45,7 +45,7 @@ class RedisLease:
         self.seen_epoch = 0  # the highest epoch any reply has shown us: a floor for the next one we take
 
     def check(self) -> None:
-        """Fail early on what would fail later: the store's checks, and Lua scripts that will not load."""
+        """Fail early on what would fail later: the keyspace's checks, and Lua scripts that will not load."""
         self._guard(self._do_check)
 
     def try_acquire(self) -> Attempt:
@@ -114,7 +114,7 @@ class RedisLease:
         self.client.close()
 
     def _do_check(self) -> None:
-        self.store.check()
+        self.keyspace.check()
         for script in (self._acquire, self._renew, self._release, self._write_record, self._write_if_ours):
             self.client.script_load(script.script)  # fails here, not mid-campaign, without Lua
 
@@ -173,4 +173,4 @@ class RedisLease:
             self._pubsub = None
 
     def _guard(self, call: Callable[[], T]) -> T:
-        return self.store.guard(call)
+        return self.keyspace.guard(call)

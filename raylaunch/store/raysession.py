@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional, cast
 
-from raylaunch.store.redisstore import RedisStore
+from raylaunch.store.keyspace import Keyspace
 
 SESSION_FIELD = "@namespace_session:session_name"
 
@@ -20,7 +20,7 @@ def kv_table(namespace: str) -> str:
     return f"RAY{namespace}@KV"
 
 
-def read_session_name(store: RedisStore, namespace: str) -> Optional[str]:
+def read_session_name(keyspace: Keyspace, namespace: str) -> Optional[str]:
     """The cluster's session name as its GCS stored it, or None for a cluster never started."""
-    value = store.guard(lambda: cast(Optional[str], store.client.hget(kv_table(namespace), SESSION_FIELD)))
+    value = keyspace.guard(lambda: cast(Optional[str], keyspace.client.hget(kv_table(namespace), SESSION_FIELD)))
     return value or None

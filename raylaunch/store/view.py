@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
+from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.leader import Leadership, leadership_from, queue_leadership, read_leadership
 from raylaunch.store.records import FollowerHeartbeat, Record, StandbyHeartbeat, Switchover
-from raylaunch.store.redisstore import RedisStore
 
 HISTORY_SHOWN = 10
 M = TypeVar("M", StandbyHeartbeat, FollowerHeartbeat)
@@ -43,31 +43,31 @@ class ClusterView:
         return self.leadership.holder.node if self.leadership.holder else None
 
 
-def read_cluster(store: RedisStore) -> ClusterView:
+def read_cluster(keyspace: Keyspace) -> ClusterView:
     """The whole view (status, switchover)."""
-    return store.guard(lambda: _read_cluster(store))
+    return keyspace.guard(lambda: _read_cluster(keyspace))
 
 
-def _read_cluster(store: RedisStore) -> ClusterView:
-    keys = store.keys
-    pipe = store.client.pipeline(transaction=False)
+def _read_cluster(keyspace: Keyspace) -> ClusterView:
+    keys = keyspace.keys
+    pipe = keyspace.client.pipeline(transaction=False)
     queue_leadership(pipe, keys)
     pipe.get(keys.switchover)
     pipe.lrange(keys.history, 0, HISTORY_SHOWN - 1)
     replies = pipe.execute()
     leadership = leadership_from(replies)
     leader = leadership.holder.node if leadership.holder else None
-    standbys = [c for c in _heartbeats(store, keys.candidate(""), StandbyHeartbeat) if c.record.node != leader]
+    standbys = [c for c in _heartbeats(keyspace, keys.candidate(""), StandbyHeartbeat) if c.record.node != leader]
     return ClusterView(key=keys.lease, leadership=leadership, standbys=tuple(standbys),
-                       followers=tuple(_heartbeats(store, keys.follower(""), FollowerHeartbeat)),
+                       followers=tuple(_heartbeats(keyspace, keys.follower(""), FollowerHeartbeat)),
                        history=tuple(r for r in map(Record.decode, replies[5]) if r is not None),
                        switchover=Switchover.decode(replies[4]))
 
 
-def _heartbeats(store: RedisStore, prefix: str, kind: type[M]) -> list[Live]:
+def _heartbeats(keyspace: Keyspace, prefix: str, kind: type[M]) -> list[Live]:
     """Every live record under `prefix`, sorted by key."""
-    names = sorted(store.client.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
-    pipe = store.client.pipeline(transaction=False)
+    names = sorted(keyspace.client.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+    pipe = keyspace.client.pipeline(transaction=False)
     for name in names:
         pipe.get(name)
         pipe.pttl(name)
@@ -84,9 +84,9 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
 
 
-def request_switchover(store: RedisStore, target: Optional[str], ttl: float) -> Switchover:
+def request_switchover(keyspace: Keyspace, target: Optional[str], ttl: float) -> Switchover:
     """Ask the current leader to hand over to `target` (any standby if None); checks it can happen."""
-    view = read_cluster(store)
+    view = read_cluster(keyspace)
     holder = view.leadership.holder
     if holder is None:
         raise SwitchoverError("there is no leader to switch over from")
@@ -98,21 +98,21 @@ def request_switchover(store: RedisStore, target: Optional[str], ttl: float) -> 
     if not standbys:
         raise SwitchoverError("there is no standby to take over")
     request = Switchover(source=holder.node, target=target or "", epoch=view.leadership.epoch)
-    keys = store.keys
-    if not store.guard(lambda: store.client.set(keys.switchover, request.encode(), nx=True, px=int(ttl * 1000))):
+    keys = keyspace.keys
+    if not keyspace.guard(lambda: keyspace.client.set(keys.switchover, request.encode(), nx=True, px=int(ttl * 1000))):
         raise SwitchoverError("another switchover is already pending")
     return request
 
 
-def await_switchover(store: RedisStore, request: Switchover, timeout: float) -> Optional[Leadership]:
+def await_switchover(keyspace: Keyspace, request: Switchover, timeout: float) -> Optional[Leadership]:
     """Wait for a new leader serving in a later epoch; returns it, or None (the request is withdrawn)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        now = read_leadership(store)
+        now = read_leadership(keyspace)
         if now.serving is not None and now.epoch > request.epoch:
             return now
         time.sleep(0.1)
-    keys = store.keys
-    store.guard(lambda: store.client.delete(keys.switchover)
-                if store.client.get(keys.switchover) == request.encode() else 0)
+    keys = keyspace.keys
+    keyspace.guard(lambda: keyspace.client.delete(keys.switchover)
+                if keyspace.client.get(keys.switchover) == request.encode() else 0)
     return None

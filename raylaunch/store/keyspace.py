@@ -1,7 +1,7 @@
 """One cluster's keys in one Redis: the client, the key layout, and access checked before anything is held.
 
 Everything else in store/ (the lease, the fence, the leader reader, the cluster view) works through
-a RedisStore, so each Redis exchange is judged the same way (store.errors) and one key layout is used.
+a Keyspace, so each Redis exchange is judged the same way (store.errors) and one key layout is used.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 import redis
 
 from raylaunch.store.connect import RedisTarget, connect, drop_connections
-from raylaunch.store.errors import LeaseStoreError, guarded
+from raylaunch.store.errors import RedisRefused, guarded
 from raylaunch.store.keys import Keys
 from raylaunch.store.records import Holder
 from raylaunch.store.scripts import CHECK
@@ -19,7 +19,7 @@ from raylaunch.store.scripts import CHECK
 T = TypeVar("T")
 
 
-class RedisStore:
+class Keyspace:
     """The client and key layout of one lease; `display` names the Redis in messages (no credentials)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, display: str = "") -> None:
@@ -31,7 +31,7 @@ class RedisStore:
         is looked up again next time."""
         try:
             return guarded(call, self.keys.lease)
-        except LeaseStoreError as exc:
+        except RedisRefused as exc:
             if exc.cause == "readonly":
                 drop_connections(self.client)
             raise
@@ -51,7 +51,7 @@ class RedisStore:
         found = self._check(keys=[*expected, self.keys.probe])
         for (key, wanted), kind in zip(expected.items(), found):
             if str(kind) not in ("none", wanted):
-                raise LeaseStoreError(f"{'lease key' if key == self.keys.lease else 'key'} {key!r} holds a "
+                raise RedisRefused(f"{'lease key' if key == self.keys.lease else 'key'} {key!r} holds a "
                                       f"{kind}, not what ray-ha keeps there; delete it or choose another --ha-key",
                                       "wrong-type")
         self._refuse_legacy_lease()
@@ -66,12 +66,12 @@ class RedisStore:
             return  # a user given only the new layout's keys (as advised) cannot see the old one
         holder = Holder.decode(str(self.client.get(legacy) or ""))
         if holder.token:
-            raise LeaseStoreError(
+            raise RedisRefused(
                 f"{holder.node} holds this cluster's lease on the key layout of ray-ha before 0.2 ({legacy!r}); "
                 "stop every candidate of this cluster, then start them all with this version", "old-layout")
 
 
-def open_store(target: RedisTarget, key: str, timeout: float) -> RedisStore:
+def open_keyspace(target: RedisTarget, key: str, timeout: float) -> Keyspace:
     """Connect to the Redis of `target` for lease `key` (nothing checked or held yet)."""
     keys = Keys(key)
-    return RedisStore(guarded(lambda: connect(target, timeout), keys.lease), keys, target.display)
+    return Keyspace(guarded(lambda: connect(target, timeout), keys.lease), keys, target.display)
