@@ -283,7 +283,7 @@ def test_a_detached_candidate_that_lost_the_lease_stands_by_under_the_new_leader
     assert campaign.tick() is Step.LEASE_LOST
     assert ("stop", 0.0) in events and "release" not in events
     clock.advance(1.0)
-    assert campaign.tick() is Step.STANDING_BY and campaign.leader == "other"
+    assert campaign.tick() is Step.STANDING_BY and campaign.watch.leader == "other"
     assert campaign.outcome is None
 
 
@@ -296,15 +296,15 @@ def test_the_rejoin_backoff_doubles_on_quick_deaths_and_starts_over_after_a_long
         head.why = "died"
         campaign.tick()
         head.why = None
-        holds.append(campaign.hold_until - clock())
-        clock.now = campaign.hold_until
+        holds.append(campaign.watch.hold_until - clock())
+        clock.now = campaign.watch.hold_until
     assert holds == [1, 2, 4, 8, 16, 30, 30]
     lead(campaign)
     clock.advance(600)
     lease.renew_result = True
     head.why = "died"
     campaign.tick()
-    assert campaign.hold_until - clock() == 1
+    assert campaign.watch.hold_until - clock() == 1
 
 
 def test_a_stop_during_the_backoff_ends_at_once(rejoining):
@@ -406,7 +406,7 @@ def test_standby_retries_when_the_lease_runs_out_or_after_the_retry_period(world
     campaign, lease, head, clock, stop, events = world
     lease.holder, lease.ttl_ms = OTHER, ttl_ms
     assert campaign.tick() is Step.STANDING_BY
-    assert campaign.next_try - clock() == pytest.approx(expected)
+    assert campaign.watch.next_try - clock() == pytest.approx(expected)
 
 
 def test_standby_logs_each_leader_change_once(world, caplog):
@@ -467,6 +467,10 @@ def test_switchover_hands_over_and_stands_by_again(world):
     assert campaign.tick() is Step.REJOINED
     assert events[-3:] == ["terminate", "kill", "release"], "tree gone before the lease is released"
     assert campaign.role is Role.STANDBY and campaign.outcome is None
+    after = campaign.snapshot(Step.REJOINED)
+    assert campaign.tenure is None, "standing by again holds nothing of the old tenure"
+    assert (after.epoch, after.leader, after.gcs_address, after.serving) == (1, None, None, False)
+    assert after.lease_confirmed_at is None
 
 
 @pytest.mark.parametrize("request_", [Switchover(source="other", target="", epoch=1),
@@ -550,8 +554,8 @@ def test_a_refused_renewal_is_a_failed_renewal_and_the_deadline_still_kills_in_t
         clock.advance(0.5)
         steps.append(campaign.tick())
     assert steps.count(Step.RENEW_FAILED) >= 4 and steps[-1] is Step.DEADLINE_PASSED
-    assert campaign.renew_failures >= steps.count(Step.RENEW_FAILED)  # the last one may end in the deadline
-    assert caplog.text.count("renewal failed") == campaign.renew_failures, "every failed renewal is logged"
+    assert campaign.tally.renew_failures >= steps.count(Step.RENEW_FAILED)  # the last one may end in the deadline
+    assert caplog.text.count("renewal failed") == campaign.tally.renew_failures, "every failed renewal is logged"
     assert "Redis refuses until a setting changes" in caplog.text
     assert head.stopped_at < acquired_at + TIMING.lease_duration
     assert campaign.outcome is Outcome.LOST
@@ -626,7 +630,7 @@ def test_lease_key_lost_by_redis_is_taken_back_and_the_record_republished(world,
     lease.renew_result = 5
     clock.advance(2.0)
     assert campaign.tick() is Step.SERVING, "the record is republished in the same tick"
-    assert campaign.epoch == 5 and campaign.role is Role.LEADER
+    assert campaign.snapshot(Step.LEADING).epoch == 5 and campaign.role is Role.LEADER
     assert events[-2:] == ["renew", ("record", "10.0.0.1:6379", 5)]
     assert not any(e == "kill" or (isinstance(e, tuple) and e[0] == "stop") for e in events)
     assert "was gone from Redis" in caplog.text

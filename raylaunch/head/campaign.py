@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from raylaunch.config import Role, Timing
 from raylaunch.head.afterloss import AfterLoss
-from raylaunch.head.steps import HOLDING, Fence, Head, Lease, Outcome, Snapshot, Step, Watcher
+from raylaunch.head.steps import HOLDING, Fence, Head, Lease, Outcome, Snapshot, Step, Tally, Tenure, Watch, Watcher
 from raylaunch.logs import report_leftovers
 from raylaunch.outage import OUTAGES, Trouble
 from raylaunch.proc.net import tcp_accepts
@@ -44,27 +44,13 @@ class Campaign:
         self.lease, self.head, self.timing, self.stop = lease, head, timing, stop
         self.clock, self.wall, self.old_gcs_alive = clock, wall, old_gcs_alive
         self.name, self.watchers, self.fence = name, list(watchers), fence
-        self.fenced_epoch = 0   # the epoch whose fence is up (older epochs locked out of Ray's storage)
-        self.leader: Optional[str] = None
-        self.gcs_address: Optional[str] = None
-        self.transitions = self.renew_failures = 0
-        self.acquired_at: Optional[float] = None
-        self.led_since = 0.0     # when this candidate last won the lease (monotonic)
-        self.takeover_seconds: Optional[float] = None
-        self.rejoin = False      # stepping down for a switchover: stand by again afterwards
         self.after_loss = AfterLoss(stand_by_again)
-        self.hold_until = 0.0    # a standby back from a loss tries nothing before this (monotonic)
-        self._next_quiet_log = self._next_wait_log = 0.0
+        self.trouble = Trouble(lambda: self.role.value, clock)
         self.role = Role.STANDBY
         self.outcome: Optional[Outcome] = None
-        self.epoch = 0
-        self.renewed_at = 0.0   # when the last confirmed acquisition/renewal was *sent* (monotonic)
-        self.next_renew = self.acquired_wall = self.wait_until = self.stop_deadline = 0.0
-        self.old_gcs: Optional[str] = None
-        self.serving = False
-        self.next_try = 0.0     # when a standby tries to acquire again (monotonic)
-        self._seen_leader: Optional[tuple[str, int]] = None
-        self.trouble = Trouble(lambda: self.role.value, clock)
+        self.tenure: Optional[Tenure] = None  # while we hold the lease (and after, until we stand by again)
+        self.watch = Watch()
+        self.tally = Tally()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -89,12 +75,13 @@ class Campaign:
 
     def snapshot(self, step: Step) -> Snapshot:
         """The campaign as the outside world may see it."""
-        return Snapshot(node=self.name, role=self.role, epoch=self.epoch, leader=self.leader,
-                        gcs_address=self.gcs_address, serving=self.serving and self.role is Role.LEADER,
-                        transitions=self.transitions, renew_failures=self.renew_failures,
-                        takeover_seconds=self.takeover_seconds, step=step, outcome=self.outcome,
-                        redis_refused=self.trouble.refused,
-                        lease_confirmed_at=self.renewed_at if self.role in HOLDING else None)
+        held = self.tenure if self.role in HOLDING else None
+        return Snapshot(node=self.name, role=self.role, epoch=self.watch.epoch, leader=self.watch.leader,
+                        gcs_address=self.tenure.gcs_address if self.tenure else None,
+                        serving=bool(held and held.serving and self.role is Role.LEADER),
+                        transitions=self.tally.transitions, renew_failures=self.tally.renew_failures,
+                        takeover_seconds=self.tally.takeover_seconds, step=step, outcome=self.outcome,
+                        redis_refused=self.trouble.refused, lease_confirmed_at=held.confirmed_at if held else None)
 
     def _report(self, step: Step) -> None:
         """Tell the watchers; a failing watcher is logged and never stops the campaign."""
@@ -111,17 +98,23 @@ class Campaign:
                 Role.LEADER: self._leading_step, Role.STEPPING_DOWN: self._stepping_down_step,
                 }.get(self.role, lambda: Step.STOPPED)()
 
+    @property
+    def held(self) -> Tenure:
+        """The tenure of a candidate that holds the lease (asked only in the roles that hold it)."""
+        assert self.tenure is not None, "a tenure asked for while holding nothing"
+        return self.tenure
+
     def _pause(self) -> None:
         if self.outcome is not None:
             return
-        if self.role is Role.STANDBY and self.clock() < self.hold_until:
-            self.stop.wait(self.hold_until - self.clock())
+        if self.role is Role.STANDBY and self.clock() < self.watch.hold_until:
+            self.stop.wait(self.watch.hold_until - self.clock())
         elif self.role is Role.STANDBY:
-            self.lease.wait_released(max(0.0, self.next_try - self.clock()), self.stop)
+            self.lease.wait_released(max(0.0, self.watch.next_try - self.clock()), self.stop)
         elif self.role is Role.STEPPING_DOWN:
             time.sleep(HEAD_POLL)
         else:
-            self.stop.wait(max(0.0, min(HEAD_POLL, self.next_renew - self.clock())))
+            self.stop.wait(max(0.0, min(HEAD_POLL, self.held.next_renew - self.clock())))
 
     # -- the steps ------------------------------------------------------------------------------
 
@@ -132,11 +125,11 @@ class Campaign:
                 self.lease.forget_candidate()
             return self._finish(Outcome.STOPPED, Step.STOPPED, "stopped while standing by")
         # 2. Back from a loss: wait out the backoff first.
-        if self.clock() < self.hold_until:
+        if self.clock() < self.watch.hold_until:
             return Step.BACKING_OFF
         # 3. Try to take the lease; note who leads when we lose.
-        sent = self.next_try = self.clock()
-        self.next_try += self.timing.retry_period
+        sent = self.clock()
+        self.watch.next_try = sent + self.timing.retry_period
         try:
             attempt = self.lease.try_acquire()
         except OUTAGES as exc:
@@ -147,7 +140,7 @@ class Campaign:
             self._note_leader(attempt)
             self.head.prepare()  # standing by: get a takeover ready (a pre-warmed `ray start`, if asked)
             if attempt.ttl_ms > 0:  # Redis says when the lease runs out: try again right then
-                self.next_try = min(self.next_try, self.clock() + attempt.ttl_ms / 1000 + TTL_SLACK)
+                self.watch.next_try = min(self.watch.next_try, self.clock() + attempt.ttl_ms / 1000 + TTL_SLACK)
             return Step.STANDING_BY
         # 4. Won. A stop that arrived meanwhile wins over starting anything.
         self._became_leader(attempt.epoch, sent)
@@ -166,33 +159,34 @@ class Campaign:
         if kept in (Step.LEASE_LOST, Step.DEADLINE_PASSED):
             return self._lose(kept)
         # 3. With a fence, lock older epochs out of Ray's storage before anything of ours starts.
-        if self.fence is not None and self.fenced_epoch != self.epoch and not self._lock_out():
+        held = self.held
+        if self.fence is not None and held.fenced_epoch != held.epoch and not self._lock_out(held):
             return Step.FENCING
         # 4. Wait (bounded) for the previous leader's GCS to stop accepting connections.
-        if self.old_gcs and self.old_gcs_alive(self.old_gcs):
-            if self.clock() < self.wait_until:
-                self._log_waiting()
+        if held.old_gcs and self.old_gcs_alive(held.old_gcs):
+            if self.clock() < held.wait_until:
+                self._log_waiting(held)
                 return Step.WAITING_OLD_GCS
             log.warning("previous GCS %s still accepts connections after %.0fs; starting anyway",
-                        self.old_gcs, self.timing.wait_old_gcs)
+                        held.old_gcs, self.timing.wait_old_gcs)
         # 5. Start the head.
         return self._start_head()
 
-    def _lock_out(self) -> bool:
+    def _lock_out(self, held: Tenure) -> bool:
         """Raise the fence for our epoch; False on a Redis error, to try again next tick (lease kept)."""
         try:
-            removed = self.fence.lock_out(self.epoch) if self.fence else []
+            removed = self.fence.lock_out(held.epoch) if self.fence else []
         except OUTAGES as exc:
-            log.warning("leader epoch %d: could not fence older epochs yet: %s", self.epoch, exc)
+            log.warning("leader epoch %d: could not fence older epochs yet: %s", held.epoch, exc)
             return False
-        self.fenced_epoch = self.epoch
-        log.info("leader epoch %d: fenced; older GCS users removed: %s", self.epoch, ", ".join(removed) or "none")
+        held.fenced_epoch = held.epoch
+        log.info("leader epoch %d: fenced; older GCS users removed: %s", held.epoch, ", ".join(removed) or "none")
         return True
 
     def _leading_step(self) -> Step:
         # 1. A stop request begins a graceful stop; the lease is kept until the tree is gone.
         if self.stop.is_set():
-            self.rejoin = False
+            self.held.rejoin = False
             return self._begin_stop("stop requested")
         # 2. The head died: its GCS is gone, nothing to drain. Kill the rest, then release.
         why = self.head.failure()
@@ -203,7 +197,7 @@ class Campaign:
         if kept in (Step.LEASE_LOST, Step.DEADLINE_PASSED):
             return self._lose(kept)
         # 4. Once the GCS serves, publish where it is.
-        if not self.serving:
+        if not self.held.serving:
             return self._publish_record() or kept or Step.LEADING
         # 5. After a renewal, look for a planned handover away from us.
         if kept is Step.RENEWED and self._switchover_asked():
@@ -216,11 +210,11 @@ class Campaign:
         if kept in (Step.LEASE_LOST, Step.DEADLINE_PASSED):
             return self._lose(kept)
         # 2. When the graceful part is done or the grace is over: kill what is left, then release.
-        if self.head.drained() or self.clock() >= self.stop_deadline:
+        if self.head.drained() or self.clock() >= self.held.stop_deadline:
             self._kill_all()
             self._release()
-            if self.rejoin and not self.stop.is_set():  # a switchover: stand by again at once
-                log.info("handed over from epoch %d; standing by again", self.epoch)
+            if self.held.rejoin and not self.stop.is_set():  # a switchover: stand by again at once
+                log.info("handed over from epoch %d; standing by again", self.held.epoch)
                 self._stand_by(hold=0.0)
                 return Step.REJOINED
             return self._finish(Outcome.STOPPED, Step.STOPPED, "head stopped; lease released")
@@ -229,10 +223,11 @@ class Campaign:
     # -- pieces of steps ------------------------------------------------------------------------
 
     def _begin_stop(self, why: str) -> Step:
-        log.info("leader epoch %d: %s; stopping the head (grace %.0fs)", self.epoch, why, self.timing.stop_grace)
+        held = self.held
+        log.info("leader epoch %d: %s; stopping the head (grace %.0fs)", held.epoch, why, self.timing.stop_grace)
         self.head.terminate()
-        self.role, self.stop_deadline = Role.STEPPING_DOWN, self.clock() + self.timing.stop_grace
-        return Step.SWITCHOVER if self.rejoin else Step.STOPPING
+        self.role, held.stop_deadline = Role.STEPPING_DOWN, self.clock() + self.timing.stop_grace
+        return Step.SWITCHOVER if held.rejoin else Step.STOPPING
 
     def _switchover_asked(self) -> bool:
         """True if a switchover asks this leader, in this epoch, to step down."""
@@ -241,108 +236,107 @@ class Campaign:
         except OUTAGES as exc:
             log.warning("could not read switchover requests: %s", exc)
             return False
-        self.rejoin = bool(request and request.source == self.name and request.epoch == self.epoch)
-        return self.rejoin
+        held = self.held
+        held.rejoin = bool(request and request.source == self.name and request.epoch == held.epoch)
+        return held.rejoin
 
     def _stand_by(self, hold: float) -> None:
         """Hold nothing and stand by again, trying for the lease after `hold` seconds."""
-        self.role, self.serving, self.rejoin = Role.STANDBY, False, False
-        self.leader, self.gcs_address = None, None
-        self.next_try = self.hold_until = self.clock() + hold
+        self.role, self.tenure, self.watch.leader = Role.STANDBY, None, None
+        self.watch.next_try = self.watch.hold_until = self.clock() + hold
 
     def _became_leader(self, epoch: int, sent: float) -> None:
-        self.epoch, self.renewed_at, self.led_since = epoch, sent, sent
-        self.acquired_at, self.leader, self.gcs_address = sent, self.name, None
-        self.transitions += 1
-        self._seen_leader = None
-        self.next_renew, self.acquired_wall = sent + self.timing.retry_period, self.wall()
-        self.role, self.wait_until = Role.WAITING, self.clock() + self.timing.wait_old_gcs
         try:
             record = self.lease.read_record()
         except OUTAGES as exc:
             log.warning("could not read the previous leader's record: %s", exc)
             record = None
-        self.old_gcs = record.gcs_address if record and record.epoch < epoch else None
-        log.info("elected leader, epoch %d%s", epoch,
-                 f" (previous GCS was {self.old_gcs})" if self.old_gcs else "")
+        old_gcs = record.gcs_address if record and record.epoch < epoch else None
+        self.tenure = Tenure(epoch, won_at=sent, won_wall=self.wall(), old_gcs=old_gcs,
+                             wait_until=self.clock() + self.timing.wait_old_gcs)
+        self.tenure.next_renew = sent + self.timing.retry_period
+        self.role, self.watch = Role.WAITING, Watch(epoch=epoch, leader=self.name)
+        self.tally.transitions += 1
+        log.info("elected leader, epoch %d%s", epoch, f" (previous GCS was {old_gcs})" if old_gcs else "")
 
-    def _log_waiting(self) -> None:
+    def _log_waiting(self, held: Tenure) -> None:
         """Say once a minute that we hold the lease but wait for the old GCS, and for how long at most."""
-        if self.clock() >= self._next_wait_log:
-            self._next_wait_log = self.clock() + WAIT_LOG_EVERY
+        if self.clock() >= held.next_wait_log:
+            held.next_wait_log = self.clock() + WAIT_LOG_EVERY
             log.warning("leader epoch %d: previous GCS %s still accepts connections; not starting a "
-                        "second head beside it (waiting at most %.0fs more)", self.epoch, self.old_gcs,
-                        self.wait_until - self.clock())
+                        "second head beside it (waiting at most %.0fs more)", held.epoch, held.old_gcs,
+                        held.wait_until - self.clock())
 
     def _start_head(self) -> Step:
         try:
-            self.head.start(self.epoch)
+            self.head.start(self.held.epoch)
         except OSError as exc:
             log.error("could not start the head: %s", exc)
             self._release()
             return self._finish(Outcome.FAILED, Step.START_FAILED, "head did not start; lease released")
         self.role = Role.LEADER
-        log.info("leader epoch %d: head started", self.epoch)
+        log.info("leader epoch %d: head started", self.held.epoch)
         return Step.HEAD_STARTED
 
     def _publish_record(self) -> Optional[Step]:
         address = self.head.serving_address()
         if address is None:
             return None
+        held = self.held
         try:
-            self.lease.write_record(address, self.epoch, self.acquired_wall)
+            self.lease.write_record(address, held.epoch, held.won_wall)
         except OUTAGES as exc:
             log.warning("could not write the leader record (will retry): %s", exc)
             return None
-        self.serving, self.gcs_address = True, address
+        held.serving, held.gcs_address = True, address
         self.after_loss.settle()
-        if self.acquired_at is not None:  # the first time this tenure: how long the takeover took
-            self.takeover_seconds, self.acquired_at = self.clock() - self.acquired_at, None
-        log.info("leader epoch %d: GCS serving at %s", self.epoch, address)
+        if not held.measured:  # the first time this tenure: how long the takeover took
+            self.tally.takeover_seconds, held.measured = self.clock() - held.won_at, True
+        log.info("leader epoch %d: GCS serving at %s", held.epoch, address)
         return Step.SERVING
 
     def _keep_lease(self) -> Optional[Step]:
         """Renew when due; LEASE_LOST if someone else holds it, DEADLINE_PASSED if unconfirmed too long."""
-        step = None
-        if self.clock() >= self.next_renew:
+        step, held = None, self.held
+        if self.clock() >= held.next_renew:
             sent = self.clock()
             try:
-                held = self.lease.renew(self.epoch)
-                if not held:
+                epoch = self.lease.renew(held.epoch)
+                if not epoch:
                     return Step.LEASE_LOST
-                step = Step.RENEWED if held == self.epoch else self._reacquired(held)
-                self.renewed_at = sent
+                step = Step.RENEWED if epoch == held.epoch else self._reacquired(epoch)
+                held.confirmed_at = sent
                 self.trouble.recovered()
             except OUTAGES as exc:
                 self._renewal_failed(exc)
                 step = Step.RENEW_FAILED
-            self.next_renew = sent + self.timing.retry_period
-        if self.clock() - self.renewed_at >= self.timing.renew_deadline:
+            held.next_renew = sent + self.timing.retry_period
+        if self.clock() - held.confirmed_at >= self.timing.renew_deadline:
             return Step.DEADLINE_PASSED
         return step
 
     def _renewal_failed(self, exc: Exception) -> None:
         """A failed renewal, transient or refused alike: the renew deadline still protects the head."""
-        self.renew_failures += 1
+        self.tally.renew_failures += 1
         self.trouble.failed(exc, logged=False)  # every failed renewal is logged here, once each
         log.log(logging.ERROR if self.trouble.refused else logging.WARNING,
-                "leader epoch %d: renewal failed (%.1fs since the last one)%s: %s", self.epoch,
-                self.clock() - self.renewed_at, "; Redis refuses until a setting changes" if self.trouble.refused
+                "leader epoch %d: renewal failed (%.1fs since the last one)%s: %s", self.held.epoch,
+                self.clock() - self.held.confirmed_at, "; Redis refuses until a setting changes" if self.trouble.refused
                 else "", exc)
 
     def _reacquired(self, epoch: int) -> Step:
         """Redis had lost our lease key and we took it back: a new epoch, and the record again."""
         log.warning("leader epoch %d: the lease key was gone from Redis (restart, flush or failover?); "
-                    "took it again as epoch %d, head unchanged", self.epoch, epoch)
-        self.epoch, self.serving = epoch, False
+                    "took it again as epoch %d, head unchanged", self.held.epoch, epoch)
+        self.held.epoch, self.held.serving, self.watch.epoch = epoch, False, epoch
         return Step.REACQUIRED
 
     def _lose(self, why: Step) -> Step:
         """Leadership is gone or unconfirmed: the tree dies while the lease still stands, then release."""
-        left = self.renewed_at + self.timing.lease_duration - self.clock()
+        left = self.held.confirmed_at + self.timing.lease_duration - self.clock()
         grace = 0.0 if why is Step.LEASE_LOST else max(0.0, min(self.timing.stop_grace, left / 2))
         log.error("leader epoch %d: %s; killing the head (grace %.1fs, lease ends in %.1fs)",
-                  self.epoch, "lease taken by another candidate" if why is Step.LEASE_LOST
+                  self.held.epoch, "lease taken by another candidate" if why is Step.LEASE_LOST
                   else "no renewal within the renew deadline", grace, left)
         report_leftovers(self.head.stop(grace))
         if why is Step.DEADLINE_PASSED:
@@ -350,14 +344,14 @@ class Campaign:
         return self._after_loss(why, Outcome.LOST, "leadership lost")
 
     def _head_died(self, why: str) -> Step:
-        log.error("leader epoch %d: %s; killing what is left of the head", self.epoch, why)
+        log.error("leader epoch %d: %s; killing what is left of the head", self.held.epoch, why)
         self._kill_all()
         self._release()
         return self._after_loss(Step.HEAD_DIED, Outcome.HEAD_DIED, "head died; lease released")
 
     def _after_loss(self, step: Step, outcome: Outcome, message: str) -> Step:
         """The tree is gone: end the campaign, or stand by again after a backoff (never silently drop out)."""
-        hold = self.after_loss.hold(self.clock() - self.led_since, stopping=self.stop.is_set())
+        hold = self.after_loss.hold(self.clock() - self.held.won_at, stopping=self.stop.is_set())
         if hold is None:
             return self._finish(outcome, step, message)
         log.warning("%s; standing by again in %.0fs", message, hold)
@@ -377,18 +371,19 @@ class Campaign:
 
     def _note_leader(self, attempt: Attempt) -> None:
         """Log each change of the observed leader, and otherwise a quiet line at most once a minute."""
-        self.epoch = attempt.epoch
+        watch = self.watch
+        watch.epoch = attempt.epoch
         if attempt.holder is None:
-            self.leader = ""
+            watch.leader = ""
             return
         self.after_loss.settle()
         seen = (attempt.holder.token, attempt.epoch)
-        changed = seen != self._seen_leader
+        changed = seen != watch.logged
         if changed:
-            self._seen_leader, self.leader, self.gcs_address = seen, attempt.holder.node, None
-            self.transitions += 1
-        if changed or self.clock() >= self._next_quiet_log:
-            self._next_quiet_log = self.clock() + QUIET_LOG_EVERY
+            watch.logged, watch.leader, self.tenure = seen, attempt.holder.node, None
+            self.tally.transitions += 1
+        if changed or self.clock() >= watch.next_quiet_log:
+            watch.next_quiet_log = self.clock() + QUIET_LOG_EVERY
             log.info("standing by; leader is %s, epoch %d", describe(attempt.holder), attempt.epoch)
 
     def _finish(self, outcome: Outcome, step: Step, message: str) -> Step:

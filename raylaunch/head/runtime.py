@@ -59,7 +59,7 @@ class HeadMode:
     def context(self) -> Mapping[str, object]:
         """Role, epoch and leader for every log line, read from the campaign at the moment of logging."""
         c = self.campaign
-        return {} if c is None else {"role": c.role.value, "epoch": c.epoch, "leader": c.leader}
+        return {} if c is None else {"role": c.role.value, "epoch": c.watch.epoch, "leader": c.watch.leader}
 
     def check_redis(self) -> None:
         """Reach Redis once and check what the campaign will need (before detaching)."""

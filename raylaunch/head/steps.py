@@ -1,10 +1,11 @@
 """The campaign's vocabulary: what it needs of the lease and the head (Protocols), its roles, the Step each
-tick returns, how it ends, and the Snapshot its watchers read. No behaviour here."""
+tick returns, how it ends, the Snapshot its watchers read, and its memory grouped by what it is for
+(Tenure, Watch, Tally). No behaviour here."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
 
 from raylaunch.config import Role
@@ -103,3 +104,47 @@ class Snapshot:
 
 
 Watcher = Callable[[Snapshot], None]
+
+
+@dataclass
+class Tenure:
+    """One hold of the lease, from the win until we stand by again. Times are monotonic unless named wall."""
+
+    epoch: int                     # ours (a new one if Redis lost the key and we took it back)
+    won_at: float                  # when the winning attempt was sent
+    won_wall: float                # the same moment by the wall clock: the record's `since`
+    old_gcs: Optional[str]         # the previous leader's GCS, which may still run
+    wait_until: float              # start beside a still-live old GCS no later than this
+    confirmed_at: float = field(init=False)  # when the last confirmed acquisition or renewal was sent
+    next_renew: float = 0.0
+    fenced_epoch: int = 0          # the epoch whose fence is up (older ones locked out of Ray's storage)
+    gcs_address: Optional[str] = None  # our GCS, once it serves
+    serving: bool = False          # the record names our serving GCS in this epoch
+    measured: bool = False         # the takeover (win -> serving) of this tenure has been measured
+    rejoin: bool = False           # stepping down for a switchover: stand by again afterwards
+    stop_deadline: float = 0.0     # stepping down: the grace ends here
+    next_wait_log: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.confirmed_at = self.won_at
+
+
+@dataclass
+class Watch:
+    """A standby's view of who leads, and when it tries again (monotonic)."""
+
+    epoch: int = 0                 # the last epoch seen (ours, while we lead)
+    leader: Optional[str] = None   # that epoch's holder ("" while nobody holds the lease)
+    logged: Optional[tuple[str, int]] = None  # (holder token, epoch) last logged
+    next_try: float = 0.0
+    hold_until: float = 0.0        # back from a loss, nothing is tried before this
+    next_quiet_log: float = 0.0
+
+
+@dataclass
+class Tally:
+    """What a campaign counts over its life, for status and metrics."""
+
+    transitions: int = 0           # leader changes seen
+    renew_failures: int = 0
+    takeover_seconds: Optional[float] = None  # our last win -> GCS serving
