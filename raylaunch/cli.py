@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, TypeVar
 import click
 
 from raylaunch import __version__
-from raylaunch.config import IDENTITY, START_GROUPS, ConfigError, Exit, Setting, load_env_file
+from raylaunch.config import IDENTITY, START_GROUPS, ConfigError, Exit, Group, Setting, load_env_file
 
 COMPLETION_SHELLS = ("bash", "zsh", "fish")
 #: The variable click's completion scripts set when they call ray-ha back.
@@ -57,11 +57,11 @@ if TYPE_CHECKING:  # the light paths (passthrough, health) import no Redis
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _option(setting: Setting) -> Callable[[F], F]:
-    """A click option for one setting, its help naming the environment variable."""
+def _option(group: Group[Any], setting: Setting) -> Callable[[F], F]:
+    """A click option for one setting of `group`, its help naming the default and the environment variable."""
     kind = click.Choice(list(setting.choices)) if setting.choices else None
     return click.option(setting.flag, setting.field, metavar=setting.metavar, type=kind,
-                        help=f"{setting.help} Env: {setting.env}.")
+                        help=f"{group.help_of(setting)} Env: {setting.env}.")
 
 
 ENV_FILE_OPTION = click.option("--ha-env-file", metavar="PATH",
@@ -70,8 +70,8 @@ ENV_FILE_OPTION = click.option("--ha-env-file", metavar="PATH",
 
 def _settings_options(func: F) -> F:
     """One --ha- option per setting of every group `start` takes (config's tables)."""
-    for setting in reversed([s for group in START_GROUPS for s in group.settings]):
-        func = _option(setting)(func)
+    for group, setting in reversed([(g, s) for g in START_GROUPS for s in g.settings]):
+        func = _option(group, setting)(func)
     return func
 
 
@@ -81,7 +81,7 @@ def _redis_options(func: F) -> F:
     func = click.option("--redis-username", metavar="USER", help="Redis user name.")(func)
     func = ENV_FILE_OPTION(func)
     key = next(s for s in IDENTITY.settings if s.field == "key")
-    return _option(key)(func)
+    return _option(IDENTITY, key)(func)
 
 
 def _version_text() -> str:

@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Generic, Optional, TypeVar
 
 S = TypeVar("S")
@@ -52,6 +52,8 @@ class ConfigError(ValueError):
 
 #: Seconds a head may take to come up, added to the lease for the default reconnect timeout.
 HEAD_START_BUDGET = 45.0
+#: One day (s), for durations that --help states in days.
+DAY = 24 * 3600.0
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?\s*$", re.IGNORECASE)
 
@@ -90,7 +92,7 @@ class Timing:
     redis_timeout: float = 2.0
     reconnect_timeout: Optional[float] = None
     stop_grace: float = 10.0
-    wait_old_gcs: float = 259200.0
+    wait_old_gcs: float = 3 * DAY
 
     def __post_init__(self) -> None:
         for name in ("lease_duration", "renew_deadline", "retry_period", "redis_timeout",
@@ -247,8 +249,10 @@ class Setting:
     env: str
     parse: Parser
     metavar: str
-    help: str  # ends with the default in brackets
+    help: str  # without the default: --help adds it from the record (Group.help_of)
     choices: Optional[tuple[str, ...]] = None
+    worded: Optional[str] = None  # the default in words, where there is no value to show (None, per host)
+    note: str = ""                # what the default means, after it: [auto: <note>]
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,28 @@ class Group(Generic[S]):
     kind: Callable[..., S]
     settings: tuple[Setting, ...]
     defaults: Callable[[Mapping[str, str]], dict[str, Any]] = lambda env: {}  # those that depend on env
+
+    def help_of(self, setting: Setting) -> str:
+        """The setting's help with the default the record uses in brackets (in words where it has them)."""
+        shown = setting.worded or _shown(_field_default(self.kind, setting.field), setting.parse is _duration)
+        if shown and setting.note:
+            shown = f"{shown}: {setting.note}"
+        return f"{setting.help} [{shown}]." if shown else f"{setting.help}."
+
+
+def _field_default(kind: Callable[..., Any], name: str) -> Any:
+    """The default of dataclass `kind`'s field `name` (None if it has none)."""
+    found = next(f for f in fields(kind) if f.name == name)  # type: ignore[arg-type]  # kind is a dataclass
+    return None if found.default is MISSING else found.default
+
+
+def _shown(value: Any, duration: bool) -> Optional[str]:
+    """A default as --help writes it: durations in seconds (15s) or whole days, None as nothing."""
+    if value is None:
+        return None
+    if duration and value >= DAY and value % DAY == 0:
+        return f"{value / DAY:g} days"
+    return f"{value:g}s" if duration else str(value)
 
 
 def settings_from(group: Group[S], flags: Mapping[str, Optional[str]], env: Mapping[str, str]) -> S:
@@ -275,48 +301,48 @@ def settings_from(group: Group[S], flags: Mapping[str, Optional[str]], env: Mapp
 D = "DURATION"
 TIMING: Group[Timing] = Group(Timing, (
     Setting("lease_duration", "--ha-lease-duration", "RAY_HA_KEY_EXPIRE_TIME_MS", _duration, D,
-            "How long the lease lasts without renewal [15s]."),
+            "How long the lease lasts without renewal"),
     Setting("renew_deadline", "--ha-renew-deadline", "RAY_HA_RENEW_DEADLINE_MS", _duration, D,
-            "Leader kills its head if no renewal succeeded for this long [10s]."),
+            "Leader kills its head if no renewal succeeded for this long"),
     Setting("retry_period", "--ha-retry-period", "RAY_HA_CHECK_INTERVAL_MS", _duration, D,
-            "How often to renew / try to acquire [2s]."),
+            "How often to renew / try to acquire"),
     Setting("redis_timeout", "--ha-redis-timeout", "RAY_HA_CONNECT_TIMEOUT_MS", _duration, D,
-            "Timeout of every Redis call [2s]."),
+            "Timeout of every Redis call"),
     Setting("reconnect_timeout", "--ha-reconnect-timeout", "RAY_HA_RECONNECT_TIMEOUT_MS", _duration, D,
-            "Raylet reconnect timeout given to the head [lease + 45s]."),
+            "Raylet reconnect timeout given to the head", worded=f"lease + {HEAD_START_BUDGET:g}s"),
     Setting("stop_grace", "--ha-stop-grace", "RAY_HA_STOP_GRACE_MS", _duration, D,
-            "On SIGTERM, time the head gets to stop before SIGKILL [10s]."),
+            "On SIGTERM, time the head gets to stop before SIGKILL"),
     Setting("wait_old_gcs", "--ha-wait-old-gcs", "RAY_HA_WAIT_PRE_GCS_STOP_MAX_TIME_MS", _duration, D,
-            "How long a new leader waits for a still-answering old GCS before starting anyway [3 days]."),
+            "How long a new leader waits for a still-answering old GCS before starting anyway"),
 ))
 
 REPORTING: Group[Reporting] = Group(Reporting, (
     Setting("log_format", "--ha-log-format", "RAY_HA_LOG_FORMAT", _lower, "FORMAT",
-            "Log lines as text or json [text].", choices=LOG_FORMATS),
+            "Log lines as text or json", choices=LOG_FORMATS),
     Setting("http_port", "--ha-http-port", "RAY_HA_HTTP_PORT", _number("a port number"), "PORT",
-            "Serve /healthz, /leader and /metrics on this port [off]."),
+            "Serve /healthz, /leader and /metrics on this port", worded="off"),
     Setting("http_host", "--ha-http-host", "RAY_HA_HTTP_HOST", _text, "HOST",
-            "Address the HTTP endpoint binds to [0.0.0.0]."),
+            "Address the HTTP endpoint binds to"),
     Setting("on_elected", "--ha-on-elected", "RAY_HA_ON_ELECTED", _text, "CMD",
-            "Shell command run when this node's GCS starts serving as leader."),
+            "Shell command run when this node's GCS starts serving as leader"),
     Setting("on_demoted", "--ha-on-demoted", "RAY_HA_ON_DEMOTED", _text, "CMD",
-            "Shell command run when this node stops leading."),
+            "Shell command run when this node stops leading"),
     Setting("hook_timeout", "--ha-hook-timeout", "RAY_HA_HOOK_TIMEOUT_MS", _duration, D,
-            "A hook still running after this long is killed [30s]."),
+            "A hook still running after this long is killed"),
 ))
 
 SAFETY: Group[Safety] = Group(Safety, (
     Setting("min_replicas", "--ha-min-replicas", "RAY_HA_MIN_REPLICAS", _number("a number of replicas"), "N",
-            "A lease write counts once Redis WAIT confirms it on N replicas [0]."),
+            "A lease write counts once Redis WAIT confirms it on N replicas"),
     Setting("fence", "--ha-fence", "RAY_HA_FENCE", _lower, "none|acl",
-            "acl: a Redis ACL user per epoch for the GCS; a new leader locks out the old one [none]."),
+            "acl: a Redis ACL user per epoch for the GCS; a new leader locks out the old one"),
     Setting("prewarm", "--ha-prewarm", "RAY_HA_PREWARM", _auto_switch, "auto|on|off",
             "A standby keeps `ray start` imported and hands it the session name: its head serves ~1.5 s "
-            "sooner for ~70 MiB; on: refuse where it cannot; auto: start cold there [auto]."),
+            "sooner for ~70 MiB; on: refuse where it cannot; auto: start cold there"),
     Setting("after_loss", "--ha-after-loss", "RAY_HA_AFTER_LOSS", _lower, "auto|exit|standby",
             "After losing the lease or the head: exit (for systemd or Kubernetes to restart) or stand by "
-            "again after a backoff (1 s doubling to 30 s) [auto: exit with --block, standby when detached].",
-            choices=AFTER_LOSS),
+            "again after a backoff (1 s doubling to 30 s)",
+            choices=AFTER_LOSS, note="exit with --block, standby when detached"),
 ))
 
 
@@ -324,7 +350,7 @@ FOLLOWING: Group[Following] = Group(Following, (
     Setting("relay", "--ha-relay", "RAY_HA_RELAY", _lower, "auto|off|HOST[:PORT]",
             "--ha-follow: the worker reaches the GCS through a relay here that follows the leader, so it "
             "survives a failover; off: restart it against each new leader (for an address that moves "
-            "with the leader) [auto: node IP, any port]."),
+            "with the leader)", note="node IP, any port"),
 ))
 
 
@@ -336,9 +362,9 @@ def _identity_defaults(env: Mapping[str, str]) -> dict[str, Any]:
 
 IDENTITY: Group[Identity] = Group(Identity, (
     Setting("node_name", "--ha-node-name", "RAY_HA_NODE_NAME", _text, "NAME",
-            "This candidate's name [host name]."),
+            "This candidate's name", worded="host name"),
     Setting("key", "--ha-key", "RAY_HA_LEADER_KEY", _text, "KEY",
-            "Lease key [ray-ha:<namespace>:leader]."),
+            "Lease key", worded="ray-ha:<namespace>:leader"),
 ), _identity_defaults)
 
 #: The groups whose settings `ray-ha start` takes, in the order --help lists them.

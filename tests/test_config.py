@@ -3,6 +3,7 @@
 import os
 import re
 import socket
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -178,9 +179,9 @@ WORDED_DEFAULTS = {"reconnect_timeout": None,  # "[lease + 45s]": worked out fro
                    "node_name": socket.gethostname(), "key": "ray-ha:default:leader"}
 
 
-def stated_default(setting: Setting) -> object:
+def stated_default(group, setting: Setting) -> object:
     """The default a setting's --help states in its closing [brackets], read with the setting's own parser."""
-    found = re.search(r"\[([^\]]+)\]\.?$", setting.help)
+    found = re.search(r"\[([^\]]+)\]\.?$", group.help_of(setting))
     if found is None:
         return None  # no default stated: the field is unset (None) unless given
     if setting.field in WORDED_DEFAULTS:
@@ -193,6 +194,24 @@ def stated_default(setting: Setting) -> object:
                          ids=[s.field for g in START_GROUPS for s in g.settings])
 def test_every_default_in_help_is_the_one_the_code_uses(group, setting):
     used = getattr(settings_from(group, {}, {}), setting.field)
-    assert stated_default(setting) == used, f"{setting.flag}: --help says {setting.help!r}, the code uses {used!r}"
+    stated = group.help_of(setting)
+    assert stated_default(group, setting) == used, f"{setting.flag}: --help says {stated!r}, the code uses {used!r}"
     shown = "".join(CliRunner().invoke(main, ["start", "--help"]).output.split())  # click wraps at spaces and hyphens
-    assert "".join(setting.help.split()) in shown, f"{setting.flag}'s help, default included, is what --help shows"
+    assert "".join(stated.split()) in shown, f"{setting.flag}'s help, default included, is what --help shows"
+
+
+def _bare(text: str) -> str:
+    """A default as written, without what writing varies: backticks, spaces, the short <ns>."""
+    return re.sub(r"[`\s]", "", text).replace("<ns>", "<namespace>")
+
+
+@pytest.mark.parametrize("group, setting", [(g, s) for g in START_GROUPS for s in g.settings],
+                         ids=[s.field for g in START_GROUPS for s in g.settings])
+def test_the_configuration_page_states_the_defaults_that_help_states(group, setting):
+    page = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    row = next((line for line in page.splitlines() if line.startswith(f"| `{setting.flag}` | `{setting.env}` |")), None)
+    assert row is not None, f"docs/configuration.md has no row for {setting.flag} ({setting.env})"
+    found = re.search(r"\[([^\]]+)\]\.$", group.help_of(setting))
+    stated = found.group(1).split(": ")[0] if found else "none"  # "auto: node IP, ..." states "auto"
+    written = row.split("|")[3]
+    assert _bare(written) == _bare(stated), f"{setting.flag}: the page says {written!r}, --help {stated!r}"
