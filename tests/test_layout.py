@@ -8,6 +8,7 @@ cycle hidden inside a function is still a cycle in the design.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -138,3 +139,14 @@ def test_the_decision_loops_speak_no_redis(loop):
     """They hear outage.Unavailable/Refused and read typed records; Redis's client, errors and keys stay in store/."""
     reached = {name for name in reachable(loop) if name.startswith("raylaunch.store")}
     assert reached <= {"raylaunch.store", "raylaunch.store.records"}, sorted(reached)
+
+
+def test_the_readme_layout_names_every_module_and_no_other():
+    """The README's "How the code is laid out" is the map a newcomer reads first: it follows the tree."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([a-z_]+\.py)`", section))
+    ours = {p.name for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    elsewhere = {p.name for top in ("tests", "testkit", "bench") for p in (PACKAGE.parent / top).rglob("*.py")}
+    assert ours - named == set(), "modules the README's layout does not name"
+    assert named - ours - elsewhere == set(), "names in the README's layout that are no file"
