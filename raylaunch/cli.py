@@ -319,3 +319,37 @@ def switchover(target: Optional[str], timeout: float, key: Optional[str], ha_env
         return Exit.OK
 
     guard(body)
+
+
+@main.command("address", context_settings={"help_option_names": ["--help"]})
+@click.option("--gcs", "service", flag_value="gcs", default=True, help="The GCS, for `ray start --address` [default].")
+@click.option("--dashboard", "service", flag_value="dashboard",
+              help="The dashboard and Jobs API, for `ray job submit --address http://...`.")
+@click.option("--client", "service", flag_value="client", help="The Ray Client server, for `ray://...`.")
+@_redis_options
+def address(service: str, key: Optional[str], ha_env_file: Optional[str], redis_username: Optional[str],
+            redis_password: Optional[str]) -> None:
+    """Print host:port of a service on the head that leads now, for scripts:
+
+    ray job submit --address "http://$(ray-ha address --dashboard)" -- python job.py
+
+    Reads RAY_REDIS_ADDRESS like `ray-ha start`. Exit 0 with the address, 1 when no leader serves (or
+    it serves no such service).
+    """
+    from raylaunch.store.leader import read_leadership
+
+    def body() -> int:
+        leadership = read_leadership(_keyspace_for(key, ha_env_file, redis_username, redis_password))
+        record = leadership.serving
+        if record is None:
+            holder = leadership.holder
+            fail(f"no leader serves: {holder.node} leads (epoch {leadership.epoch}), its GCS not serving yet"
+                 if holder else "no leader serves: nobody holds the lease", Exit.RUNTIME)
+        found = record.address(service)
+        if found is None:
+            fail(f"{record.node} (epoch {record.epoch}) serves no {service} (the record names "
+                 f"{', '.join(['gcs', *record.ports]) })", Exit.RUNTIME)
+        click.echo(found)
+        return Exit.OK
+
+    guard(body)

@@ -64,8 +64,9 @@ class FakeLease:
     def read_record(self) -> Optional[Record]:
         return self.record
 
-    def write_record(self, gcs_address: str, epoch: int, since: float) -> bool:
+    def write_record(self, gcs_address: str, epoch: int, since: float, ports) -> bool:
         self.events.append(("record", gcs_address, epoch))
+        self.ports = dict(ports)
         return True
 
     def wait_released(self, timeout: float, stop: threading.Event) -> bool:
@@ -100,6 +101,9 @@ class FakeHead:
 
     def serving_address(self) -> Optional[str]:
         return self.address
+
+    def client_ports(self) -> dict:
+        return {"dashboard": 8265}
 
     def terminate(self) -> None:
         self.events.append("terminate")
@@ -197,6 +201,7 @@ def test_record_is_published_once_gcs_serves(world):
     assert campaign.tick() is Step.SERVING
     assert campaign.tick() is Step.LEADING
     assert events.count(("record", "10.0.0.1:6379", 1)) == 1
+    assert lease.ports == {"dashboard": 8265}, "the record names the ports the head serves clients on"
 
 
 def test_no_renewal_within_deadline_kills_head_before_lease_can_expire_then_releases(world):

@@ -57,7 +57,7 @@ def test_the_lease_works_on_a_cluster_of_one_and_of_three_shards(make_cluster, s
     assert attempt.won and attempt.epoch == 1
     assert not b.try_acquire().won
     assert a.renew(1) == 1
-    assert a.write_record("10.0.0.1:6379", 1, time.time())
+    assert a.write_record("10.0.0.1:6379", 1, time.time(), {})
     owner = cluster.owner_of(KEYS.lease)
     assert json.loads(owner.client().get(KEYS.record))["gcs_address"] == "10.0.0.1:6379"
     others = [n for n in cluster.masters if n is not owner]

@@ -171,10 +171,12 @@ def test_record_is_written_only_by_the_holder(redis_server):
     a, b = make_lease(redis_server, "a"), make_lease(redis_server, "b")
     assert a.read_record() is None
     assert a.try_acquire().won
-    assert not b.write_record("127.0.1.2:6379", 1, 100.0)
-    assert a.write_record("127.0.1.1:6379", 1, 100.0)
+    assert not b.write_record("127.0.1.2:6379", 1, 100.0, {})
+    assert a.write_record("127.0.1.1:6379", 1, 100.0, {"dashboard": 8265, "client": 10001})
     record = b.read_record()
     assert (record.node, record.gcs_address, record.epoch, record.since) == ("a", "127.0.1.1:6379", 1, 100.0)
+    assert [record.address(s) for s in ("gcs", "dashboard", "client", "other")] == [
+        "127.0.1.1:6379", "127.0.1.1:8265", "127.0.1.1:10001", None]
 
 
 def test_the_provider_node_list_is_kept_only_by_the_holder_and_read_by_anyone(redis_server):
@@ -318,7 +320,7 @@ def test_a_user_given_what_the_advice_says_can_do_everything_ray_ha_does(redis_s
                                         1.0), KEYS), Holder.me(node, "h"), 5.0) for node in "ab")
     a.check()
     assert a.try_acquire().won and not b.try_acquire().won
-    assert a.renew(1) == 1 and a.write_record("127.0.1.1:1", 1, 1.0)
+    assert a.renew(1) == 1 and a.write_record("127.0.1.1:1", 1, 1.0, {})
     woke: list = []
     waiter = threading.Thread(target=lambda: woke.append(b.wait_released(5, threading.Event())))
     waiter.start()
@@ -347,7 +349,7 @@ def test_records_are_kept_as_a_bounded_history_newest_first(redis_server):
     a = make_lease(redis_server, "a")
     assert a.try_acquire().won
     for epoch in range(1, HISTORY_LENGTH + 5):
-        assert a.write_record(f"127.0.1.1:{epoch}", epoch, 1.0)
+        assert a.write_record(f"127.0.1.1:{epoch}", epoch, 1.0, {})
     history = redis_server.client().lrange(a.keys.history, 0, -1)
     assert len(history) == HISTORY_LENGTH
     assert json.loads(history[0])["epoch"] == HISTORY_LENGTH + 4

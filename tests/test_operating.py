@@ -222,6 +222,26 @@ def test_status_and_switchover_find_redis_through_the_local_supervisor(detached,
     assert moved.returncode == 0 and "b leads (epoch 2)" in moved.stdout, moved.stdout + moved.stderr
 
 
+def test_address_prints_the_serving_leaders_services_for_scripts(detached, ha_env, tmp_path):
+    nobody = ray_ha("address", env=ha_env, cwd=tmp_path)
+    assert nobody.returncode == 1 and nobody.stdout == "" and "nobody holds the lease" in nobody.stderr
+    assert detached("a", "--dashboard-port=9123").returncode == 0
+    gcs = json.loads(ray_ha("status", "--json", env=ha_env, cwd=tmp_path).stdout)["leader"]["gcs_address"]
+    host = gcs.rsplit(":", 1)[0]
+    printed = {flag: ray_ha("address", *flag.split(), env=ha_env, cwd=tmp_path) for flag in
+               ("", "--gcs", "--dashboard", "--client")}
+    assert {flag: (r.returncode, r.stdout) for flag, r in printed.items()} == {
+        "": (0, f"{gcs}\n"), "--gcs": (0, f"{gcs}\n"), "--dashboard": (0, f"{host}:9123\n"),
+        "--client": (0, f"{host}:10001\n")}, "the ports the leader's head command serves, on its host"
+
+
+def test_address_of_a_service_the_leader_does_not_serve_exits_1(detached, ha_env, tmp_path):
+    assert detached("a", "--include-dashboard=false").returncode == 0
+    result = ray_ha("address", "--dashboard", env=ha_env, cwd=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == "ray-ha: error: a (epoch 1) serves no dashboard (the record names gcs, client)"
+
+
 def test_status_without_redis_address_or_local_supervisor_says_so(ha_env, tmp_path):
     bare = {k: v for k, v in ha_env.items() if k != "RAY_REDIS_ADDRESS"}
     result = ray_ha("status", env=bare, cwd=tmp_path)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from raylaunch.config import ConfigError
-from raylaunch.proc.raycmd import (RECONNECT_ENV, build_head_command, storage_namespace, merge_system_config, option_value,
+from raylaunch.proc.raycmd import (RECONNECT_ENV, build_head_command, client_ports, storage_namespace, merge_system_config, option_value,
                               parse_version, reconnect_config, redact, without_option)
 
 
@@ -111,3 +111,16 @@ def test_the_gcs_storage_namespace_is_rays_own_choice(user_args, env, expected):
     """--system-config over the environment over Ray's `default`, as Ray's RayConfig decides."""
     command = build_head_command("ray", ["--head", *user_args], (2, 60), 60, {"PATH": "/bin", **env})
     assert storage_namespace(command) == expected
+
+
+@pytest.mark.parametrize("user_args, expected", [
+    (["--head"], {"dashboard": 8265, "client": 10001}),
+    (["--head", "--dashboard-port=9000", "--ray-client-server-port", "10002"], {"dashboard": 9000, "client": 10002}),
+    (["--head", "--include-dashboard=false"], {"client": 10001}),
+    (["--head", "--include-dashboard", "False", "--dashboard-port=9000"], {"client": 10001}),
+    (["--head", "--include-dashboard=true"], {"dashboard": 8265, "client": 10001}),
+    (["--head", "--dashboard-port=none", "--ray-client-server-port=70000"], {}),
+])
+def test_the_client_ports_are_those_the_head_command_serves(user_args, expected):
+    """What the leader record publishes and a standby listens on: Ray's defaults unless the command says."""
+    assert client_ports(build_head_command("ray", user_args, (2, 60), 60, {}).argv) == expected

@@ -284,7 +284,7 @@ class Campaign:
             return None
         held = self.held
         try:
-            self.lease.write_record(address, held.epoch, held.won_wall)
+            self.lease.write_record(address, held.epoch, held.won_wall, self.head.client_ports())
         except OUTAGES as exc:
             log.warning("could not write the leader record (will retry): %s", exc)
             return None

@@ -10,7 +10,7 @@ import psutil
 
 from raylaunch.proc.net import join_address, tcp_accepts
 from raylaunch.proc.prewarm import WarmStart
-from raylaunch.proc.raycmd import GCS_NAME, RAYLET_NAME, RayCommand, with_redis_credentials
+from raylaunch.proc.raycmd import GCS_NAME, RAYLET_NAME, RayCommand, client_ports, with_redis_credentials
 from raylaunch.proc.tree import ProcessTree
 from raylaunch.store.errors import RedisRefused
 from raylaunch.store.fence import Credentials
@@ -112,6 +112,10 @@ class RayHead:
         if self._address is None and gcs is not None:
             self._address = gcs_address(gcs, self.node_ip)
         return self._address if self._address and self.probe(self._address) else None
+
+    def client_ports(self) -> dict[str, int]:
+        """What the head command serves clients on beside its GCS (dashboard, Ray Client), by name."""
+        return client_ports(self.command.argv)
 
     def terminate(self) -> None:
         """Begin a graceful stop: SIGTERM to the raylet, so the node leaves the cluster as Ray does.

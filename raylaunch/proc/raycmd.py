@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
-from raylaunch.config import ConfigError
+from raylaunch.config import FALSY, ConfigError
 
 RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
 NEW_KEY = "gcs_rpc_server_reconnect_timeout_s"
@@ -188,6 +188,23 @@ def storage_namespace(command: RayCommand) -> str:
     text = option_value(command.argv, "--system-config")
     chosen = json.loads(text).get(NAMESPACE_KEY) if text else None
     return str(chosen or command.env.get(NAMESPACE_ENV) or "default")
+
+
+#: What a head serves to clients beside its GCS: (name, the `ray start` option of its port, Ray's default).
+CLIENT_SERVICES = (("dashboard", "--dashboard-port", 8265), ("client", "--ray-client-server-port", 10001))
+
+
+def client_ports(argv: Sequence[str]) -> dict[str, int]:
+    """The ports a head command serves clients on beside its GCS, by name: the dashboard and Jobs API
+    (unless --include-dashboard=false) and the Ray Client server. A value that is no port is left out."""
+    ports = {}
+    for name, option, default in CLIENT_SERVICES:
+        text = option_value(argv, option)
+        if text is None or text.isdigit() and 0 < int(text) < 65536:
+            ports[name] = int(text) if text else default
+    if (option_value(argv, "--include-dashboard") or "").strip().lower() in FALSY - {""}:
+        ports.pop("dashboard", None)
+    return ports
 
 
 def with_address(argv: Sequence[str], address: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Callable, Optional, TypeVar, cast
 
@@ -65,10 +66,10 @@ class RedisLease:
         return self._guard(lambda: bool(
             self._release(keys=[self.key, self.keys.grant], args=[self.me.value, self.keys.channel]) == 1))
 
-    def write_record(self, gcs_address: str, epoch: int, since: float) -> bool:
-        """Publish our GCS address and epoch next to the lease; False if the lease is not ours."""
+    def write_record(self, gcs_address: str, epoch: int, since: float, ports: Mapping[str, int]) -> bool:
+        """Publish our GCS address, epoch and client ports next to the lease; False if the lease is not ours."""
         record = Record(node=self.me.node, host=self.me.host, gcs_address=gcs_address,
-                        epoch=epoch, since=since)
+                        epoch=epoch, since=since, ports=dict(ports))
         text = json.dumps(asdict(record), sort_keys=True)
         return self._guard(lambda: bool(self._write_record(keys=[self.key, self.keys.record, self.keys.history],
                                                            args=[self.me.value, text, HISTORY_LENGTH]) == 1))

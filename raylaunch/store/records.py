@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Optional
+
+from raylaunch.proc.net import join_address, split_address
 
 
 @dataclass(frozen=True)
@@ -60,17 +63,26 @@ class Record:
     gcs_address: str
     epoch: int
     since: float
+    ports: Mapping[str, int] = field(default_factory=dict, hash=False)  # what else the head serves clients on
 
     @classmethod
     def decode(cls, text: Optional[str]) -> Optional[Record]:
-        """Parse a stored record; a missing or unreadable one is None."""
+        """Parse a stored record; a missing or unreadable one is None (one of an older ray-ha has no ports)."""
         try:
             data = json.loads(text or "")
+            ports = data.get("ports") or {}
             return cls(node=str(data["node"]), host=str(data["host"]),
                        gcs_address=str(data["gcs_address"]), epoch=int(data["epoch"]),
-                       since=float(data["since"]))
-        except (ValueError, KeyError, TypeError):
+                       since=float(data["since"]), ports={str(k): int(v) for k, v in dict(ports).items()})
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
+
+    def address(self, service: str) -> Optional[str]:
+        """host:port of `service` ("gcs", "dashboard", "client") on this leader, None if it serves none."""
+        if service == "gcs":
+            return self.gcs_address
+        port = self.ports.get(service)
+        return None if port is None else join_address(split_address(self.gcs_address)[0], port)
 
 
 def serving_record(lease_value: Optional[str], epoch: Optional[str], record_text: Optional[str]) -> Optional[Record]:
