@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, TypeVar
 import click
 
 from raylaunch import __version__
-from raylaunch.config import IDENTITY, START_GROUPS, ConfigError, Exit, Group, Setting, load_env_file
+from raylaunch.config import IDENTITY, START_GROUPS, ConfigError, Exit, Group, Setting
+from raylaunch.envfile import load_env_file
 
 COMPLETION_SHELLS = ("bash", "zsh", "fish")
 #: The variable click's completion scripts set when they call ray-ha back.

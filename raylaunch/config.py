@@ -7,7 +7,6 @@ deployments move over unchanged.
 from __future__ import annotations
 
 import enum
-import os
 import re
 import socket
 from collections.abc import Mapping
@@ -193,11 +192,13 @@ class Safety:
 
 
 @dataclass(frozen=True)
-class Following:
-    """Follow mode's settings: `relay` is "auto", "off" or HOST[:PORT] (checked into a RelayBind by the plan,
-    which knows host:port and what Ray rewrites)."""
+class Relays:
+    """Where ray-ha relays connections to the leader, checked by the plan (which knows host:port and what
+    Ray rewrites): `relay`, a follower's relay for its worker ("auto", "off" or HOST[:PORT]);
+    `client_ports`, what a standby answers for the head on ("auto", "off" or a list of services and ports)."""
 
     relay: str = "auto"
+    client_ports: str = "auto"
 
 
 # -- one table per settings group: field -> flag, environment name, parser, help ---------------------
@@ -346,11 +347,15 @@ SAFETY: Group[Safety] = Group(Safety, (
 ))
 
 
-FOLLOWING: Group[Following] = Group(Following, (
+RELAYS: Group[Relays] = Group(Relays, (
     Setting("relay", "--ha-relay", "RAY_HA_RELAY", _lower, "auto|off|HOST[:PORT]",
             "--ha-follow: the worker reaches the GCS through a relay here that follows the leader, so it "
             "survives a failover; off: restart it against each new leader (for an address that moves "
             "with the leader)", note="node IP, any port"),
+    Setting("client_ports", "--ha-client-ports", "RAY_HA_CLIENT_PORTS", _lower, "auto|off|LIST",
+            "A standby answers for the head: on its node IP it listens on the ports the leader's head serves "
+            "clients and relays each connection to the leader; LIST: gcs, dashboard, client and port "
+            "numbers, comma-separated; off: listen on nothing", note="gcs,dashboard,client"),
 ))
 
 
@@ -368,31 +373,4 @@ IDENTITY: Group[Identity] = Group(Identity, (
 ), _identity_defaults)
 
 #: The groups whose settings `ray-ha start` takes, in the order --help lists them.
-START_GROUPS = (TIMING, REPORTING, SAFETY, FOLLOWING, IDENTITY)
-
-
-def load_env_file(path: Optional[str]) -> None:
-    """Load `path` (or ./.env if present) into os.environ without overriding what is already set. The
-    file must be the caller's or root's and writable by nobody else: it can set hooks that ray-ha runs."""
-    if path is not None and not os.path.isfile(path):
-        raise ConfigError(f"env file not found: {path}")
-    candidate = path or os.path.join(os.getcwd(), ".env")
-    if os.path.isfile(candidate):
-        import io
-
-        import dotenv  # here, not at the top: the light entry point imports this module
-
-        dotenv.load_dotenv(stream=io.StringIO(_trusted_text(candidate)), override=False)
-
-
-def _trusted_text(path: str) -> str:
-    """The text of env file `path`, checked on the file actually opened (ConfigError if another user could
-    have written it)."""
-    with open(path, encoding="utf-8") as file:
-        st = os.fstat(file.fileno())
-        problem = (f"is owned by uid {st.st_uid}, not by you or root" if st.st_uid not in (os.geteuid(), 0) else
-                   f"is writable by group or others (mode {st.st_mode & 0o7777:04o})" if st.st_mode & 0o022 else None)
-        if problem:
-            raise ConfigError(f"env file {path} {problem}: another user could set ray-ha's hooks through it; "
-                              "make it yours and not writable by others (mode 0600), or remove it")
-        return file.read()
+START_GROUPS = (TIMING, REPORTING, SAFETY, RELAYS, IDENTITY)

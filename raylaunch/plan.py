@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from raylaunch.config import (
-    FOLLOWING,
     IDENTITY,
+    RELAYS,
     REPORTING,
     SAFETY,
     TIMING,
@@ -28,7 +28,14 @@ from raylaunch.config import (
 from raylaunch.local.rundir import run_dir
 from raylaunch.proc.autoscaling import Autoscaling, LocalCluster, read_autoscaling
 from raylaunch.proc.net import split_host_port
-from raylaunch.proc.raycmd import REWRITTEN_HOSTS, RayCommand, build_head_command, build_worker_command, option_value
+from raylaunch.proc.raycmd import (
+    CLIENT_SERVICES,
+    REWRITTEN_HOSTS,
+    RayCommand,
+    build_head_command,
+    build_worker_command,
+    option_value,
+)
 from raylaunch.proc.rayexe import find_ray, ray_version, warm_python
 from raylaunch.store.connect import RedisTarget, target_from
 
@@ -46,11 +53,24 @@ class StartRequest:
 
 @dataclass(frozen=True)
 class RelayBind:
-    """Where follow mode's relay listens: host None picks the node IP (follow.runtime.relay_host), port 0
+    """Where follow mode's relay listens: host None picks the node IP (proc.relay.relay_host), port 0
     any free port."""
 
     host: Optional[str] = None
     port: int = 0
+
+
+#: What a head serves clients, by name: its GCS, and what the leader record names beside it.
+HEAD_SERVICES = ("gcs", *(name for name, _, _ in CLIENT_SERVICES))
+
+
+@dataclass(frozen=True)
+class ClientPorts:
+    """What a standby answers for the head on (--ha-client-ports): services whose ports the leader record
+    names, and port numbers relayed as they are (Serve's HTTP port on the head, say)."""
+
+    services: tuple[str, ...] = HEAD_SERVICES
+    numbers: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,7 @@ class Plan:
     warm_python: Optional[str] = None  # the interpreter a standby pre-warms (--ha-prewarm), else None
     follow: bool = False  # a follower: command is a worker's `ray start`
     relay: Optional[RelayBind] = RelayBind()  # a follower's relay; None: --ha-relay=off
+    client_ports: Optional[ClientPorts] = ClientPorts()  # what a standby answers for; None: off
     stand_by_again: bool = False  # a candidate stands by again after a loss instead of exiting
     local_cluster: Optional[LocalCluster] = None  # `ray up`'s local provider: its node list is carried
 
@@ -79,7 +100,8 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
     identity = settings_from(IDENTITY, request.flags, env)
     reporting = settings_from(REPORTING, request.flags, env)
     safety = settings_from(SAFETY, request.flags, env)
-    relay = relay_bind(settings_from(FOLLOWING, request.flags, env).relay)
+    relays = settings_from(RELAYS, request.flags, env)
+    relay = relay_bind(relays.relay)
     ray_exe = find_ray()
     args = request.ray_args
     version = ray_version(ray_exe)
@@ -94,7 +116,7 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
                 safety=safety, node_ip=option_value(args, "--node-ip-address"), state_dir=run_dir(env),
                 log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log",
                 warm_python=warm,
-                follow=request.follow, relay=relay,
+                follow=request.follow, relay=relay, client_ports=client_ports_from(relays.client_ports),
                 stand_by_again=stands_by_again(safety.after_loss, "--block" in args),
                 local_cluster=autoscaling.local)
 
@@ -114,6 +136,19 @@ def stands_by_again(after_loss: str, block: bool) -> bool:
     """--ha-after-loss: auto exits in the foreground (systemd, Kubernetes restart it) and stands by again
     when detached (under `ray up` nothing would restart it)."""
     return after_loss == "standby" or (after_loss == "auto" and not block)
+
+
+def client_ports_from(text: str) -> Optional[ClientPorts]:
+    """--ha-client-ports: auto, off (None), or a comma-separated list of services and port numbers."""
+    if text in ("auto", "off"):
+        return ClientPorts() if text == "auto" else None
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    wrong = [w for w in words if w not in HEAD_SERVICES and not (w.isdigit() and 0 < int(w) < 65536)]
+    if wrong or not words:
+        raise ConfigError(f"client ports {text!r}: {', '.join(wrong) or 'an empty list'} is not auto, off, "
+                          f"or a list of {', '.join(HEAD_SERVICES)} and port numbers")
+    return ClientPorts(services=tuple(dict.fromkeys(w for w in words if not w.isdigit())),
+                       numbers=tuple(dict.fromkeys(int(w) for w in words if w.isdigit())))
 
 
 def relay_bind(text: str) -> Optional[RelayBind]:

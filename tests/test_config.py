@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from raylaunch.cli import main
+from raylaunch.envfile import load_env_file
 from raylaunch.config import (IDENTITY, REPORTING, SAFETY, START_GROUPS, TIMING, ConfigError, Setting, Timing,
-                              load_env_file, parse_bool, parse_duration, settings_from)
+                              parse_bool, parse_duration, settings_from)
 
 
 def timing_from(flags, env):

@@ -1,44 +1,12 @@
 """The follow-mode GCS relay with plain sockets: forwards, retargets (closing what it relayed), refuses."""
 
 import socket
-import threading
 import time
 
 import pytest
 
-from raylaunch.follow.relay import Relay
-
-
-class Echo:
-    """A TCP server on 127.0.0.1 that answers every message with its name and the message."""
-
-    def __init__(self, name: bytes) -> None:
-        self.name = name
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.address = self.server.getsockname()[:2]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    def _echo(self, conn: socket.socket) -> None:
-        with conn:
-            while True:
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                conn.sendall(self.name + b":" + data)
-
-    def close(self) -> None:
-        self.server.close()
+from raylaunch.proc.relay import Relay
+from testkit.echo import Echo, ask
 
 
 @pytest.fixture
@@ -54,12 +22,6 @@ def echoes():
     yield made
     for echo in made:
         echo.close()
-
-
-def ask(sock: socket.socket, data: bytes) -> bytes:
-    sock.sendall(data)
-    sock.settimeout(5)
-    return sock.recv(65536)
 
 
 def test_it_forwards_to_its_target(relay, echoes):

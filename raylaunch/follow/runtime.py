@@ -16,11 +16,11 @@ from typing import Optional, Union
 
 from raylaunch.config import ConfigError, Exit, Role
 from raylaunch.follow.follower import Follower, FollowStep, FollowTiming
-from raylaunch.follow.relay import Relay, Target
 from raylaunch.local.state import SupervisorState
 from raylaunch.plan import Plan, RelayBind
-from raylaunch.proc.net import join_address, local_address_towards, split_address
-from raylaunch.proc.raycmd import RAYLET_NAME, REWRITTEN_HOSTS, RayCommand, with_address, with_relay_env
+from raylaunch.proc.net import join_address, split_address
+from raylaunch.proc.raycmd import RAYLET_NAME, RayCommand, with_address, with_relay_env
+from raylaunch.proc.relay import Relay, Target, relay_host
 from raylaunch.proc.stopflag import StopFlag, StopSignal
 from raylaunch.proc.tree import ProcessTree
 from raylaunch.store.keyspace import Keyspace
@@ -28,10 +28,6 @@ from raylaunch.store.leader import LeaderReader
 from raylaunch.supervisor import Supervision, connect
 
 log = logging.getLogger("ray-ha")
-
-
-#: Where the relay listens when the leader is on this machine's loopback: Ray leaves 127.0.0.2 alone.
-LOOPBACK_RELAY_HOST = "127.0.0.2"
 
 
 class RayWorker:
@@ -64,19 +60,6 @@ class RayWorker:
 
     def close(self) -> None:
         """Nothing held besides the tree."""
-
-
-def relay_host(bind_host: Optional[str], node_ip: Optional[str], leader_gcs: Optional[str]) -> Optional[str]:
-    """Where the relay listens: --ha-relay's host, else the worker's --node-ip-address, else the address
-    this machine reaches the leader from (the node IP Ray would pick; None before a leader is known);
-    never an address Ray rewrites."""
-    for host in (bind_host, node_ip):
-        if host and host.lower() not in REWRITTEN_HOSTS:
-            return host
-    if leader_gcs is None:
-        return None
-    host = local_address_towards(split_address(leader_gcs)[0])
-    return LOOPBACK_RELAY_HOST if host in REWRITTEN_HOSTS else host
 
 
 def resolve(address: str) -> Target:

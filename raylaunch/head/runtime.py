@@ -14,6 +14,7 @@ from typing import Optional
 
 from raylaunch.config import Exit
 from raylaunch.head.campaign import Campaign
+from raylaunch.head.front import ClientFront
 from raylaunch.head.hooks import Hooks
 from raylaunch.head.provider import NodeListCarrier
 from raylaunch.head.rayhead import RayHead
@@ -21,12 +22,13 @@ from raylaunch.head.steps import Outcome, Snapshot, Step, Watcher
 from raylaunch.head.watchdog import Watchdog
 from raylaunch.local.endpoint import Endpoint
 from raylaunch.local.state import SupervisorState
-from raylaunch.plan import Plan
+from raylaunch.plan import ClientPorts, Plan
 from raylaunch.proc.prewarm import WarmStart
 from raylaunch.proc.raycmd import redact, storage_namespace
 from raylaunch.proc.stopflag import StopFlag, StopSignal
 from raylaunch.store.fence import AclFence
 from raylaunch.store.keyspace import Keyspace
+from raylaunch.store.leader import read_leadership
 from raylaunch.store.lease import RedisLease
 from raylaunch.store.raysession import read_session_name
 from raylaunch.store.records import Holder
@@ -76,6 +78,7 @@ class HeadMode:
                       plan.command.env)
         lease = watchdog = None
         head: Optional[RayHead] = None
+        front: Optional[ClientFront] = None
         try:
             lease = connect_lease(plan, supervision.stop)
             log.info("campaigning as %s for %s on %s (lease %gs, renew deadline %gs, retry %gs)",
@@ -93,6 +96,9 @@ class HeadMode:
             watchers: list[Watcher] = [dog, self._publisher(supervision, endpoint), hooks]
             if plan.local_cluster:
                 watchers.append(NodeListCarrier(lease, plan.local_cluster))
+            if plan.client_ports:
+                front = client_front(plan.client_ports, plan.node_ip, lease.keyspace)
+                watchers.append(front)
             self.campaign = Campaign(lease, head, plan.timing, supervision.stop, name=plan.identity.node_name,
                                      watchers=watchers, fence=fence, stand_by_again=plan.stand_by_again)
             return OUTCOME_CODES[self.campaign.run()]
@@ -101,6 +107,8 @@ class HeadMode:
                 head.close()  # an unused pre-warmed interpreter
             if watchdog:
                 watchdog.close()  # the campaign has stopped the tree by now
+            if front:
+                front.close()
             hooks.close()
             if endpoint:
                 endpoint.close()
@@ -142,6 +150,11 @@ def connect_lease(plan: Plan, stop: StopSignal) -> RedisLease:
         return lease
 
     return connect(plan, stop, build)
+
+
+def client_front(wanted: ClientPorts, node_ip: Optional[str], keyspace: Keyspace) -> ClientFront:
+    """A standby's client listeners, following the serving leader's record as Redis has it."""
+    return ClientFront(wanted, node_ip, lambda: read_leadership(keyspace).serving)
 
 
 def make_fence(plan: Plan, lease: RedisLease) -> Optional[AclFence]:

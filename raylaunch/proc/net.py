@@ -41,6 +41,16 @@ def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def is_local_address(host: str) -> bool:
+    """True if `host` is an address of this machine (a socket can be bound to it)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+        return True
+    except OSError:
+        return False
+
+
 def tcp_accepts(address: str, timeout: float = 0.5) -> bool:
     """True if something accepts a TCP connection at `host:port` right now."""
     try:

@@ -7,7 +7,8 @@ import os
 from collections.abc import Sequence
 from typing import Optional
 
-from raylaunch.config import ConfigError, load_env_file, parse_bool
+from raylaunch.config import ConfigError, parse_bool
+from raylaunch.envfile import load_env_file
 from raylaunch.proc.rayexe import exec_ray
 
 

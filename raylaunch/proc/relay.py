@@ -1,9 +1,11 @@
-"""A TCP relay on the worker's own host that forwards each connection to the current leader's GCS.
+"""A TCP relay that forwards each connection to a target that follows the leader: a worker's GCS relay
+(follow mode) and a standby's client listeners (head mode) are each one.
 
 The worker's raylet, core workers and drivers keep one GCS address for life; the relay gives them one
-that follows the leader. On a new target every relayed connection is closed at once (gRPC reconnects to
-the new GCS right away instead of after its keepalive); while no leader serves, new connections are
-reset (Ray backs off rather than hangs). One thread with a selector; it dies with its process.
+that follows the leader; a client that dials any head candidate reaches the leader's head through it.
+On a new target every relayed connection is closed at once (gRPC reconnects to the new GCS right away
+instead of after its keepalive); while no leader serves, new connections are reset (Ray backs off
+rather than hangs). One thread with a selector; it dies with its process.
 """
 
 from __future__ import annotations
@@ -15,8 +17,13 @@ import struct
 import threading
 from typing import Optional, cast
 
+from raylaunch.proc.net import local_address_towards, split_address
+from raylaunch.proc.raycmd import REWRITTEN_HOSTS
+
 Target = Optional[tuple[str, int]]
 CHUNK = 256 * 1024
+#: Where a relay listens when the leader is on this machine's loopback: Ray leaves 127.0.0.2 alone.
+LOOPBACK_RELAY_HOST = "127.0.0.2"
 
 
 class _Pipe:
@@ -220,3 +227,16 @@ def _reset(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+def relay_host(bind_host: Optional[str], node_ip: Optional[str], leader_gcs: Optional[str]) -> Optional[str]:
+    """Where the relay listens: --ha-relay's host, else the worker's --node-ip-address, else the address
+    this machine reaches the leader from (the node IP Ray would pick; None before a leader is known);
+    never an address Ray rewrites."""
+    for host in (bind_host, node_ip):
+        if host and host.lower() not in REWRITTEN_HOSTS:
+            return host
+    if leader_gcs is None:
+        return None
+    host = local_address_towards(split_address(leader_gcs)[0])
+    return LOOPBACK_RELAY_HOST if host in REWRITTEN_HOSTS else host
