@@ -32,6 +32,7 @@ SCENARIOS: dict[str, Callable[..., Figure]] = {
     "passthrough": scenarios.passthrough,
     "follower-rejoin": scenarios.follower_rejoin,
     "crash-failover-hosts": hosts.crash_failover_hosts,
+    "crash-failover-hosts-unfronted": hosts.crash_failover_hosts_unfronted,
     "follower-rejoin-hosts": hosts.follower_rejoin_hosts,
     "follower-relay-hosts": hosts.follower_relay_hosts,
     "follower-restart-hosts": hosts.follower_restart_hosts,
@@ -39,13 +40,14 @@ SCENARIOS: dict[str, Callable[..., Figure]] = {
     "ray-up-hosts": rayup.ray_up_hosts,
 }
 #: Scenarios laid out on rig hosts (bench/hosts.py): each round builds its own hosts and poller.
-ON_HOSTS = frozenset({"crash-failover-hosts", "follower-rejoin-hosts", "follower-relay-hosts",
-                      "follower-restart-hosts", "timeline-hosts"})
+ON_HOSTS = frozenset({"crash-failover-hosts", "crash-failover-hosts-unfronted", "follower-rejoin-hosts",
+                      "follower-relay-hosts", "follower-restart-hosts", "timeline-hosts"})
 #: scenario -> its limit (s), given the lease and the baseline's median: the issues' targets.
 TARGETS: dict[str, Callable[[float, float], float]] = {
     "crash-failover": lambda lease, base: lease + 1.10 * base,
     "crash-failover-cold": lambda lease, base: lease + 1.10 * base,
     "crash-failover-hosts": lambda lease, base: lease + 1.10 * base,
+    "crash-failover-hosts-unfronted": lambda lease, base: lease + 1.10 * base,
     "graceful-handover": lambda lease, base: 0.5 + 1.10 * base,
     "gcs-crash": lambda lease, base: 1.0 + 1.10 * base,
     "follower-relay-hosts": lambda lease, base: lease + 1.5 * base,

@@ -80,13 +80,19 @@ def _leader_and_standby(rnd: HostsRound, *extra: str) -> None:
     rnd.launcher("h2", *extra).wait_log("standing by", timeout=60)
 
 
-def crash_failover_hosts(rnd: HostsRound) -> dict[str, float]:
+def crash_failover_hosts(rnd: HostsRound, *extra: str) -> dict[str, float]:
     """kill -9 of everything on the leader's host -> the standby's GCS answers p1; in three parts."""
-    _leader_and_standby(rnd)
+    _leader_and_standby(rnd, *extra)
     wall, killed = time.time(), now()
     rnd.rig.hosts["h1"].kill_all()
     serving = rnd.answered("h2") - killed
     return split(rnd.launchers["h2"].log(), wall, serving)
+
+
+def crash_failover_hosts_unfronted(rnd: HostsRound) -> dict[str, float]:
+    """crash-failover-hosts with the standby's client listeners off (--ha-client-ports=off): what closing
+    them on winning costs a takeover, beside the default."""
+    return crash_failover_hosts(rnd, "--ha-client-ports=off")
 
 
 def follower_rejoin_hosts(rnd: HostsRound) -> float:
