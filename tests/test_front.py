@@ -13,10 +13,10 @@ import socket
 
 import pytest
 
-from raylaunch.config import Role
+from raylaunch.config import ConfigError, Role
 from raylaunch.head.front import ClientFront
 from raylaunch.head.steps import Snapshot, Step
-from raylaunch.plan import ClientPorts
+from raylaunch.plan import ClientPorts, client_ports_from
 from raylaunch.store.records import Record
 from testkit.echo import Echo, ask
 
@@ -64,9 +64,11 @@ def closed(sock: socket.socket) -> bool:
 
 
 def refused(port: int) -> bool:
+    """True if a new connection to the standby's `port` is refused or reset (on loopback the reset can
+    arrive before connect() returns)."""
     try:
         return closed(dial(port))
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
 
 
@@ -147,3 +149,20 @@ def test_a_port_that_cannot_be_bound_is_said_once_and_the_others_still_answer(le
     finally:
         front.close()
         squatter.close()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("auto", ClientPorts()),
+    ("off", None),
+    ("gcs,client,8000", ClientPorts(services=("gcs", "client"), numbers=(8000,))),
+    (" dashboard , 8000,8000", ClientPorts(services=("dashboard",), numbers=(8000,))),
+])
+def test_the_client_ports_option_names_services_and_port_numbers(text, expected):
+    assert client_ports_from(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "web", "gcs,70000", "0", "gcs,,x"])
+def test_anything_else_in_the_client_ports_option_is_refused(text):
+    with pytest.raises(ConfigError, match="client ports"):
+        client_ports_from(text)
+

@@ -235,6 +235,14 @@ def test_address_prints_the_serving_leaders_services_for_scripts(detached, ha_en
         "--client": (0, f"{host}:10001\n")}, "the ports the leader's head command serves, on its host"
 
 
+@pytest.mark.parametrize("value", ["web", "gcs,70000", ""])
+def test_client_ports_that_are_no_service_or_port_are_one_line(value, ha_env, tmp_path, leak_guard):
+    result = ray_ha("start", "--head", "--block", f"--ha-client-ports={value}", env=ha_env, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "client ports" in lines[0], result.stderr
+    assert fake_ray_events(ha_env) == [] and tagged_processes(leak_guard) == []
+
+
 def test_address_of_a_service_the_leader_does_not_serve_exits_1(detached, ha_env, tmp_path):
     assert detached("a", "--include-dashboard=false").returncode == 0
     result = ray_ha("address", "--dashboard", env=ha_env, cwd=tmp_path)
