@@ -23,8 +23,9 @@ from testkit.echo import Echo, ask
 STANDBY_IP = "127.0.0.3"
 
 
-def snapshot(role: Role) -> Snapshot:
-    return Snapshot(node="b", role=role, epoch=1, leader="a", gcs_address=None, serving=False, transitions=1,
+def snapshot(role: Role, leader: str = "a", epoch: int = 1) -> Snapshot:
+    """What the campaign shows after a tick: the lease's holder and epoch as its last try saw them."""
+    return Snapshot(node="b", role=role, epoch=epoch, leader=leader, gcs_address=None, serving=False, transitions=1,
                     renew_failures=0, takeover_seconds=None, lease_confirmed_at=None, redis_refused=None,
                     step=Step.STANDING_BY, outcome=None)
 
@@ -86,7 +87,7 @@ def test_between_leaders_new_connections_are_reset_and_the_next_leader_is_reache
     record, gcs, dashboard = leader
     front(snapshot(Role.STANDBY))
     front.seen["record"] = None  # the leader is gone; no new one serves yet
-    front(snapshot(Role.STANDBY))
+    front(snapshot(Role.STANDBY, leader=""))
     assert refused(gcs.address[1]), "no leader serves: a client is reset, not left hanging"
     front.seen["record"] = record
     front(snapshot(Role.STANDBY))
@@ -165,4 +166,18 @@ def test_the_client_ports_option_names_services_and_port_numbers(text, expected)
 def test_anything_else_in_the_client_ports_option_is_refused(text):
     with pytest.raises(ConfigError, match="client ports"):
         client_ports_from(text)
+
+
+def test_a_settled_leader_costs_no_redis_read_until_the_lease_shows_another(leader):
+    record = leader[0]
+    reads = []
+    front = ClientFront(ClientPorts(), STANDBY_IP, lambda: reads.append(1) or record, local=lambda host: False)
+    try:
+        for _ in range(3):
+            front(snapshot(Role.STANDBY))
+        assert len(reads) == 1, "one read finds the record of a/1; the tick's own lease try says it still holds"
+        front(snapshot(Role.STANDBY, leader="c", epoch=2))
+        assert len(reads) == 2
+    finally:
+        front.close()
 

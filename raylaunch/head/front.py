@@ -37,16 +37,21 @@ class ClientFront:
         self.relays: dict[Listener, Relay] = {}
         self._refused: set[Listener] = set()  # listeners that could not bind (said once each)
         self._leader: Optional[tuple[str, int]] = None  # (node, epoch) whose ports we answer on
+        self._settled: Optional[tuple[Optional[str], int]] = None  # (leader, epoch) whose serving record we follow
 
     def __call__(self, snapshot: Snapshot) -> None:
         if snapshot.role is not Role.STANDBY:
             self.close()  # won (before our head binds these ports), leading, stepping down or done
             return
+        if (snapshot.leader, snapshot.epoch) == self._settled:
+            return  # a leader's record does not change within its epoch: no Redis read on this tick
         try:
             record = self.read()
         except OUTAGES:
             return  # the campaign says what Redis does; the listeners keep their target meanwhile
         self.follow(record)
+        serving = record is not None and (record.node, record.epoch) == (snapshot.leader, snapshot.epoch)
+        self._settled = (snapshot.leader, snapshot.epoch) if serving else None
 
     def follow(self, record: Optional[Record]) -> None:
         """Listen on what `record`'s head serves and relay there; None (between leaders): reset new connections."""
@@ -70,15 +75,14 @@ class ClientFront:
 
     def ports(self, record: Record) -> list[int]:
         """The ports to answer on for this leader: its services' ports as its record names them, and ours."""
-        addresses = (record.address(service) for service in self.wanted.services)
-        ports = [split_address(a)[1] for a in addresses if a is not None]
-        return list(dict.fromkeys([*ports, *self.wanted.numbers]))
+        ports = (record.port(service) for service in self.wanted.services)
+        return list(dict.fromkeys([*(p for p in ports if p is not None), *self.wanted.numbers]))
 
     def close(self) -> None:
         """Stop listening: every listener and relayed connection closed (the threads joined)."""
         while self.relays:
             self.relays.popitem()[1].close()
-        self._leader = None
+        self._leader = self._settled = None
 
     def _open(self, listener: Listener) -> Optional[Relay]:
         try:

@@ -77,11 +77,13 @@ class Record:
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
+    def port(self, service: str) -> Optional[int]:
+        """The port of `service` ("gcs", "dashboard", "client") on this leader, None if it serves none."""
+        return split_address(self.gcs_address)[1] if service == "gcs" else self.ports.get(service)
+
     def address(self, service: str) -> Optional[str]:
-        """host:port of `service` ("gcs", "dashboard", "client") on this leader, None if it serves none."""
-        if service == "gcs":
-            return self.gcs_address
-        port = self.ports.get(service)
+        """host:port of `service` on this leader, None if it serves none."""
+        port = self.port(service)
         return None if port is None else join_address(split_address(self.gcs_address)[0], port)
 
 
