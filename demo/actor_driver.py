@@ -5,6 +5,9 @@ Usage: python demo/actor_driver.py GCS_ADDRESS|ray://HEAD:10001|auto ACTION
   pinned            a task that needs the custom resource `pinned` (a follower's): {"node": <where it ran>, ...}
   worker-create | worker-get
                     a detached counter on the follower (half of `pinned`): {"value", "pid", "node", "session"}
+  head-create | head-get
+                    a detached counter on the head (its node:__internal_head__ resource, as Serve's controller
+                    asks): restarted on the new head once the old head's node is dead
   serve             stay connected; run each action read from stdin and answer it (a driver that must
                     live through a failover)
 With a GCS address the driver runs on that node; with `auto` on this node's Ray (as `ray.init("auto")`,
@@ -61,8 +64,11 @@ def act(action: str) -> dict:
         actor = Counter.options(name="worker-counter", lifetime="detached", num_cpus=0,
                                 resources={"pinned": 0.5}, max_restarts=0,
                                 max_task_retries=0).remote()
+    elif action == "head-create":
+        actor = Counter.options(name="head-counter", lifetime="detached", num_cpus=0,
+                                resources={"node:__internal_head__": 0.01}).remote()
     else:
-        actor = ray.get_actor("worker-counter" if action == "worker-get" else "counter")
+        actor = ray.get_actor({"worker-get": "worker-counter", "head-get": "head-counter"}.get(action, "counter"))
     return ray.get(actor.incr.remote(), timeout=120)
 
 

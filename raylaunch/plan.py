@@ -87,6 +87,7 @@ class Plan:
     state_dir: Path
     log_path: Path
     warm_python: Optional[str] = None  # the interpreter a standby pre-warms (--ha-prewarm), else None
+    ray_python: Optional[str] = None  # the interpreter that runs Ray, if known (a head's helpers use it)
     follow: bool = False  # a follower: command is a worker's `ray start`
     relay: Optional[RelayBind] = RelayBind()  # a follower's relay; None: --ha-relay=off
     client_ports: Optional[ClientPorts] = ClientPorts()  # what a standby answers for; None: off
@@ -110,12 +111,13 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
     autoscaling = read_autoscaling(args, env, Path(ray_temp_dir(env))) if not request.follow else Autoscaling()
     warm, warm_warnings = prewarm_python(safety.prewarm, ray_exe, command.env) if not request.follow else (None, ())
     command = replace(command, warnings=command.warnings + autoscaling.warnings + warm_warnings)
+    ray_py = None if request.follow else (warm or warm_python(ray_exe, command.env, required=False)[0])
     target = target_from(env, option_value(args, "--redis-username"), option_value(args, "--redis-password"))
     temp_dir = Path(option_value(args, "--temp-dir") or ray_temp_dir(env))
     return Plan(command=command, target=target, identity=identity, timing=timing, reporting=reporting,
                 safety=safety, node_ip=option_value(args, "--node-ip-address"), state_dir=run_dir(env),
                 log_path=temp_dir / "ray-ha" / f"{identity.node_name}.log",
-                warm_python=warm,
+                warm_python=warm, ray_python=ray_py,
                 follow=request.follow, relay=relay, client_ports=client_ports_from(relays.client_ports),
                 stand_by_again=stands_by_again(safety.after_loss, "--block" in args),
                 local_cluster=autoscaling.local)

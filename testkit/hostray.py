@@ -290,3 +290,21 @@ class ProcessWatch:
         self._thread.join(5)
         self.look()
 
+
+
+#: Lists the node table of the GCS at argv[1] as JSON: [{"ip", "alive", "head", "death"}], through the GCS's
+#: own GetAllNodeInfo call (not ray-ha's code).
+_NODES = """
+import json, sys, grpc
+from ray.core.generated import gcs_pb2, gcs_service_pb2 as pb, gcs_service_pb2_grpc as rpc
+nodes = rpc.NodeInfoGcsServiceStub(grpc.insecure_channel(sys.argv[1])).GetAllNodeInfo(
+    pb.GetAllNodeInfoRequest(), timeout=10).node_info_list
+print(json.dumps([{"ip": n.node_manager_address, "alive": n.state == gcs_pb2.GcsNodeInfo.ALIVE,
+                   "head": n.is_head_node, "death": n.death_info.reason_message} for n in nodes]))
+"""
+
+
+def gcs_nodes(host: Host, gcs_address: str) -> list[dict]:
+    """The node table of the GCS at `gcs_address`, asked from `host`."""
+    result = host.run([sys.executable, "-c", _NODES, gcs_address], env=clean_env(), timeout=60)
+    return json.loads(result.stdout.strip().splitlines()[-1])

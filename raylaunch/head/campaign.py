@@ -81,7 +81,8 @@ class Campaign:
                         serving=bool(held and held.serving and self.role is Role.LEADER),
                         transitions=self.tally.transitions, renew_failures=self.tally.renew_failures,
                         takeover_seconds=self.tally.takeover_seconds, step=step, outcome=self.outcome,
-                        redis_refused=self.trouble.refused, lease_confirmed_at=held.confirmed_at if held else None)
+                        redis_refused=self.trouble.refused, lease_confirmed_at=held.confirmed_at if held else None,
+                        won_wall=held.won_wall if held else None)
 
     def _report(self, step: Step) -> None:
         """Tell the watchers; a failing watcher is logged and never stops the campaign."""

@@ -8,8 +8,6 @@ same bound) before it exits, so none is left behind.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import subprocess
 import threading
 from collections.abc import Mapping
@@ -17,6 +15,7 @@ from typing import Optional
 
 from raylaunch.config import Role
 from raylaunch.head.steps import Snapshot
+from raylaunch.proc.tree import kill_session
 
 log = logging.getLogger("ray-ha")
 
@@ -76,7 +75,7 @@ class Hooks:
         try:
             out, _ = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
+            kill_session(proc.pid)
             out, _ = proc.communicate()
             log.error("on-%s hook killed after %gs: %s", event, self.timeout, command)
             return
@@ -88,10 +87,3 @@ class Hooks:
             log.info("on-%s hook done", event)
         else:
             log.error("on-%s hook failed with code %s: %s", event, proc.returncode, last[0])
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -16,6 +16,7 @@ from raylaunch.config import Exit
 from raylaunch.head.campaign import Campaign
 from raylaunch.head.front import ClientFront
 from raylaunch.head.hooks import Hooks
+from raylaunch.head.oldhead import OldHeadMarker
 from raylaunch.head.provider import NodeListCarrier
 from raylaunch.head.rayhead import RayHead
 from raylaunch.head.steps import Outcome, Snapshot, Step, Watcher
@@ -77,6 +78,7 @@ class HeadMode:
         hooks = Hooks(plan.reporting.on_elected, plan.reporting.on_demoted, plan.reporting.hook_timeout,
                       plan.command.env)
         lease = watchdog = None
+        marker = OldHeadMarker(plan.ray_python, plan.command.env)
         head: Optional[RayHead] = None
         front: Optional[ClientFront] = None
         try:
@@ -90,10 +92,10 @@ class HeadMode:
             fence = make_fence(plan, lease)
             warm = WarmStart(plan.warm_python, plan.command.env) if plan.warm_python else None
             namespace = storage_namespace(plan.command)
-            head = RayHead(plan.command, plan.node_ip, spare=lambda: hooks.pids() | dog.pids(),
+            head = RayHead(plan.command, plan.node_ip, spare=lambda: hooks.pids() | dog.pids() | marker.pids(),
                            credentials=fence.credentials if fence else None, warm=warm,
                            session_name=lambda: read_session_name(lease.keyspace, namespace))
-            watchers: list[Watcher] = [dog, self._publisher(supervision, endpoint), hooks]
+            watchers: list[Watcher] = [dog, self._publisher(supervision, endpoint), hooks, marker]
             if plan.local_cluster:
                 watchers.append(NodeListCarrier(lease, plan.local_cluster))
             if plan.client_ports:
@@ -109,6 +111,7 @@ class HeadMode:
                 watchdog.close()  # the campaign has stopped the tree by now
             if front:
                 front.close()
+            marker.close()
             hooks.close()
             if endpoint:
                 endpoint.close()

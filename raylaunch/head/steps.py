@@ -103,6 +103,7 @@ class Snapshot:
     redis_refused: Optional[str]   # the permanent Redis refusal this node is stuck on, else None
     step: Step
     outcome: Optional[Outcome]
+    won_wall: Optional[float] = None  # while we hold the lease: when we won it, by the wall clock
 
 
 Watcher = Callable[[Snapshot], None]

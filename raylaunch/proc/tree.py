@@ -31,6 +31,15 @@ def become_subreaper() -> bool:
         return False
 
 
+def kill_session(sid: int) -> None:
+    """SIGKILL the session (process group) a child of ours leads; it may have ended already. Only for a
+    child not yet reaped, so the id is still ours."""
+    try:
+        os.killpg(sid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def is_alive(proc: psutil.Process) -> bool:
     """True while `proc` (the same process, not a reused pid) runs and is not a zombie."""
     try:

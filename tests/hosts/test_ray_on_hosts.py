@@ -21,7 +21,7 @@ import pytest
 
 from conftest import wait_for
 from testkit.hostray import (GCS_PORT, HostLauncher, HostRedis, ProcessWatch, ServingDriver, clean_env, drive,
-                             head_args, worker_args)
+                             gcs_nodes, head_args, worker_args)
 from testkit.hosts import Host, Rig
 from testkit.published import strays
 
@@ -212,6 +212,30 @@ def test_a_ray_client_dialing_any_candidate_reaches_the_head_that_leads(cluster:
     assert cluster.leader() == "h2" and cluster.watch.overlaps() == [], "never two heads"
     print(f"Ray Client through a standby's address: the leader's head before the kill; {took:.1f}s after "
           f"kill -9 of h1, h2's own head at the same address; then h2's head through h1's address")
+
+
+@pytest.mark.parametrize("fault", ["kill -9", "cut"])
+def test_the_new_leader_marks_the_old_head_dead(cluster: Cluster, fault: str):
+    """Once h2's GCS serves, h2 marks h1's head node dead in it (Ray's own health checks would take
+    longer), so a detached actor that needs the head's resource, as Serve's controller does, restarts on
+    h2 at once. Through kill -9 of h1's machine and through a cut of its links."""
+    h1, h2 = cluster.head("h1"), cluster.head("h2")
+    first = drive(cluster.driver, h1.ip, "head-create")
+    fault_at = time.monotonic()
+    h1.kill_all() if fault == "kill -9" else h1.cut()
+    cluster.heads["h2"].wait_log("GCS serving", timeout=90)
+    cluster.heads["h2"].wait_log("marked the previous head node", timeout=60)
+    marked = time.monotonic() - fault_at
+    old = [n for n in gcs_nodes(h2, f"{h2.ip}:{GCS_PORT}") if n["ip"] == h1.ip]
+    assert old and all(not n["alive"] and n["death"].startswith("ray-ha:") for n in old), \
+        f"h1's head node is dead by ray-ha's word, not by missed heartbeats: {old}"
+    after = drive(cluster.driver, h2.ip, "head-get")
+    took = time.monotonic() - fault_at
+    assert after["node"] != first["node"] and after["value"] == 1, f"restarted on the new head: {after}"
+    assert took < 45, f"the head's actor answered on h2 {took:.1f}s after the {fault} (bound 45 s)"
+    assert cluster.watch.overlaps() == []
+    print(f"{fault} of h1: h2 marked h1's head node dead {marked:.1f}s after it; the head's detached actor "
+          f"answered on h2 {took:.1f}s after it (lease {LEASE:g}s)")
 
 
 def test_two_failovers_in_a_row(cluster: Cluster, tmp_path):
