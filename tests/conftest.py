@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
 
@@ -18,7 +20,8 @@ import redis
 from raylaunch.store.keys import Keys
 from testkit.localredis import LocalRedis, free_port  # noqa: F401  (free_port: for tests)
 from testkit.procs import TAG_VAR, describe, kill_tree, tagged_processes  # noqa: F401  (for tests)
-from testkit.hosts import Rig, RigUnavailable
+from testkit.hostray import HostLauncher, HostRedis, ProcessWatch, clean_env, head_args, worker_args
+from testkit.hosts import Host, Rig, RigUnavailable
 from testkit.published import published_gcs_addresses, strays
 from redisbins import VERSIONS as REDIS_VERSIONS, binary as redis_binary
 
@@ -294,3 +297,59 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         pytest.fail(str(exc), pytrace=False)
     yield made
     made.close()
+
+
+#: The rig clusters' timing: a 5 s lease.
+HOSTS_TIMING = ["--ha-lease-duration=5", "--ha-renew-deadline=3", "--ha-retry-period=0.5", "--ha-redis-timeout=1"]
+HOSTS_LEASE = 5.0
+
+
+@dataclass
+class Cluster:
+    """The layout every scenario starts from: h1 leads, h2 stands by, w1 follows h1."""
+
+    rig: Rig
+    redis: HostRedis
+    heads: dict[str, HostLauncher]
+    worker: HostLauncher
+    driver: Host
+    watch: ProcessWatch
+
+    def head(self, name: str) -> Host:
+        return self.rig.hosts[name]
+
+    def leader(self) -> str:
+        return self.redis.record().get("node", "")
+
+    def epoch(self) -> int:
+        return int(self.redis.record().get("epoch", 0))
+
+
+def start_head(rig: Rig, redis: HostRedis, name: str, tmp_path) -> HostLauncher:
+    env = clean_env(RAY_ENABLE_HEAD_HA="1", RAY_REDIS_ADDRESS=redis.address)
+    return HostLauncher(rig.hosts[name], head_args(rig.hosts[name], *HOSTS_TIMING), env, tmp_path / f"{name}.log",
+                        restart=True)
+
+
+@pytest.fixture
+def cluster(rig: Rig, tmp_path) -> Iterator[Cluster]:
+    if shutil.which("ray") is None:
+        pytest.fail("real Ray is needed: pip install 'ray[client]==2.60.0'")
+    redis_host = rig.add("r1", 2, storage=True, hosts=False)
+    for name, number in (("h1", 11), ("h2", 12), ("w1", 21)):
+        rig.add(name, number, storage=True)
+    driver = rig.add("d1", 31)
+    redis = HostRedis(redis_host, tmp_path / "redis").start()
+    watch = ProcessWatch([rig.hosts["h1"], rig.hosts["h2"]])
+    h1 = start_head(rig, redis, "h1", tmp_path)
+    h1.wait_log("GCS serving", timeout=120)
+    h2 = start_head(rig, redis, "h2", tmp_path)
+    h2.wait_log("standing by; leader is h1", timeout=60)
+    worker = HostLauncher(rig.hosts["w1"], worker_args(rig.hosts["w1"], *HOSTS_TIMING),
+                          clean_env(RAY_REDIS_ADDRESS=redis.address), tmp_path / "w1.log")
+    worker.wait_log("joining leader h1 (epoch 1)", timeout=60)
+    yield Cluster(rig, redis, {"h1": h1, "h2": h2}, worker, driver, watch)
+    watch.close()
+    published = redis.published()
+    assert published and not strays(published), f"GCS addresses off the rig: {strays(published)}"
+    assert {a.rsplit(":", 1)[0] for a in published} <= {h.ip for h in rig.hosts.values()}

@@ -9,78 +9,20 @@ Whether two heads ever ran at once is judged by the life of the gcs_server proce
 
 from __future__ import annotations
 
-import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
-from conftest import wait_for
-from testkit.hostray import (GCS_PORT, HostLauncher, HostRedis, ProcessWatch, ServingDriver, clean_env, drive,
-                             gcs_nodes, head_args, worker_args)
-from testkit.hosts import Host, Rig
-from testkit.published import strays
+from conftest import HOSTS_LEASE as LEASE
+from conftest import Cluster, start_head, wait_for
+from testkit.hostray import GCS_PORT, ServingDriver, clean_env, drive, gcs_nodes
+from testkit.hosts import Host
 
 pytestmark = [pytest.mark.ray, pytest.mark.hosts]
-
-TIMING = ["--ha-lease-duration=5", "--ha-renew-deadline=3", "--ha-retry-period=0.5", "--ha-redis-timeout=1"]
-LEASE = 5.0
-
-
-@dataclass
-class Cluster:
-    """The layout every scenario starts from: h1 leads, h2 stands by, w1 follows h1."""
-
-    rig: Rig
-    redis: HostRedis
-    heads: dict[str, HostLauncher]
-    worker: HostLauncher
-    driver: Host
-    watch: ProcessWatch
-
-    def head(self, name: str) -> Host:
-        return self.rig.hosts[name]
-
-    def leader(self) -> str:
-        return self.redis.record().get("node", "")
-
-    def epoch(self) -> int:
-        return int(self.redis.record().get("epoch", 0))
-
-
-def start_head(rig: Rig, redis: HostRedis, name: str, tmp_path) -> HostLauncher:
-    env = clean_env(RAY_ENABLE_HEAD_HA="1", RAY_REDIS_ADDRESS=redis.address)
-    return HostLauncher(rig.hosts[name], head_args(rig.hosts[name], *TIMING), env, tmp_path / f"{name}.log",
-                        restart=True)
-
-
-@pytest.fixture
-def cluster(rig: Rig, tmp_path) -> Cluster:
-    if shutil.which("ray") is None:
-        pytest.fail("real Ray is needed: pip install 'ray[client]==2.60.0'")
-    redis_host = rig.add("r1", 2, storage=True, hosts=False)
-    for name, number in (("h1", 11), ("h2", 12), ("w1", 21)):
-        rig.add(name, number, storage=True)
-    driver = rig.add("d1", 31)
-    redis = HostRedis(redis_host, tmp_path / "redis").start()
-    watch = ProcessWatch([rig.hosts["h1"], rig.hosts["h2"]])
-    h1 = start_head(rig, redis, "h1", tmp_path)
-    h1.wait_log("GCS serving", timeout=120)
-    h2 = start_head(rig, redis, "h2", tmp_path)
-    h2.wait_log("standing by; leader is h1", timeout=60)
-    worker = HostLauncher(rig.hosts["w1"], worker_args(rig.hosts["w1"], *TIMING),
-                          clean_env(RAY_REDIS_ADDRESS=redis.address), tmp_path / "w1.log")
-    worker.wait_log("joining leader h1 (epoch 1)", timeout=60)
-    yield Cluster(rig, redis, {"h1": h1, "h2": h2}, worker, driver, watch)
-    watch.close()
-    published = redis.published()
-    assert published and not strays(published), f"GCS addresses off the rig: {strays(published)}"
-    assert {a.rsplit(":", 1)[0] for a in published} <= {h.ip for h in rig.hosts.values()}
-
 
 class WorkerWork:
     """What runs on w1 and must survive a failover: its raylet, a detached actor that counts, and a

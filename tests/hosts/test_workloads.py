@@ -1,0 +1,74 @@
+"""What a user runs, across a failover on the rig's hosts with real Ray 2.60: Ray Serve (its data plane on a
+worker, its controller on the head).
+
+The cluster is tests/conftest.py's: Redis on r1, h1 leading, h2 standing by, w1 following through its relay,
+a lease of 5 s. Faults are kill -9 of every process on the leader's machine, or its links cut.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import HOSTS_LEASE as LEASE
+from conftest import Cluster, named, wait_for
+from testkit.hostray import drive_at
+from testkit.serving import PORT, HttpLoad, ServeWatch, serve_app
+
+pytestmark = [pytest.mark.ray, pytest.mark.hosts]
+
+
+def worker_ready(cluster: Cluster) -> None:
+    """w1's node has joined: its raylet runs and `ray.init("auto")` there finds it."""
+    w1 = cluster.rig.hosts["w1"]
+    wait_for(lambda: named(w1.processes(), "raylet"), 90, what="w1's raylet")
+    drive_at(w1, "auto", "pinned")
+
+
+def fault(cluster: Cluster, how: str) -> None:
+    h1 = cluster.head("h1")
+    h1.kill_all() if how == "kill -9" else h1.cut()
+
+
+@pytest.mark.parametrize("how", ["kill -9", "cut"])
+def test_serve_answers_every_request_through_a_failover(cluster: Cluster, tmp_path, how: str):
+    """A Serve replica and a proxy on w1, an HTTP client on w1 calling that proxy every 50 ms: through the
+    fault no request fails and the same replica process answers with its count going on; Serve's
+    controller (on the head) is back on h2 and says the app runs; a redeploy afterwards reaches the
+    traffic."""
+    w1 = cluster.rig.hosts["w1"]
+    worker_ready(cluster)
+    assert serve_app(w1, "auto", "deploy", "v1")["status"].endswith("RUNNING")
+    load = HttpLoad(w1, f"http://{w1.ip}:{PORT}/", tmp_path / "load.jsonl")
+    watch = ServeWatch(w1)
+    try:
+        time.sleep(2)
+        fault_at = time.clock_gettime(time.CLOCK_MONOTONIC)
+        fault(cluster, how)
+        watch.go()
+        cluster.heads["h2"].wait_log("GCS serving", timeout=90)
+        back = watch.result()
+        assert "running" in back, f"Serve's controller never said the app runs through h2: {back}"
+        running = back["running"] - fault_at
+        time.sleep(2)
+        serve_app(w1, "auto", "deploy", "v2")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(a.version == "v2" for a in load.answers()):
+            time.sleep(0.2)
+    finally:
+        watch.close()
+        answers = load.stop()
+    failed = [a for a in answers if not a.ok]
+    v1 = [a for a in answers if a.ok and a.version == "v1"]
+    through = [a for a in v1 if a.t > fault_at]
+    assert not failed, f"{len(failed)} of {len(answers)} requests failed, first: {failed[0]}"
+    assert through and through[-1].t > fault_at + running, "requests were answered through the whole failover"
+    assert len({a.pid for a in v1}) == 1, "the same replica process answered before and after"
+    assert [a.count for a in v1] == list(range(v1[0].count, v1[0].count + len(v1))), "its count went on"
+    assert any(a.version == "v2" for a in answers), "the redeploy after the failover reached the traffic"
+    assert running < 45, f"Serve's app RUNNING through h2 {running:.1f}s after the {how} (bound 45 s)"
+    assert cluster.watch.overlaps() == []
+    print(f"Serve through {how} of h1: {len(answers)} requests, none failed, {len(through)} of them after the "
+          f"fault, one replica (pid {v1[0].pid}) counting on; the app RUNNING through h2 {running:.1f}s after "
+          f"the fault (lease {LEASE:g}s); the redeploy answered")
