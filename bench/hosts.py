@@ -23,8 +23,8 @@ from bench.rig import ROOT, logged_at, now, timing
 from bench.scenarios import JOINED, split
 from raylaunch.proc.raycmd import RELAY_ENV
 from raylaunch.store.keys import Keys
-from testkit.hostray import (GCS_PORT, HostLauncher, HostRedis, clean_env, drive_at, head_args, read_json_line,
-                             read_line, worker_args)
+from testkit.hostray import (DASHBOARD, GCS_PORT, HostLauncher, HostRedis, clean_env, drive_at, head_args,
+                             read_json_line, read_line, worker_args)
 from testkit.hosts import Rig
 
 
@@ -200,10 +200,6 @@ def raylet_logged(rnd: HostsRound, host: str, text: str, after: float) -> Option
         if stamp is not None:
             return stamp
     return None
-
-
-#: A head's dashboard on, reachable from other hosts (Ray Jobs are submitted and read through it).
-DASHBOARD = ("--include-dashboard=true", "--dashboard-host=0.0.0.0")
 
 
 def job_probe(host, old_ip: str, new_ip: str, worker_ip: str):

@@ -29,6 +29,9 @@ REDIS_PORT = 6379
 GCS_PORT = 6380
 CLIENT_PORT = 10001  # Ray Client, for the driver host
 DRIVER = ROOT / "demo" / "actor_driver.py"
+DASHBOARD_PORT = 8265
+#: A head's dashboard on, reachable from other hosts (Ray Jobs are submitted and read through it).
+DASHBOARD = ("--include-dashboard=true", "--dashboard-host=0.0.0.0")
 
 #: Runs Redis commands given as JSON lines on stdin; prints each reply (or {"error": ...}) as a JSON line.
 #: Never retried (a retried DEBUG SLEEP would stall Redis again), and given time for a DEBUG SLEEP.

@@ -20,7 +20,7 @@ import redis
 from raylaunch.store.keys import Keys
 from testkit.localredis import LocalRedis, free_port  # noqa: F401  (free_port: for tests)
 from testkit.procs import TAG_VAR, describe, kill_tree, tagged_processes  # noqa: F401  (for tests)
-from testkit.hostray import HostLauncher, HostRedis, ProcessWatch, clean_env, head_args, worker_args
+from testkit.hostray import DASHBOARD, HostLauncher, HostRedis, ProcessWatch, clean_env, head_args, worker_args
 from testkit.hosts import Host, Rig, RigUnavailable
 from testkit.published import published_gcs_addresses, strays
 from redisbins import VERSIONS as REDIS_VERSIONS, binary as redis_binary
@@ -325,14 +325,16 @@ class Cluster:
         return int(self.redis.record().get("epoch", 0))
 
 
-def start_head(rig: Rig, redis: HostRedis, name: str, tmp_path) -> HostLauncher:
+def start_head(rig: Rig, redis: HostRedis, name: str, tmp_path, *extra: str) -> HostLauncher:
     env = clean_env(RAY_ENABLE_HEAD_HA="1", RAY_REDIS_ADDRESS=redis.address)
-    return HostLauncher(rig.hosts[name], head_args(rig.hosts[name], *HOSTS_TIMING), env, tmp_path / f"{name}.log",
-                        restart=True)
+    return HostLauncher(rig.hosts[name], head_args(rig.hosts[name], *HOSTS_TIMING, *extra), env,
+                        tmp_path / f"{name}.log", restart=True)
 
 
 @pytest.fixture
-def cluster(rig: Rig, tmp_path) -> Iterator[Cluster]:
+def cluster(rig: Rig, tmp_path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """h1 leading, h2 standing by, w1 following; `indirect` parametrization with {"dashboard": True} turns
+    the heads' dashboards on (testkit.hostray.DASHBOARD)."""
     if shutil.which("ray") is None:
         pytest.fail("real Ray is needed: pip install 'ray[client]==2.60.0'")
     redis_host = rig.add("r1", 2, storage=True, hosts=False)
@@ -341,9 +343,10 @@ def cluster(rig: Rig, tmp_path) -> Iterator[Cluster]:
     driver = rig.add("d1", 31)
     redis = HostRedis(redis_host, tmp_path / "redis").start()
     watch = ProcessWatch([rig.hosts["h1"], rig.hosts["h2"]])
-    h1 = start_head(rig, redis, "h1", tmp_path)
+    extra = DASHBOARD if getattr(request, "param", {}).get("dashboard") else ()
+    h1 = start_head(rig, redis, "h1", tmp_path, *extra)
     h1.wait_log("GCS serving", timeout=120)
-    h2 = start_head(rig, redis, "h2", tmp_path)
+    h2 = start_head(rig, redis, "h2", tmp_path, *extra)
     h2.wait_log("standing by; leader is h1", timeout=60)
     worker = HostLauncher(rig.hosts["w1"], worker_args(rig.hosts["w1"], *HOSTS_TIMING),
                           clean_env(RAY_REDIS_ADDRESS=redis.address), tmp_path / "w1.log")

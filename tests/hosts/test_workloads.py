@@ -1,5 +1,6 @@
 """What a user runs, across a failover on the rig's hosts with real Ray 2.60: Ray Serve (its data plane on a
-worker, its controller on the head).
+worker, its controller on the head), Ray Jobs, the dashboard and Ray Client drivers, reached through a
+standby's address.
 
 The cluster is tests/conftest.py's: Redis on r1, h1 leading, h2 standing by, w1 following through its relay,
 a lease of 5 s. Faults are kill -9 of every process on the leader's machine, or its links cut.
@@ -13,7 +14,8 @@ import pytest
 
 from conftest import HOSTS_LEASE as LEASE
 from conftest import Cluster, named, wait_for
-from testkit.hostray import drive_at
+from testkit.hostray import CLIENT_PORT, DASHBOARD_PORT, ServingDriver, drive, drive_at
+from testkit.jobs import jobs
 from testkit.serving import PORT, HttpLoad, ServeWatch, serve_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.hosts]
@@ -72,3 +74,48 @@ def test_serve_answers_every_request_through_a_failover(cluster: Cluster, tmp_pa
     print(f"Serve through {how} of h1: {len(answers)} requests, none failed, {len(through)} of them after the "
           f"fault, one replica (pid {v1[0].pid}) counting on; the app RUNNING through h2 {running:.1f}s after "
           f"the fault (lease {LEASE:g}s); the redeploy answered")
+
+
+@pytest.mark.parametrize("cluster", [{"dashboard": True}], indirect=True)
+def test_jobs_the_dashboard_and_ray_client_through_a_standbys_address(cluster: Cluster):
+    """A user's machine (d1) that only knows h2's address, while h2 stands by: Ray Jobs submitted there
+    (relayed to h1's dashboard), one with its entrypoint on w1 and one on the head, and a Ray Client
+    driver connected there. After kill -9 of h1, the same address is h2's own dashboard: it lists both
+    jobs; the one on w1 is seen RUNNING and then SUCCEEDED with its whole log; the one on the old head
+    ends (never stuck RUNNING). A new Ray Client connection through the same address works."""
+    h1, h2, d1 = cluster.head("h1"), cluster.head("h2"), cluster.driver
+    worker_ready(cluster)
+    cluster.heads["h2"].wait_log("answering for h1's head (epoch 1)", timeout=60)
+    address = f"http://{h2.ip}:{DASHBOARD_PORT}"
+    on_worker = jobs(d1, "submit", address, "worker", "40")["job"]
+    on_head = jobs(d1, "submit", address, "head", "600")["job"]
+    connected = ServingDriver(d1, f"ray://{h2.ip}:{CLIENT_PORT}")
+    before = connected.ask("create")
+    try:
+        killed_at = time.monotonic()
+        h1.kill_all()
+        cluster.heads["h2"].wait_log("GCS serving", timeout=90)
+        seen = jobs(d1, "follow", address, "120", on_worker, on_head)
+        if "final" not in seen[on_head]:  # Ray's JobManager on the new head is made by the first job request
+            jobs(d1, "submit", address, "worker", "1")  # routed to it, and only then recovers running jobs
+            seen[on_head] = {**jobs(d1, "follow", address, "60", on_head)[on_head], "nudged": True}
+        try:
+            during = f"answered {connected.ask('get', timeout=90)}"
+        except AssertionError as exc:
+            during = f"failed: {str(exc)[:300]}"
+    finally:
+        connected.close()
+    after = drive(d1, h2.ip, "get")  # a new Ray Client connection through the same address
+    took = time.monotonic() - killed_at
+    assert {on_worker, on_head} <= set(seen["list"]), f"h2's dashboard lists the jobs from before: {seen['list']}"
+    job = seen[on_worker]
+    assert job.get("final") == "SUCCEEDED" and "RUNNING" in job["seen"], f"the job on w1 ran on to its end: {job}"
+    assert job["log"].rstrip().endswith("done"), f"its log, read through h2, is whole: {job['log']!r}"
+    lost = seen[on_head]
+    assert lost.get("final") in ("FAILED", "STOPPED"), f"the job on the old head ended, not stuck RUNNING: {lost}"
+    assert after["session"] == before["session"] and after["value"] >= 1
+    assert cluster.watch.overlaps() == []
+    nudged = " after a new submission" if lost.get("nudged") else ""
+    print(f"through h2's address after kill -9 of h1: the job on w1 {' -> '.join(job['seen'])}; the job on the "
+          f"old head {' -> '.join(lost['seen'])}{nudged} ({lost.get('message')!r}); a Ray Client driver connected "
+          f"through the failover {during}; a new one answered {took:.1f}s after the kill")
