@@ -143,3 +143,21 @@ def test_a_helper_that_overruns_is_killed(fake, caplog):
     marker(snapshot(serving=True))
     assert proc.returncode is not None and marker.proc is None
     assert "marking the previous head node dead took over 17s" in caplog.text
+
+
+def test_what_the_helper_says_is_logged_as_it_says_it(fake, caplog):
+    """The marking is logged while the helper goes on to start Ray's job recovery."""
+    caplog.set_level(logging.INFO, "ray-ha")
+    marker = fake('{"marked": [["0123456789abcdef", "10.0.0.1"]]}', linger=600)
+    marker(snapshot(serving=True))
+    wait_for(lambda: marker(snapshot(serving=True)) or "marked the previous head node" in caplog.text, 20,
+             what="the marking logged")
+    assert marker.proc is not None and marker.proc.poll() is None, "the helper is still running"
+
+
+def test_the_job_recovery_it_started_is_logged(fake, caplog):
+    caplog.set_level(logging.INFO, "ray-ha")
+    marker = fake('{"marked": [["0123456789abcdef", "10.0.0.1"]]}\n{"jobs": "asked"}')
+    finish(marker, snapshot(serving=True))
+    assert "Ray's job recovery on this head: started now" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Mapping
@@ -25,11 +26,15 @@ log = logging.getLogger("ray-ha")
 
 LEADING = (Role.LEADER, Role.STEPPING_DOWN)
 LIMIT = 30.0  # s the helper tries (the GCS may still be loading); it is killed 10 s after that
+JOBS_SAID = {"asked": "started now (the jobs the old head ran end FAILED, as their supervisors died with it)",
+             "no dashboard agent answered": "no dashboard agent answered; it starts on the first job request"}
 
 #: Run by Ray's Python as `-c MARK WON_MS LIMIT` when the lease is won: loads Ray's modules, then reads our
 #: GCS's address from stdin (EOF: nothing to do). Marks dead every head node listed alive except ours (at
 #: our IP and started since we won, by the same machine's clock) until none is left; prints one JSON
-#: line: {"marked": [[node id, ip], ...]}, {"unsupported": why} or {"error": why}.
+#: line: {"marked": [[node id, ip], ...]}, {"unsupported": why} or {"error": why}. After a takeover it then
+#: asks this head's dashboard agent for a job's log, which makes Ray recover the jobs the old head ran now
+#: rather than on the first job request (until then they show RUNNING): {"jobs": "asked"} or why not.
 MARK = r"""
 import json, sys, time
 won_ms, limit = int(sys.argv[1]), float(sys.argv[2])
@@ -83,6 +88,25 @@ while True:
         say(error=f"still listed alive after {limit:g}s: {[n.node_id.hex() for n in stale]}")
         break
     time.sleep(0.2)
+if marked:  # Ray makes this head's JobManager, which recovers the jobs the old head ran, on the first job
+    import urllib.error, urllib.request  # request its dashboard agent gets: ask it for no job's log (a 404)
+    host = f"[{our_ip}]" if ":" in our_ip else our_ip
+    while time.monotonic() < end:
+        try:
+            nodes = stub.GetAllNodeInfo(pb.GetAllNodeInfoRequest(), timeout=5).node_info_list
+            port = max([n.dashboard_agent_listen_port for n in nodes if n.is_head_node and ours(n)] or [0])
+            if port:
+                urllib.request.urlopen(f"http://{host}:{port}/api/job_agent/jobs/ray-ha-takeover/logs", timeout=5)
+                say(jobs="asked")
+                break
+        except urllib.error.HTTPError:
+            say(jobs="asked")
+            break
+        except (OSError, grpc.RpcError):
+            pass
+        time.sleep(0.5)
+    else:
+        say(jobs="no dashboard agent answered")
 """
 
 
@@ -96,7 +120,10 @@ class OldHeadMarker:
     def __init__(self, python: Optional[str], env: Mapping[str, str], limit: float = LIMIT,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.python, self.env, self.limit, self.clock = python, dict(env), limit, clock
-        self.proc: Optional[subprocess.Popen[str]] = None
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self._out = b""  # what the helper wrote after its last whole line
+        self._last = b""  # its last line that was not JSON (Ray's warnings, a traceback's end)
+        self._heard = False  # it said something in JSON
         self._epoch = 0  # the last epoch we marked for
         self._told = False  # the helper has our GCS's address
         self._kill_at = 0.0
@@ -133,38 +160,60 @@ class OldHeadMarker:
         argv = [self.python, "-c", MARK, str(int(won_wall * 1000)), f"{self.limit:g}"]
         try:
             self.proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, start_new_session=True, text=True,
-                                         errors="replace")
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             log.warning("cannot mark the previous head node dead (%s): Ray's health checks will", exc)
+            return
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)  # read each tick as much as has come
+        self._out, self._last, self._heard = b"", b"", False
 
     def _tell(self, gcs_address: str) -> None:
         """Our GCS serves: hand the helper its address; it has `limit` s from now."""
         if self.proc is None or self.proc.stdin is None:
             return
         try:
-            self.proc.stdin.write(gcs_address + "\n")
+            self.proc.stdin.write(gcs_address.encode() + b"\n")
             self.proc.stdin.close()
         except OSError:
             pass  # it ended already: _collect says why
         self._kill_at = self.clock() + self.limit + 10
 
     def _collect(self) -> None:
-        """Log what a finished helper did; kill one that overran."""
+        """Log what the helper has said so far; once it ends, say so if it said nothing; kill it if it overran."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
+        ended = self.proc.poll() is not None
+        self._read()
+        if not ended:
             if self._told and self.clock() >= self._kill_at:
                 self.close()
                 log.warning("marking the previous head node dead took over %gs; Ray's health checks will",
                             self.limit + 10)
             return
-        out = self.proc.stdout.read() if self.proc.stdout else ""
-        self.proc.wait()
         self.proc = None
-        self._report(_last_json(out), out)
+        if not self._heard:
+            last = (self._out.strip() or self._last.strip() or b"no output").decode(errors="replace")
+            log.warning("could not mark the previous head node dead: %s; Ray's health checks will", last)
 
-    def _report(self, result: dict[str, object], out: str) -> None:
+    def _read(self) -> None:
+        """Take what the helper has written; report each whole JSON line."""
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            while chunk := os.read(self.proc.stdout.fileno(), 65536):
+                self._out += chunk
+        except BlockingIOError:
+            pass
+        *lines, self._out = self._out.split(b"\n")
+        for line in lines:
+            result = _json_object(line)
+            if result is not None:
+                self._heard = True
+                self._report(result)
+            elif line.strip():
+                self._last = line  # to say why, should it say nothing else
+
+    def _report(self, result: dict[str, object]) -> None:
         marked = result.get("marked")
         if isinstance(marked, list):
             for node_id, ip in marked:
@@ -172,11 +221,13 @@ class OldHeadMarker:
                          "restarts now", node_id[:12], ip)
             if not marked:
                 log.info("the new GCS lists no previous head node alive")
+        elif "jobs" in result:
+            log.info("Ray's job recovery on this head: %s", JOBS_SAID.get(str(result["jobs"]), result["jobs"]))
         elif "unsupported" in result:
             self._unsupported(str(result["unsupported"]))
         else:
-            why = result.get("error") or (out.strip().splitlines() or ["no output"])[-1]
-            log.warning("could not mark the previous head node dead: %s; Ray's health checks will", why)
+            log.warning("could not mark the previous head node dead: %s; Ray's health checks will",
+                        result.get("error"))
 
     def _unsupported(self, why: str) -> None:
         if not self._said_unsupported:
@@ -185,13 +236,10 @@ class OldHeadMarker:
                         "restarts only after Ray's health checks find it gone", why)
 
 
-def _last_json(out: str) -> dict[str, object]:
-    """The helper's result: its last line that is a JSON object ({} if none; Ray may print other lines)."""
-    for line in reversed(out.splitlines()):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return {}
+def _json_object(line: bytes) -> Optional[dict[str, object]]:
+    """A helper's line as the JSON object it is, else None (Ray may print other lines)."""
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
