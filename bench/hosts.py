@@ -26,6 +26,7 @@ from raylaunch.store.keys import Keys
 from testkit.hostray import (DASHBOARD, GCS_PORT, HostLauncher, HostRedis, clean_env, drive_at, head_args,
                              read_json_line, read_line, worker_args)
 from testkit.hosts import Rig
+from testkit.serving import ServeWatch, serve_app
 
 
 class HostsRound:
@@ -127,12 +128,16 @@ def follower_restart_hosts(rnd: HostsRound) -> dict[str, float]:
 
 
 def timeline_hosts(rnd: HostsRound) -> dict[str, float]:
-    """follower-relay-hosts with each head's dashboard on, and a Ray Job submitted before the crash (its
-    driver on w1): also when the new leader's dashboard says the job runs, and shows it running on."""
+    """follower-relay-hosts with each head's dashboard on, a Ray Job submitted before the crash (its
+    driver on w1) and a Serve app (replica and proxy on w1, the controller on the head): also when the new
+    leader's dashboard says the job runs and shows it running on, and when Serve's controller, back on the
+    new head, says the app runs."""
     try:
         importlib.import_module("ray.dashboard.optional_deps")  # what `ray start` checks for its dashboard
+        importlib.import_module("ray.serve.api")  # what Serve needs beside Ray (starlette, fastapi)
     except ImportError as exc:
-        raise RuntimeError(f"timeline-hosts needs Ray's dashboard: pip install 'ray[default]' ({exc})") from None
+        raise RuntimeError(f"timeline-hosts needs Ray's dashboard and Serve: pip install 'ray[default,serve]' "
+                           f"({exc})") from None
     return _follower_failover(rnd, relay=True, job=True)
 
 
@@ -146,6 +151,9 @@ def _follower_failover(rnd: HostsRound, relay: bool, job: bool = False) -> dict[
     worker.wait_log(JOINED, timeout=120)
     w1, h1, h2 = (rnd.rig.hosts[n] for n in ("w1", "h1", "h2"))
     ray_job = job_probe(rnd.rig.hosts["p1"], h1.ip, h2.ip, w1.ip) if job else None
+    if job:
+        serve_app(w1, "auto", "deploy", "v1")
+    serve = ServeWatch(w1) if job else None
     created = drive_at(w1, "auto", "worker-create")
     drive_at(w1, "auto", "pinned")  # w1 has run a task before: an idle worker process waits, as on a busy node
     new_driver = probe(h2, f"{h2.ip}:{GCS_PORT}", h1.ip)
@@ -157,6 +165,8 @@ def _follower_failover(rnd: HostsRound, relay: bool, job: bool = False) -> dict[
         go(resident)
     if ray_job:
         go(ray_job, repr(wall))  # the job probe judges its driver's tasks by the wall clock
+    if serve:
+        serve.go()
     expired = lease_expiry(rnd) - killed
     served = rnd.answered("h2")
     go(new_driver)
@@ -175,6 +185,11 @@ def _follower_failover(rnd: HostsRound, relay: bool, job: bool = False) -> dict[
         figures["w1 raylet reconnected"] = rejoined - wall
     if ray_job:
         figures.update(job_figures(read_json_line(ray_job.proc.stdout, 300), killed))
+    if serve:
+        back = serve.result()
+        if "running" not in back:
+            raise RuntimeError(f"Serve's controller never said the app runs through the new head: {back}")
+        figures["Serve app RUNNING through the new head"] = back["running"] - killed
     if relay:
         state = (created["pid"], created["node"])
         kept = [(s.get("pid"), s["node"]) == state for s in (seen, on_w1)] + [seen.get("value") in (2, 3)]

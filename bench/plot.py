@@ -52,9 +52,11 @@ MILESTONES = (("lease expired", "lease expired"), ("lease won", "lease won"), ("
               ("w1 raylet reconnected", "worker raylet reconnected"),
               ("w1 driver: actor answered", "worker's actor answers"),
               ("w1 driver: task ran on w1", "task runs on the worker"), ("old head listed dead", "old head DEAD"))
-#: With timeline-hosts, the Ray Job's too: the new dashboard says RUNNING and its log shows new tasks.
-JOB_MILESTONES = (("job: RUNNING, its driver's new tasks logged", "Ray Job's real state shown"),)
-COLORS = ("#e76f51", "#f4a261", "#2a9d8f", "#e9c46a", "#264653", "#1d3557", "#8d99ae", "#9b5de5")
+#: With timeline-hosts, the Ray Job's and Serve's too: the new dashboard says RUNNING and its log shows new
+#: tasks; Serve's controller, back on the new head, says the app runs.
+JOB_MILESTONES = (("job: RUNNING, its driver's new tasks logged", "Ray Job's real state shown"),
+                  ("Serve app RUNNING through the new head", "Serve app RUNNING"))
+COLORS = ("#e76f51", "#f4a261", "#2a9d8f", "#e9c46a", "#264653", "#1d3557", "#8d99ae", "#9b5de5", "#06d6a0")
 
 
 def draw_timeline(runs: list[tuple[str, list[dict]]], path: Path,

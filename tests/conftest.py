@@ -336,7 +336,7 @@ def cluster(rig: Rig, tmp_path, request: pytest.FixtureRequest) -> Iterator[Clus
     """h1 leading, h2 standing by, w1 following; `indirect` parametrization with {"dashboard": True} turns
     the heads' dashboards on (testkit.hostray.DASHBOARD)."""
     if shutil.which("ray") is None:
-        pytest.fail("real Ray is needed: pip install 'ray[client]==2.60.0'")
+        pytest.fail("real Ray is needed: pip install -e '.[e2e]'")
     redis_host = rig.add("r1", 2, storage=True, hosts=False)
     for name, number in (("h1", 11), ("h2", 12), ("w1", 21)):
         rig.add(name, number, storage=True)

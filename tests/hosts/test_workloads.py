@@ -8,6 +8,7 @@ a lease of 5 s. Faults are kill -9 of every process on the leader's machine, or 
 
 from __future__ import annotations
 
+import importlib
 import time
 
 import pytest
@@ -19,6 +20,16 @@ from testkit.jobs import jobs
 from testkit.serving import PORT, HttpLoad, ServeWatch, serve_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.hosts]
+
+
+@pytest.fixture(autouse=True)
+def ray_extras() -> None:
+    """Serve, the dashboard and the Jobs client are Ray extras (the e2e extra has them): fail, never skip."""
+    for module, extra in (("ray.serve.api", "serve"), ("ray.dashboard.optional_deps", "default")):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            pytest.fail(f"ray[{extra}] is needed: pip install -e '.[e2e]' ({exc})", pytrace=False)
 
 
 def worker_ready(cluster: Cluster) -> None:
