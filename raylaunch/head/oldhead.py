@@ -149,7 +149,15 @@ class OldHeadMarker:
         """Kill a helper still running (we no longer lead, or the supervisor ends)."""
         if self.proc is not None and self.proc.poll() is None:
             kill_session(self.proc.pid)
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Reap the helper and close its pipes."""
+        if self.proc is not None:
             self.proc.wait()
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None and not pipe.closed:
+                    pipe.close()
         self.proc = None
 
     def _start(self, won_wall: float) -> None:
@@ -191,7 +199,7 @@ class OldHeadMarker:
                 log.warning("marking the previous head node dead took over %gs; Ray's health checks will",
                             self.limit + 10)
             return
-        self.proc = None
+        self._let_go()
         if not self._heard:
             last = (self._out.strip() or self._last.strip() or b"no output").decode(errors="replace")
             log.warning("could not mark the previous head node dead: %s; Ray's health checks will", last)
