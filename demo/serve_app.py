@@ -1,9 +1,10 @@
-"""A Ray Serve application for the end-to-end tests and the bench: one replica on the follower, a proxy on
-every node, each answer a JSON line.
+"""A Ray Serve application for the end-to-end tests and the bench: one replica on the node that deploys it, a
+proxy on every node, each answer a JSON line.
 
-Usage: python demo/serve_app.py GCS_ADDRESS|auto ACTION
+Usage: python demo/serve_app.py GCS_ADDRESS|auto ACTION [VERSION]
   deploy VERSION   start Serve (HTTP on port 8000 of every node) and run the app `app` at /, its one replica
-                   on the follower (the custom resource `pinned`); waits until it runs: {"status": ...}
+                   on this node (a sliver of node:<its IP>; run it on the follower); waits until it runs:
+                   {"status": ...}
   watch            stay connected; on a line on stdin, ask Serve's controller for the app's status every
                    0.1 s until it says RUNNING: {"running": CLOCK_MONOTONIC time, "tries": n}
 Each request to the app answers {"version", "pid", "count"}: which code, which replica process, and the
@@ -22,7 +23,7 @@ PORT = 8000
 DEADLINE = 120.0  # s, for the controller to answer RUNNING
 
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0, "resources": {"pinned": 0.1}})
+@serve.deployment(num_replicas=1)
 class App:
     def __init__(self, version: str) -> None:
         self.version, self.count = version, 0
@@ -34,7 +35,8 @@ class App:
 
 def deploy(version: str) -> dict:
     serve.start(proxy_location="EveryNode", http_options={"host": "0.0.0.0", "port": PORT})  # noqa: S104
-    serve.run(App.bind(version), name="app", route_prefix="/")
+    here = {"num_cpus": 0, "resources": {f"node:{ray.util.get_node_ip_address()}": 0.01}}
+    serve.run(App.options(ray_actor_options=here).bind(version), name="app", route_prefix="/")
     return {"status": str(serve.status().applications["app"].status)}
 
 
