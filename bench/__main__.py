@@ -37,11 +37,13 @@ SCENARIOS: dict[str, Callable[..., Figure]] = {
     "follower-relay-hosts": hosts.follower_relay_hosts,
     "follower-restart-hosts": hosts.follower_restart_hosts,
     "timeline-hosts": hosts.timeline_hosts,
+    "timeline-hosts-cut": hosts.timeline_hosts_cut,
     "ray-up-hosts": rayup.ray_up_hosts,
 }
 #: Scenarios laid out on rig hosts (bench/hosts.py): each round builds its own hosts and poller.
 ON_HOSTS = frozenset({"crash-failover-hosts", "crash-failover-hosts-unfronted", "follower-rejoin-hosts",
-                      "follower-relay-hosts", "follower-restart-hosts", "timeline-hosts"})
+                      "follower-relay-hosts", "follower-restart-hosts", "timeline-hosts",
+                      "timeline-hosts-cut"})
 #: scenario -> its limit (s), given the lease and the baseline's median: the issues' targets.
 TARGETS: dict[str, Callable[[float, float], float]] = {
     "crash-failover": lambda lease, base: lease + 1.10 * base,
@@ -52,6 +54,7 @@ TARGETS: dict[str, Callable[[float, float], float]] = {
     "gcs-crash": lambda lease, base: 1.0 + 1.10 * base,
     "follower-relay-hosts": lambda lease, base: lease + 1.5 * base,
     "timeline-hosts": lambda lease, base: lease + 1.5 * base,
+    "timeline-hosts-cut": lambda lease, base: lease + 1.5 * base,
     "ray-up-hosts": lambda lease, base: lease + 1.5 * base,
 }
 

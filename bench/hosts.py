@@ -132,16 +132,25 @@ def timeline_hosts(rnd: HostsRound) -> dict[str, float]:
     driver on w1) and a Serve app (replica and proxy on w1, the controller on the head): also when the new
     leader's dashboard says the job runs and shows it running on, and when Serve's controller, back on the
     new head, says the app runs."""
+    return _timeline(rnd, cut=False)
+
+
+def timeline_hosts_cut(rnd: HostsRound) -> dict[str, float]:
+    """timeline-hosts with the leader's host cut off (its links down) instead of killed."""
+    return _timeline(rnd, cut=True)
+
+
+def _timeline(rnd: HostsRound, cut: bool) -> dict[str, float]:
     try:
         importlib.import_module("ray.dashboard.optional_deps")  # what `ray start` checks for its dashboard
         importlib.import_module("ray.serve.api")  # what Serve needs beside Ray (starlette, fastapi)
     except ImportError as exc:
         raise RuntimeError(f"timeline-hosts needs Ray's dashboard and Serve: pip install 'ray[default,serve]' "
                            f"({exc})") from None
-    return _follower_failover(rnd, relay=True, job=True)
+    return _follower_failover(rnd, relay=True, job=True, cut=cut)
 
 
-def _follower_failover(rnd: HostsRound, relay: bool, job: bool = False) -> dict[str, float]:
+def _follower_failover(rnd: HostsRound, relay: bool, job: bool = False, cut: bool = False) -> dict[str, float]:
     """Parts: a new driver on the new leader's node (both paths) and, with the relay, a driver on w1
     connected before the kill (with the relay's backoff setting, RELAY_ENV, as docs/follow-mode.md advises for
     drivers on a worker node); each says when w1's actor answered and a task ran on w1. The relay's
@@ -160,7 +169,7 @@ def _follower_failover(rnd: HostsRound, relay: bool, job: bool = False) -> dict[
     resident = probe(w1, "auto", h1.ip) if relay else None
     rnd.redis.command("PING")  # its probe process started before the clock does
     wall, killed = time.time(), now()
-    h1.kill_all()
+    h1.cut() if cut else h1.kill_all()
     if resident:
         go(resident)
     if ray_job:
@@ -176,11 +185,16 @@ def _follower_failover(rnd: HostsRound, relay: bool, job: bool = False) -> dict[
         raise RuntimeError(f"no task ran on w1 after the failover: {seen} {on_w1}\n{worker.log()[-2000:]}")
     restarts = worker.log().count("restarting the worker")
     won = (logged_at(rnd.launchers["h2"].log(), "elected leader", wall - 0.001) or wall) - wall
+    # when the new leader logged that its GCS marks h1's node dead: the observers above see it only once
+    # their own GCS clients are through to the new GCS (the w1 driver's ~6 s, the new driver's later)
+    marked = logged_at(rnd.launchers["h2"].log(), "marked the previous head node", wall - 0.001)
     rejoined = raylet_logged(rnd, "w1", RAYLET_REJOINED, wall)
     figures = {"total": max(on_w1["actor"], on_w1["task"]) - killed if resident else seen["task"] - killed,
                "lease expired": expired, "lease won": won, "new GCS answered": served - killed, "new driver: task ran on w1": seen["task"] - killed,
                "new driver connected": seen["connected"] - killed,
                "old head listed dead": min(p.get("old head dead", killed + 999) for p in (seen, on_w1) if p) - killed}
+    if marked is not None:
+        figures["old head marked dead (new leader's log)"] = marked - wall
     if rejoined is not None:
         figures["w1 raylet reconnected"] = rejoined - wall
     if ray_job:
