@@ -7,16 +7,19 @@ helper would. The helper itself runs against a real GCS in tests/hosts/test_ray_
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import wait_for
 from raylaunch.config import Role
-from raylaunch.head.oldhead import OldHeadMarker
+from raylaunch.head.oldhead import MARK, OldHeadMarker
 from raylaunch.head.steps import Snapshot, Step
 
 #: Writes its argv (after -c MARK) and the line it reads to $OUT_DIR, then prints $ANSWER and sleeps $LINGER.
@@ -161,3 +164,18 @@ def test_the_job_recovery_it_started_is_logged(fake, caplog):
     finish(marker, snapshot(serving=True))
     assert "Ray's job recovery on this head: started now" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("tls", ["0", "1"])
+def test_the_helper_loads_only_rays_protobuf_modules_unless_tls_needs_all_of_ray(tls):
+    """Real Ray's modules: the helper's start (until it waits for the address) loads Ray's generated
+    gRPC modules without running all of Ray, except where Ray's own channel is needed (TLS, tokens)."""
+    probe = MARK.split("gcs = sys.stdin.readline()")[0] + (
+        "\nprint(json.dumps({'all of ray': 'ray._raylet' in sys.modules, 'call': hasattr(pb, 'UnregisterNodeRequest')}))")
+    env = {**os.environ, "RAY_USE_TLS": tls}
+    result = subprocess.run([sys.executable, "-c", probe, "0", "1"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == {"all of ray": tls == "1", "call": True}

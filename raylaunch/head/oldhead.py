@@ -36,18 +36,38 @@ JOBS_SAID = {"asked": "started now (the jobs the old head ran end FAILED, as the
 #: asks this head's dashboard agent for a job's log, which makes Ray recover the jobs the old head ran now
 #: rather than on the first job request (until then they show RUNNING): {"jobs": "asked"} or why not.
 MARK = r"""
-import json, sys, time
+import importlib.util, json, os, sys, time, types
 won_ms, limit = int(sys.argv[1]), float(sys.argv[2])
 REASON = "ray-ha: the previous leader's head, gone before this leader won the lease"
 def say(**what):
     print(json.dumps(what), flush=True)
+def protos_only():
+    # Ray's generated modules without running ray/__init__.py (all of Ray: half the helper's start, on the
+    # takeover's path); Ray's own channel (TLS, tokens) needs all of Ray, so not when those are on
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true") or \
+            os.environ.get("RAY_AUTH_MODE", "disabled").lower() != "disabled":
+        return False
+    try:
+        root = importlib.util.find_spec("ray").submodule_search_locations[0]
+        for name, path in (("ray", root), ("ray.core", os.path.join(root, "core"))):
+            sys.modules[name] = types.ModuleType(name)
+            sys.modules[name].__path__ = [path]
+        import ray.core.generated.gcs_service_pb2_grpc  # noqa
+        return True
+    except Exception:
+        for name in [n for n in sys.modules if n == "ray" or n.startswith("ray.")]:
+            del sys.modules[name]
+        return False
 try:
     import grpc
+    light = protos_only()
     from ray.core.generated import common_pb2, gcs_pb2, gcs_service_pb2 as pb, gcs_service_pb2_grpc as rpc
-    try:
-        from ray._private.grpc_utils import init_grpc_channel as channel
-    except ImportError:
-        channel = grpc.insecure_channel
+    channel = grpc.insecure_channel
+    if not light:
+        try:
+            from ray._private.grpc_utils import init_grpc_channel as channel
+        except ImportError:
+            pass
     pb.UnregisterNodeRequest  # a Ray without the call fails here, before the takeover needs it
 except (ImportError, AttributeError) as exc:
     say(unsupported=f"{type(exc).__name__}: {exc}")
