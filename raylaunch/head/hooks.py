@@ -14,12 +14,11 @@ from collections.abc import Mapping
 from typing import Optional
 
 from raylaunch.config import Role
-from raylaunch.head.steps import Snapshot
+from raylaunch.head.steps import LEADING_ROLES, Snapshot
 from raylaunch.proc.tree import kill_session
 
 log = logging.getLogger("ray-ha")
 
-LEADING = (Role.LEADER, Role.STEPPING_DOWN)
 
 
 class Hooks:
@@ -38,7 +37,7 @@ class Hooks:
         if snapshot.serving and self._tenure is None:
             self._tenure = (snapshot.epoch, snapshot.gcs_address or "")
             self._fire("elected", self.on_elected, Role.LEADER, *self._tenure)
-        elif self._tenure is not None and snapshot.role not in LEADING:
+        elif self._tenure is not None and snapshot.role not in LEADING_ROLES:
             self._fire("demoted", self.on_demoted, Role.STANDBY, *self._tenure)
             self._tenure = None
 

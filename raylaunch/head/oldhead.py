@@ -18,13 +18,11 @@ import time
 from collections.abc import Mapping
 from typing import Callable, Optional
 
-from raylaunch.config import Role
-from raylaunch.head.steps import Snapshot
+from raylaunch.head.steps import LEADING_ROLES, Snapshot
 from raylaunch.proc.tree import kill_session
 
 log = logging.getLogger("ray-ha")
 
-LEADING = (Role.LEADER, Role.STEPPING_DOWN)
 LIMIT = 30.0  # s the helper tries (the GCS may still be loading); it is killed 10 s after that
 JOBS_SAID = {"asked": "started now (the jobs the old head ran end FAILED, as their supervisors died with it)",
              "no dashboard agent answered": "no dashboard agent answered; it starts on the first job request"}
@@ -150,7 +148,7 @@ class OldHeadMarker:
         self._said_unsupported = False
 
     def __call__(self, snapshot: Snapshot) -> None:
-        if snapshot.role not in LEADING:
+        if snapshot.role not in LEADING_ROLES:
             self.close()
             return
         if snapshot.epoch != self._epoch:  # won: the helper loads Ray's modules while our head starts

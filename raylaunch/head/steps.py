@@ -49,6 +49,8 @@ class Fence(Protocol):
 
 #: A campaign's roles are config.Role's standby to done; in these it holds the lease (and may run a head).
 HOLDING = frozenset({Role.WAITING, Role.LEADER, Role.STEPPING_DOWN})
+#: In these it leads: its head runs, or is being stopped.
+LEADING_ROLES = frozenset({Role.LEADER, Role.STEPPING_DOWN})
 
 
 class Step(enum.Enum):
