@@ -8,8 +8,8 @@ stays fast enough for a probe.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
-import json
 import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, TypeVar
@@ -52,7 +52,7 @@ Exit codes: 0 clean stop (or, without --block, leading/standing by), 1 runtime e
 """
 
 if TYPE_CHECKING:  # the light paths (passthrough, health) import no Redis
-    from raylaunch.store.keyspace import Keyspace
+    from raylaunch.operate import RedisChoice
 
 #: A command function, as click's decorators take and give it back.
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,13 +76,22 @@ def _settings_options(func: F) -> F:
     return func
 
 
-def _redis_options(func: F) -> F:
-    """What status and switchover need to reach Redis, named as in `ray start`."""
-    func = click.option("--redis-password", metavar="PASSWORD", help="Redis password [RAY_REDIS_PASSWORD].")(func)
-    func = click.option("--redis-username", metavar="USER", help="Redis user name.")(func)
-    func = ENV_FILE_OPTION(func)
+def _redis_options(func: Callable[..., None]) -> Callable[..., None]:
+    """What the operator's commands need to reach Redis, named as in `ray start`; the command gets them
+    as one RedisChoice, `redis`."""
+    @functools.wraps(func)
+    def command(*args: Any, key: Optional[str], ha_env_file: Optional[str], redis_username: Optional[str],
+                redis_password: Optional[str], **kwargs: Any) -> None:
+        from raylaunch.operate import RedisChoice
+
+        func(*args, redis=RedisChoice(key, ha_env_file, redis_username, redis_password), **kwargs)
+
+    wrapped: Callable[..., None] = click.option("--redis-password", metavar="PASSWORD",
+                                                help="Redis password [RAY_REDIS_PASSWORD].")(command)
+    wrapped = click.option("--redis-username", metavar="USER", help="Redis user name.")(wrapped)
+    wrapped = ENV_FILE_OPTION(wrapped)
     key = next(s for s in IDENTITY.settings if s.field == "key")
-    return _option(IDENTITY, key)(func)
+    return _option(IDENTITY, key)(wrapped)
 
 
 def _version_text() -> str:
@@ -145,12 +154,13 @@ def guard_light(call: Callable[[], None]) -> None:
 def guard(call: Callable[[], int]) -> NoReturn:
     """Run a command body, mapping our exception types to one line and an exit code."""
     from raylaunch.local.state import AlreadyRunning
+    from raylaunch.operate import CommandFailed
     from raylaunch.store.errors import RedisRefused, RedisUnavailable
     from raylaunch.supervisor import RuntimeProblem
 
     try:
         code = call()
-    except (AlreadyRunning, RuntimeProblem) as exc:
+    except (AlreadyRunning, RuntimeProblem, CommandFailed) as exc:
         fail(str(exc), Exit.RUNTIME)
     except (ConfigError, RedisRefused) as exc:
         fail(str(exc), Exit.USAGE)
@@ -247,47 +257,30 @@ def health(role: str, ha_node_name: Optional[str]) -> None:
     sys.exit(Exit.OK if ok else Exit.RUNTIME)
 
 
-def _keyspace_for(key: Optional[str], env_file: Optional[str], username: Optional[str],
-                  password: Optional[str]) -> Keyspace:
-    """The keyspace of the cluster named by the environment, else by this machine's running supervisor (a
-    Keyspace); nothing held."""
-    from raylaunch.config import TIMING, settings_from
-    from raylaunch.local.peerenv import redis_of_local_supervisor
-    from raylaunch.store.connect import target_from
-    from raylaunch.store.keyspace import open_keyspace
-
-    load_env_file(env_file)
-    env: dict[str, str] = dict(os.environ)
-    if "RAY_REDIS_ADDRESS" not in env:  # as under `ray up`: the start command alone said where Redis is
-        env.update(redis_of_local_supervisor(env))
-    target = target_from(env, username, password)
-    timeout = settings_from(TIMING, {}, env).redis_timeout  # the one a supervisor here would use
-    return open_keyspace(target, settings_from(IDENTITY, {"key": key}, env).key, timeout)
-
-
 @main.command("status", context_settings={"help_option_names": ["--help"]})
 @click.option("--json", "as_json", is_flag=True, help="Print the view as JSON (schema: docs/operations.md).")
 @_redis_options
-def status(as_json: bool, key: Optional[str], ha_env_file: Optional[str], redis_username: Optional[str],
-           redis_password: Optional[str]) -> None:
-    """Who leads, who stands by, recent leaders, and this machine's supervisors.
+def status(as_json: bool, redis: RedisChoice) -> None:
+    """Who leads, who stands by, a pause, recent leadership changes, and this machine's supervisors.
 
     Reads RAY_REDIS_ADDRESS like `ray-ha start`. Exit 0 when a leader exists, 1 otherwise.
     """
-    from raylaunch.local.state import machine_supervisors
-    from raylaunch.status import render, status_json
-    from raylaunch.store.view import read_cluster
+    from raylaunch.operate import show_status
 
-    def body() -> int:
-        keyspace = _keyspace_for(key, ha_env_file, redis_username, redis_password)
-        here = machine_supervisors(os.environ)
-        for line in here.notes:
-            click.echo(f"ray-ha: note: {line}", err=True)
-        view = status_json(read_cluster(keyspace), keyspace.display, here.supervisors)
-        click.echo(json.dumps(view, indent=2, sort_keys=True) if as_json else render(view))
-        return Exit.OK if view["leader"] else Exit.RUNTIME
+    guard(lambda: show_status(redis, as_json))
 
-    guard(body)
+
+@main.command("history", context_settings={"help_option_names": ["--help"]})
+@click.option("--json", "as_json", is_flag=True, help="Print the changes as a JSON list (docs/operations.md).")
+@click.option("-n", "--lines", "count", type=click.IntRange(1, None), default=20, show_default=True, metavar="N",
+              help="How many changes, newest first (Redis keeps the last 50).")
+@_redis_options
+def history(as_json: bool, count: int, redis: RedisChoice) -> None:
+    """Every leadership change, newest first: the epoch, the new leader and the one before, why the
+    tenure before ended, and how long no head served. Exit 0, 1 Redis unreachable, 2 bad input."""
+    from raylaunch.operate import show_history
+
+    guard(lambda: show_history(redis, as_json, count))
 
 
 @main.command("switchover", context_settings={"help_option_names": ["--help"]})
@@ -295,31 +288,49 @@ def status(as_json: bool, key: Optional[str], ha_env_file: Optional[str], redis_
 @click.option("--timeout", default=60.0, show_default=True, metavar="SECONDS",
               help="How long to wait for the new leader's GCS to serve.")
 @_redis_options
-def switchover(target: Optional[str], timeout: float, key: Optional[str], ha_env_file: Optional[str],
-               redis_username: Optional[str], redis_password: Optional[str]) -> None:
-    """Planned handover: the leader steps down, a standby (or NODE) takes over.
+def switchover(target: Optional[str], timeout: float, redis: RedisChoice) -> None:
+    """Planned handover: the leader steps down, a standby (or NODE) takes over; also while paused.
 
     The old leader stops its head gracefully, releases the lease and stands by again. Exit 0 once
     the new leader's GCS serves, 1 if the switchover could not be asked for or did not finish in time.
     """
-    from raylaunch.store.view import SwitchoverError, await_switchover, request_switchover
+    from raylaunch.operate import switch_over
 
-    def body() -> int:
-        keyspace = _keyspace_for(key, ha_env_file, redis_username, redis_password)
-        try:
-            request = request_switchover(keyspace, target, ttl=timeout)
-        except SwitchoverError as exc:
-            fail(str(exc), Exit.RUNTIME)
-        click.echo(f"ray-ha: asked {request.source} (epoch {request.epoch}) to hand over to "
-                   f"{request.target or 'any standby'}")
-        leader = await_switchover(keyspace, request, timeout)
-        if leader is None or leader.holder is None or leader.serving is None:
-            fail(f"no new leader serving within {timeout:g}s; the request was withdrawn", Exit.RUNTIME)
-        click.echo(f"ray-ha: {leader.holder.node} leads (epoch {leader.epoch}), GCS serving at "
-                   f"{leader.serving.gcs_address}")
-        return Exit.OK
+    guard(lambda: switch_over(redis, target, timeout))
 
-    guard(body)
+
+@main.command("pause", context_settings={"help_option_names": ["--help"]})
+@click.option("--for", "duration", metavar="DURATION",
+              help="End the pause by itself after this long (90s, 15m, 2h, 1d) [no end: warns].")
+@click.option("--reason", default="", metavar="TEXT", help="Why, shown by status.")
+@_redis_options
+def pause(duration: Optional[str], reason: str, redis: RedisChoice) -> None:
+    """Maintenance mode: no candidate takes the lease by itself until `ray-ha resume` or DURATION.
+
+    The leader keeps renewing and its head runs; if the head dies meanwhile, the leader keeps the lease
+    and leaves it down (no failover) until the resume. `ray-ha switchover` still works. Pausing a
+    paused cluster replaces its end. Exit 0 paused, 1 Redis unreachable, 2 bad input.
+    """
+    from raylaunch.operate import parse_span
+    from raylaunch.operate import pause as pause_cluster
+
+    seconds: list[Optional[float]] = [None]
+
+    def check() -> None:
+        seconds[0] = parse_span(duration) if duration is not None else None
+
+    guard_light(check)
+    guard(lambda: pause_cluster(redis, seconds[0], reason))
+
+
+@main.command("resume", context_settings={"help_option_names": ["--help"]})
+@_redis_options
+def resume(redis: RedisChoice) -> None:
+    """End maintenance mode: automatic takeover is on again (a leader whose head died while paused now
+    hands over). Exit 0 (also when the cluster was not paused), 1 Redis unreachable, 2 bad input."""
+    from raylaunch.operate import resume as resume_cluster
+
+    guard(lambda: resume_cluster(redis))
 
 
 @main.command("address", context_settings={"help_option_names": ["--help"]})
@@ -328,8 +339,7 @@ def switchover(target: Optional[str], timeout: float, key: Optional[str], ha_env
               help="The dashboard and Jobs API, for `ray job submit --address http://...`.")
 @click.option("--client", "service", flag_value="client", help="The Ray Client server, for `ray://...`.")
 @_redis_options
-def address(service: str, key: Optional[str], ha_env_file: Optional[str], redis_username: Optional[str],
-            redis_password: Optional[str]) -> None:
+def address(service: str, redis: RedisChoice) -> None:
     """Print host:port of a service on the head that leads now, for scripts:
 
     ray job submit --address "http://$(ray-ha address --dashboard)" -- python job.py
@@ -337,20 +347,6 @@ def address(service: str, key: Optional[str], ha_env_file: Optional[str], redis_
     Reads RAY_REDIS_ADDRESS like `ray-ha start`. Exit 0 with the address, 1 when no leader serves (or
     it serves no such service).
     """
-    from raylaunch.store.leader import read_leadership
+    from raylaunch.operate import print_address
 
-    def body() -> int:
-        leadership = read_leadership(_keyspace_for(key, ha_env_file, redis_username, redis_password))
-        record = leadership.serving
-        if record is None:
-            holder = leadership.holder
-            fail(f"no leader serves: {holder.node} leads (epoch {leadership.epoch}), its GCS not serving yet"
-                 if holder else "no leader serves: nobody holds the lease", Exit.RUNTIME)
-        found = record.address(service)
-        if found is None:
-            fail(f"{record.node} (epoch {record.epoch}) serves no {service} (the record names "
-                 f"{', '.join(['gcs', *record.ports]) })", Exit.RUNTIME)
-        click.echo(found)
-        return Exit.OK
-
-    guard(body)
+    guard(lambda: print_address(redis, service))

@@ -1,6 +1,6 @@
-"""What `ray-ha status` shows: the cluster as Redis sees it (store.view) and this machine's supervisors
-(local.state), as JSON (layout versioned by SCHEMA; fields are only ever added within a version) or as
-a table like `patronictl list`."""
+"""What `ray-ha status` and `ray-ha history` show: the cluster as Redis sees it (store.view) and this
+machine's supervisors (local.state), as JSON (layout versioned by SCHEMA; fields are only ever added
+within a version) or as tables like `patronictl list` and `patronictl history`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from raylaunch.config import Role
 from raylaunch.local.state import LocalSupervisor
+from raylaunch.store.records import Change, Pause, end_reason
 from raylaunch.store.view import ClusterView
 
 SCHEMA = 1
@@ -31,11 +32,27 @@ def status_json(view: ClusterView, redis_display: str, local: list[LocalSupervis
         "followers": [{"node": f.record.node, "host": f.record.host, "pid": f.record.pid, "epoch": f.record.epoch,
                        "leader": f.record.leader, "gcs_address": f.record.gcs_address, "since": f.record.since,
                        "expires_in_s": f.expires_in} for f in view.followers],
-        "history": [vars(r) for r in view.history],
+        "history": [change_json(c) for c in view.history],
         "switchover": {"from": request.source, "to": request.target or None, "epoch": request.epoch}
         if request else None,
+        "pause": pause_json(view.pause),
         "local": [_local(s) for s in local],
     }
+
+
+def change_json(change: Change) -> dict[str, Any]:
+    """One history entry: the new leader's record, then how the tenure before ended and how long the
+    cluster had no serving head (None where unknown)."""
+    prev = change.previous
+    return {**vars(change.record), "ports": dict(change.record.ports),
+            "previous": None if prev is None else {"node": prev.node, "epoch": prev.epoch or None,
+                                                   "reason": prev.reason.value},
+            "headless_s": change.headless_seconds}
+
+
+def pause_json(pause: Optional[Pause]) -> Optional[dict[str, Any]]:
+    return None if pause is None else {"by": pause.by, "since": pause.since, "until": pause.until,
+                                       "reason": pause.reason or None}
 
 
 def _local(sup: LocalSupervisor) -> dict[str, Any]:
@@ -45,7 +62,8 @@ def _local(sup: LocalSupervisor) -> dict[str, Any]:
     return {"node": sup.node, "pid": sup.pid, "role": role, "epoch": state.epoch if state else None,
             "leader": state.leader if state else None, "gcs_address": state.gcs_address if state else None,
             "serving": bool(state and state.serving) and sup.running, "relay": state.relay if state else None,
-            "redis_refused": state.redis_refused if state and sup.running else None, "doubt": sup.doubt}
+            "redis_refused": state.redis_refused if state and sup.running else None, "doubt": sup.doubt,
+            "paused": bool(state and state.paused) and sup.running}
 
 
 def render(view: dict[str, Any]) -> str:
@@ -67,22 +85,46 @@ def render(view: dict[str, Any]) -> str:
         lines += _table(rows)
     if not view["leader"]:
         lines.append("no leader: nobody holds the lease")
+    if view["pause"]:
+        lines.append(pause_line(view["pause"]))
     if view["switchover"]:
         sw = view["switchover"]
         lines.append(f"switchover pending: {sw['from']} -> {sw['to'] or 'any standby'}")
     if view["history"]:
-        lines += ["", "recent leaders (newest first):"]
-        lines += _table([("EPOCH", "NODE", "GCS ADDRESS", "SINCE")] + [
-            (str(h["epoch"]), h["node"], h["gcs_address"], _when(h["since"])) for h in view["history"]])
+        lines += ["", "recent leadership changes (newest first; more: ray-ha history):"]
+        lines += history_table(view["history"])
     if view["local"]:
         lines += ["", "supervisors on this machine:"]
         lines += [f"  {s['node']} (pid {s['pid']}): {s['role']}"
                   + (f", epoch {s['epoch']}" if s["role"] in (Role.LEADER, Role.FOLLOWER) and s["epoch"] else "")
                   + (f", relay {s['relay']}" if s["relay"] else "")
+                  + (", paused" if s.get("paused") else "")
                   + (f"; STUCK, Redis refuses it: {s['redis_refused']}" if s["redis_refused"] else "")
                   + (f"; not taken for a supervisor: {s['doubt']}" if s["doubt"] else "")
                   for s in view["local"]]
     return "\n".join(lines)
+
+
+def pause_line(pause: dict[str, Any]) -> str:
+    """The pause in one line: who, since when, until when (or that it has no end)."""
+    end = f"until {_when(pause['until'])}" if pause["until"] else "with no end (until `ray-ha resume`)"
+    why = f" ({pause['reason']})" if pause["reason"] else ""
+    return f"PAUSED by {pause['by']} since {_when(pause['since'])}, {end}{why}: no automatic takeover"
+
+
+def history_table(changes: list[dict[str, Any]]) -> list[str]:
+    """Leadership changes as rows: the new leader, the one before and why its tenure ended, and for how
+    long no head served (last renewal or release -> the new GCS serving)."""
+    rows: list[tuple[str, ...]] = [("EPOCH", "LEADER", "SINCE", "GCS ADDRESS", "BEFORE", "ENDED BECAUSE",
+                                    "NO HEAD FOR")]
+    for change in changes:
+        prev = change["previous"]
+        before = "-" if prev is None else prev["node"] + (f" ({prev['epoch']})" if prev["epoch"] else "")
+        reason = "-" if prev is None else end_reason(prev["reason"]).text
+        gap = "-" if change["headless_s"] is None else f"{change['headless_s']:.1f}s"
+        rows.append((str(change["epoch"]), change["node"], _when(change["since"]), change["gcs_address"], before,
+                     reason, gap))
+    return _table(rows)
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:

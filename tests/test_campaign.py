@@ -19,7 +19,7 @@ from raylaunch.store.errors import RedisRefused, RedisUnavailable
 from raylaunch.store.keys import Keys
 from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.lease import RedisLease
-from raylaunch.store.records import Attempt, Holder, Record, Switchover
+from raylaunch.store.records import Attempt, EndReason, Ending, Holder, Record, Switchover
 from raylaunch.store.connect import RedisTarget, connect
 
 OTHER = Holder(node="other", host="h2", pid=7, token="t2")
@@ -37,6 +37,9 @@ class FakeLease:
         self.acquire_error: Optional[Exception] = None
         self.ttl_ms = 5000
         self.switchover: Optional[Switchover] = None
+        self.reasons: list = []  # why each release was made
+        self.pause = False
+        self.previous: Optional[Ending] = None  # how the tenure before a win ended
 
     def try_acquire(self) -> Attempt:
         if self.acquire_error:
@@ -44,8 +47,8 @@ class FakeLease:
         if self.holder is None:
             self.holder, self.epoch = Holder("me", "h1", 1, "t1"), self.epoch + 1
             self.events.append(("acquired", self.epoch))
-            return Attempt(won=True, epoch=self.epoch)
-        return Attempt(won=False, epoch=self.epoch, holder=self.holder, ttl_ms=self.ttl_ms)
+            return Attempt(won=True, epoch=self.epoch, previous=self.previous)
+        return Attempt(won=False, epoch=self.epoch, holder=self.holder, ttl_ms=self.ttl_ms, paused=self.pause)
 
     def renew(self, epoch: int) -> int:
         """renew_result: True (extended), False (not ours), an int (the epoch Redis now says we hold)."""
@@ -56,17 +59,18 @@ class FakeLease:
             return epoch
         return int(self.renew_result)  # type: ignore[call-overload]
 
-    def release(self) -> bool:
+    def release(self, reason=None) -> bool:
         self.events.append("release")
+        self.reasons.append(reason)
         self.holder = None
         return True
 
     def read_record(self) -> Optional[Record]:
         return self.record
 
-    def write_record(self, gcs_address: str, epoch: int, since: float, ports) -> bool:
+    def write_record(self, gcs_address: str, epoch: int, since: float, ports, previous=None) -> bool:
         self.events.append(("record", gcs_address, epoch))
-        self.ports = dict(ports)
+        self.ports, self.written_previous = dict(ports), previous
         return True
 
     def wait_released(self, timeout: float, stop: threading.Event) -> bool:
@@ -77,6 +81,11 @@ class FakeLease:
 
     def forget_candidate(self) -> None:
         self.events.append("forget")
+
+    def paused(self) -> bool:
+        if isinstance(self.pause, Exception):
+            raise self.pause
+        return self.pause
 
 
 class FakeHead:
@@ -681,3 +690,124 @@ def test_a_fence_that_never_goes_up_ends_in_losing_the_lease_not_a_head(world):
             break
     assert step is Step.DEADLINE_PASSED and campaign.outcome is Outcome.LOST
     assert not [e for e in events if isinstance(e, tuple) and e[0] == "start"]
+
+
+# -- the operator's pause, and why each tenure ended (the history) ---------------------------------------
+
+
+def test_a_paused_standby_says_so_in_its_snapshot_and_log(world, caplog):
+    campaign, lease, head, clock, stop, events = world
+    lease.holder, lease.pause = OTHER, True
+    with caplog.at_level(logging.WARNING, logger="ray-ha"):
+        assert campaign.tick() is Step.STANDING_BY
+        assert campaign.snapshot(Step.STANDING_BY).paused
+        lease.pause = False
+        clock.advance(2)
+        campaign.tick()
+    assert not campaign.snapshot(Step.STANDING_BY).paused
+    assert "paused by an operator" in caplog.text and "pause ended" in caplog.text
+
+
+def test_a_paused_leader_whose_head_dies_keeps_the_lease_and_the_resume_hands_over(world, caplog):
+    campaign, lease, head, clock, stop, events = world
+    serve(campaign, head, clock)
+    lease.pause = True
+    head.why = "gcs_server (pid 9) died"
+    with caplog.at_level(logging.ERROR, logger="ray-ha"):
+        assert campaign.tick() is Step.HEAD_DOWN_PAUSED
+    assert events[-1] == "kill" and "release" not in events, "what is left of the head dies; the lease stays"
+    assert "while paused; keeping the lease" in caplog.text
+    snap = campaign.snapshot(Step.HEAD_DOWN_PAUSED)
+    assert (snap.role, snap.serving, snap.paused) == (Role.LEADER, False, True)
+    for _ in range(3):  # it keeps renewing, and starts nothing
+        clock.advance(TIMING.retry_period)
+        assert campaign.tick() is Step.HEAD_DOWN_PAUSED
+    assert events.count("renew") == 3 and events.count("kill") == 1
+    assert not any(isinstance(e, tuple) and e[0] == "start" and e[1] != 1 for e in events)
+    lease.pause = False  # resume: read at the next renewal
+    clock.advance(TIMING.retry_period)
+    assert campaign.tick() is Step.HEAD_DOWN_PAUSED
+    assert campaign.tick() is Step.HEAD_DIED
+    assert events[-1] == "release" and lease.reasons == [EndReason.GCS_DIED]
+    assert campaign.outcome is Outcome.HEAD_DIED
+
+
+def test_a_pause_set_just_before_the_head_dies_is_read_afresh(world):
+    campaign, lease, head, clock, stop, events = world
+    serve(campaign, head, clock)
+    lease.pause = True  # since the last renewal
+    head.why = "ray exited with code 1"
+    assert campaign.tick() is Step.HEAD_DOWN_PAUSED
+    assert "release" not in events
+
+
+def test_a_pause_that_cannot_be_read_is_no_pause(world):
+    campaign, lease, head, clock, stop, events = world
+    serve(campaign, head, clock)
+    lease.pause = RedisUnavailable("down")
+    head.why = "ray exited with code 1"
+    assert campaign.tick() is Step.HEAD_DIED
+    assert lease.reasons == [EndReason.HEAD_DIED]
+
+
+def test_a_switchover_still_hands_over_from_a_paused_leader_whose_head_is_down(world):
+    campaign, lease, head, clock, stop, events = world
+    serve(campaign, head, clock)
+    lease.pause, head.why = True, "gcs_server (pid 9) died"
+    assert campaign.tick() is Step.HEAD_DOWN_PAUSED
+    lease.switchover = Switchover(source="me", target="", epoch=1)
+    clock.advance(TIMING.retry_period)
+    assert campaign.tick() is Step.SWITCHOVER
+    head.exited = True
+    assert campaign.tick() is Step.REJOINED
+    assert lease.reasons == [EndReason.SWITCHOVER]
+
+
+def test_a_paused_leader_still_stops_on_request(world):
+    campaign, lease, head, clock, stop, events = world
+    serve(campaign, head, clock)
+    lease.pause = True
+    stop.set()
+    assert campaign.tick() is Step.STOPPING
+    head.exited = True
+    assert campaign.tick() is Step.STOPPED
+    assert lease.reasons == [EndReason.STOP]
+
+
+@pytest.mark.parametrize("fault, reason", [
+    ("stop", EndReason.STOP), ("head", EndReason.HEAD_DIED), ("gcs", EndReason.GCS_DIED),
+    ("deadline", EndReason.RENEWAL_FAILED), ("refused", EndReason.REFUSED), ("error", EndReason.INTERNAL_ERROR)])
+def test_each_release_says_why_the_tenure_ended(world, fault, reason):
+    campaign, lease, head, clock, stop, events = world
+    serve(campaign, head, clock)
+    if fault == "stop":
+        stop.set()
+        head.exited = True
+    elif fault in ("head", "gcs"):
+        head.why = "ray exited with code 1" if fault == "head" else "gcs_server (pid 9) died"
+    elif fault in ("deadline", "refused"):
+        lease.renew_result = RedisUnavailable("down") if fault == "deadline" else RedisRefused("NOPERM", "acl")
+    else:
+        head.failure = lambda: 1 / 0
+        campaign.run()
+    while campaign.outcome is None:
+        clock.advance(0.5)
+        campaign.tick()
+    assert lease.reasons == [reason]
+
+
+def test_the_record_carries_how_the_tenure_before_ended(world):
+    campaign, lease, head, clock, stop, events = world
+    lease.previous = Ending(node="other", epoch=3, reason=EndReason.EXPIRED, ended_ms=1234)
+    serve(campaign, head, clock)
+    assert lease.written_previous == lease.previous
+
+
+def test_a_lease_key_lost_by_redis_is_its_own_change_in_the_history(world):
+    campaign, lease, head, clock, stop, events = world
+    serve(campaign, head, clock)
+    lease.renew_result = 5
+    clock.advance(TIMING.retry_period)
+    assert campaign.tick() is Step.SERVING, "taken back and published again in the same tick"
+    assert events[-1] == ("record", "127.0.0.1:6379", 5)
+    assert lease.written_previous == Ending(node="me", epoch=1, reason=EndReason.REDIS_LOST, ended_ms=0)

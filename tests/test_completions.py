@@ -52,9 +52,10 @@ def test_completion_refuses_an_unknown_shell_in_one_line():
 
 
 def declared_options(command: click.Command) -> set[str]:
-    """Every option name a command declares (help included), as click's completion offers them."""
+    """Every long option name a command declares (help included), as click's completion offers them
+    after `--` (a short name such as `history -n` is not offered there)."""
     names = {name for param in command.params if isinstance(param, click.Option) and not param.hidden
-             for name in (*param.opts, *param.secondary_opts)}
+             for name in (*param.opts, *param.secondary_opts) if name.startswith("--")}
     return names | set(command.get_help_option_names(click.Context(command)))
 
 

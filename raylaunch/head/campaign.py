@@ -4,6 +4,8 @@ Each tick is one short step that returns a Step the log and the tests can read. 
 the head's tree is always gone before the lease is released; a leader that cannot confirm its lease
 within the renew deadline kills its head while the lease still stands for the others; nothing is
 started after a stop was asked for. After a loss it ends or stands by again (head.afterloss decides).
+While an operator's pause stands, a leader whose head dies keeps the lease and leaves the head down
+(as Patroni leaves PostgreSQL alone in pause); the resume hands over as a head death would have.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from typing import Callable, Optional
 
 from raylaunch.config import Role, Timing
 from raylaunch.head.afterloss import AfterLoss
+from raylaunch.head.handover import raise_fence, say_waiting
+from raylaunch.head.observed import PauseWatch, note_leader
 from raylaunch.head.steps import HOLDING, Fence, Head, Lease, Outcome, Snapshot, Step, Tally, Tenure, Watch, Watcher
 from raylaunch.logs import report_leftovers
 from raylaunch.outage import OUTAGES, Trouble
 from raylaunch.proc.net import tcp_accepts
+from raylaunch.proc.raycmd import GCS_NAME
 from raylaunch.proc.stopflag import StopSignal
-from raylaunch.store.records import Attempt, describe
+from raylaunch.store.records import Attempt, Ending, EndReason
 
 log = logging.getLogger("ray-ha")
 
@@ -29,8 +34,6 @@ log = logging.getLogger("ray-ha")
 HEAD_POLL = 0.1
 #: A standby retries this long after the lease's remaining TTL, so it arrives just after expiry (s).
 TTL_SLACK = 0.005
-#: How often a leader waiting for the previous GCS says so, and a standby who leads (s).
-WAIT_LOG_EVERY = QUIET_LOG_EVERY = 60.0
 
 
 class Campaign:
@@ -51,6 +54,7 @@ class Campaign:
         self.tenure: Optional[Tenure] = None  # while we hold the lease (and after, until we stand by again)
         self.watch = Watch()
         self.tally = Tally()
+        self.pause = PauseWatch(lease.paused)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -64,11 +68,11 @@ class Campaign:
                 step = self.tick()
                 self._report(step)
                 if step is not Step.ACQUIRED:
-                    self._pause()
+                    self._idle()
         except Exception:
             log.exception("internal error; stopping the head before releasing the lease")
             self._kill_all()
-            self._release()
+            self._release(EndReason.INTERNAL_ERROR)
             self._report(self._finish(Outcome.FAILED, Step.STOPPED, "ended by an internal error"))
         assert self.outcome is not None  # the loop only ends once an outcome is set
         return self.outcome
@@ -82,7 +86,7 @@ class Campaign:
                         transitions=self.tally.transitions, renew_failures=self.tally.renew_failures,
                         takeover_seconds=self.tally.takeover_seconds, step=step, outcome=self.outcome,
                         redis_refused=self.trouble.refused, lease_confirmed_at=held.confirmed_at if held else None,
-                        won_wall=held.won_wall if held else None)
+                        won_wall=held.won_wall if held else None, paused=self.pause.paused)
 
     def _report(self, step: Step) -> None:
         """Tell the watchers; a failing watcher is logged and never stops the campaign."""
@@ -105,7 +109,8 @@ class Campaign:
         assert self.tenure is not None, "a tenure asked for while holding nothing"
         return self.tenure
 
-    def _pause(self) -> None:
+    def _idle(self) -> None:
+        """Wait until the next tick is due (a stop request or a release wakes it early)."""
         if self.outcome is not None:
             return
         if self.role is Role.STANDBY and self.clock() < self.watch.hold_until:
@@ -137,6 +142,7 @@ class Campaign:
             self.trouble.failed(exc)
             return Step.REDIS_REFUSED if self.trouble.refused else Step.REDIS_DOWN
         self.trouble.recovered()
+        self.pause.note(attempt.paused)
         if not attempt.won:
             self._note_leader(attempt)
             self.head.prepare()  # standing by: get a takeover ready (a pre-warmed `ray start`, if asked)
@@ -144,16 +150,16 @@ class Campaign:
                 self.watch.next_try = min(self.watch.next_try, self.clock() + attempt.ttl_ms / 1000 + TTL_SLACK)
             return Step.STANDING_BY
         # 4. Won. A stop that arrived meanwhile wins over starting anything.
-        self._became_leader(attempt.epoch, sent)
+        self._became_leader(attempt, sent)
         if self.stop.is_set():
-            self._release()
+            self._release(EndReason.STOP)
             return self._finish(Outcome.STOPPED, Step.STOPPED, "stopped right after winning; released")
         return Step.ACQUIRED
 
     def _waiting_step(self) -> Step:
         # 1. Stop before anything started: release and go.
         if self.stop.is_set():
-            self._release()
+            self._release(EndReason.STOP)
             return self._finish(Outcome.STOPPED, Step.STOPPED, "stopped before the head started; released")
         # 2. Keep the lease while we wait.
         kept = self._keep_lease()
@@ -161,42 +167,35 @@ class Campaign:
             return self._lose(kept)
         # 3. With a fence, lock older epochs out of Ray's storage before anything of ours starts.
         held = self.held
-        if self.fence is not None and held.fenced_epoch != held.epoch and not self._lock_out(held):
+        if self.fence is not None and held.fenced_epoch != held.epoch and not raise_fence(self.fence, held):
             return Step.FENCING
         # 4. Wait (bounded) for the previous leader's GCS to stop accepting connections.
         if held.old_gcs and self.old_gcs_alive(held.old_gcs):
             if self.clock() < held.wait_until:
-                self._log_waiting(held)
+                say_waiting(held, self.clock())
                 return Step.WAITING_OLD_GCS
             log.warning("previous GCS %s still accepts connections after %.0fs; starting anyway",
                         held.old_gcs, self.timing.wait_old_gcs)
         # 5. Start the head.
         return self._start_head()
 
-    def _lock_out(self, held: Tenure) -> bool:
-        """Raise the fence for our epoch; False on a Redis error, to try again next tick (lease kept)."""
-        try:
-            removed = self.fence.lock_out(held.epoch) if self.fence else []
-        except OUTAGES as exc:
-            log.warning("leader epoch %d: could not fence older epochs yet: %s", held.epoch, exc)
-            return False
-        held.fenced_epoch = held.epoch
-        log.info("leader epoch %d: fenced; older GCS users removed: %s", held.epoch, ", ".join(removed) or "none")
-        return True
-
     def _leading_step(self) -> Step:
         # 1. A stop request begins a graceful stop; the lease is kept until the tree is gone.
         if self.stop.is_set():
             self.held.rejoin = False
             return self._begin_stop("stop requested")
-        # 2. The head died: its GCS is gone, nothing to drain. Kill the rest, then release.
-        why = self.head.failure()
-        if why is not None:
+        # 2. The head died: its GCS is gone, nothing to drain. Kill the rest, then release (not while paused).
+        why = self.held.head_down or self.head.failure()
+        if why is not None and not self._paused_now():
             return self._head_died(why)
         # 3. Renew when due; give up in time if the lease is lost or unconfirmed.
         kept = self._keep_lease()
         if kept in (Step.LEASE_LOST, Step.DEADLINE_PASSED):
             return self._lose(kept)
+        if kept is Step.RENEWED:
+            self.pause.refresh()
+        if why is not None:
+            return self._head_down(why, kept)
         # 4. Once the GCS serves, publish where it is.
         if not self.held.serving:
             return self._publish_record() or kept or Step.LEADING
@@ -213,7 +212,7 @@ class Campaign:
         # 2. When the graceful part is done or the grace is over: kill what is left, then release.
         if self.head.drained() or self.clock() >= self.held.stop_deadline:
             self._kill_all()
-            self._release()
+            self._release(EndReason.SWITCHOVER if self.held.rejoin else EndReason.STOP)
             if self.held.rejoin and not self.stop.is_set():  # a switchover: stand by again at once
                 log.info("handed over from epoch %d; standing by again", self.held.epoch)
                 self._stand_by(hold=0.0)
@@ -241,39 +240,50 @@ class Campaign:
         held.rejoin = bool(request and request.source == self.name and request.epoch == held.epoch)
         return held.rejoin
 
+    def _paused_now(self) -> bool:
+        """Whether a pause stands: read afresh when the head has just died; once it is down, as each
+        renewal reads it."""
+        return self.pause.refresh() if self.held.head_down is None else self.pause.paused
+
+    def _head_down(self, why: str, kept: Optional[Step]) -> Step:
+        """Paused and our head died: kill what is left, keep the lease (nobody takes over), start nothing;
+        a switchover, an explicit act, still hands over."""
+        held = self.held
+        if held.head_down is None:
+            held.head_down, held.serving = why, False
+            log.error("leader epoch %d: %s while paused; keeping the lease and leaving the head down "
+                      "(no failover until `ray-ha resume`, which then hands over)", held.epoch, why)
+            self._kill_all()
+        if kept is Step.RENEWED and self._switchover_asked():
+            return self._begin_stop("switchover requested while the head is down; handing over")
+        return Step.HEAD_DOWN_PAUSED
+
     def _stand_by(self, hold: float) -> None:
         """Hold nothing and stand by again, trying for the lease after `hold` seconds."""
         self.role, self.tenure, self.watch.leader = Role.STANDBY, None, None
         self.watch.next_try = self.watch.hold_until = self.clock() + hold
 
-    def _became_leader(self, epoch: int, sent: float) -> None:
+    def _became_leader(self, attempt: Attempt, sent: float) -> None:
         try:
             record = self.lease.read_record()
         except OUTAGES as exc:
             log.warning("could not read the previous leader's record: %s", exc)
             record = None
+        epoch = attempt.epoch
         old_gcs = record.gcs_address if record and record.epoch < epoch else None
         self.tenure = Tenure(epoch, won_at=sent, won_wall=self.wall(), old_gcs=old_gcs,
-                             wait_until=self.clock() + self.timing.wait_old_gcs)
+                             wait_until=self.clock() + self.timing.wait_old_gcs, previous=attempt.previous)
         self.tenure.next_renew = sent + self.timing.retry_period
         self.role, self.watch = Role.WAITING, Watch(epoch=epoch, leader=self.name)
         self.tally.transitions += 1
         log.info("elected leader, epoch %d%s", epoch, f" (previous GCS was {old_gcs})" if old_gcs else "")
-
-    def _log_waiting(self, held: Tenure) -> None:
-        """Say once a minute that we hold the lease but wait for the old GCS, and for how long at most."""
-        if self.clock() >= held.next_wait_log:
-            held.next_wait_log = self.clock() + WAIT_LOG_EVERY
-            log.warning("leader epoch %d: previous GCS %s still accepts connections; not starting a "
-                        "second head beside it (waiting at most %.0fs more)", held.epoch, held.old_gcs,
-                        held.wait_until - self.clock())
 
     def _start_head(self) -> Step:
         try:
             self.head.start(self.held.epoch)
         except OSError as exc:
             log.error("could not start the head: %s", exc)
-            self._release()
+            self._release(EndReason.START_FAILED)
             return self._finish(Outcome.FAILED, Step.START_FAILED, "head did not start; lease released")
         self.role = Role.LEADER
         log.info("leader epoch %d: head started", self.held.epoch)
@@ -285,7 +295,7 @@ class Campaign:
             return None
         held = self.held
         try:
-            self.lease.write_record(address, held.epoch, held.won_wall, self.head.client_ports())
+            self.lease.write_record(address, held.epoch, held.won_wall, self.head.client_ports(), held.previous)
         except OUTAGES as exc:
             log.warning("could not write the leader record (will retry): %s", exc)
             return None
@@ -329,7 +339,9 @@ class Campaign:
         """Redis had lost our lease key and we took it back: a new epoch, and the record again."""
         log.warning("leader epoch %d: the lease key was gone from Redis (restart, flush or failover?); "
                     "took it again as epoch %d, head unchanged", self.held.epoch, epoch)
-        self.held.epoch, self.held.serving, self.watch.epoch = epoch, False, epoch
+        held = self.held
+        held.previous = Ending(node=self.name, epoch=held.epoch, reason=EndReason.REDIS_LOST, ended_ms=0)
+        held.epoch, held.serving, self.watch.epoch = epoch, False, epoch
         return Step.REACQUIRED
 
     def _lose(self, why: Step) -> Step:
@@ -341,13 +353,13 @@ class Campaign:
                   else "no renewal within the renew deadline", grace, left)
         report_leftovers(self.head.stop(grace))
         if why is Step.DEADLINE_PASSED:
-            self._release()
+            self._release(EndReason.REFUSED if self.trouble.refused else EndReason.RENEWAL_FAILED)
         return self._after_loss(why, Outcome.LOST, "leadership lost")
 
     def _head_died(self, why: str) -> Step:
         log.error("leader epoch %d: %s; killing what is left of the head", self.held.epoch, why)
         self._kill_all()
-        self._release()
+        self._release(EndReason.GCS_DIED if why.startswith(GCS_NAME) else EndReason.HEAD_DIED)
         return self._after_loss(Step.HEAD_DIED, Outcome.HEAD_DIED, "head died; lease released")
 
     def _after_loss(self, step: Step, outcome: Outcome, message: str) -> Step:
@@ -362,30 +374,21 @@ class Campaign:
     def _kill_all(self) -> None:
         report_leftovers(self.head.kill())
 
-    def _release(self) -> None:
-        """Release (compare-and-set) so a standby takes over now; on failure the lease simply expires."""
+    def _release(self, reason: EndReason) -> None:
+        """Release (compare-and-set), saying why, so a standby takes over now; on failure the lease simply
+        expires."""
         try:
-            self.lease.release()
+            self.lease.release(reason)
         except OUTAGES as exc:
             log.warning("could not release the lease (it expires within %.0fs): %s",
                         self.timing.lease_duration, exc)
 
     def _note_leader(self, attempt: Attempt) -> None:
-        """Log each change of the observed leader, and otherwise a quiet line at most once a minute."""
-        watch = self.watch
-        watch.epoch = attempt.epoch
-        if attempt.holder is None:
-            watch.leader = ""
-            return
-        self.after_loss.settle()
-        seen = (attempt.holder.token, attempt.epoch)
-        changed = seen != watch.logged
-        if changed:
-            watch.logged, watch.leader, self.tenure = seen, attempt.holder.node, None
+        if attempt.holder is not None:
+            self.after_loss.settle()  # stood by under a leader
+        if note_leader(self.watch, attempt, self.clock()):
+            self.tenure = None
             self.tally.transitions += 1
-        if changed or self.clock() >= watch.next_quiet_log:
-            watch.next_quiet_log = self.clock() + QUIET_LOG_EVERY
-            log.info("standing by; leader is %s, epoch %d", describe(attempt.holder), attempt.epoch)
 
     def _finish(self, outcome: Outcome, step: Step, message: str) -> Step:
         self.outcome, self.role = outcome, Role.DONE

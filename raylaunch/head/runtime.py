@@ -47,7 +47,8 @@ def head_state(base: SupervisorState, snapshot: Snapshot) -> SupervisorState:
                    gcs_address=snapshot.gcs_address, serving=snapshot.serving,
                    transitions=snapshot.transitions, renew_failures=snapshot.renew_failures,
                    takeover_seconds=snapshot.takeover_seconds,
-                   waiting_old_gcs=snapshot.step is Step.WAITING_OLD_GCS, redis_refused=snapshot.redis_refused)
+                   waiting_old_gcs=snapshot.step is Step.WAITING_OLD_GCS, redis_refused=snapshot.redis_refused,
+                   paused=snapshot.paused)
 
 
 class HeadMode:

@@ -11,7 +11,7 @@ from typing import Callable, Optional, Protocol
 
 from raylaunch.config import Role
 from raylaunch.proc.stopflag import StopSignal
-from raylaunch.store.records import Attempt, Record, Switchover
+from raylaunch.store.records import Attempt, Ending, EndReason, Record, Switchover
 
 
 class Lease(Protocol):
@@ -19,11 +19,13 @@ class Lease(Protocol):
 
     def try_acquire(self) -> Attempt: ...
     def renew(self, epoch: int) -> int: ...
-    def release(self) -> bool: ...
+    def release(self, reason: EndReason = EndReason.UNKNOWN) -> bool: ...
     def read_record(self) -> Optional[Record]: ...
-    def write_record(self, gcs_address: str, epoch: int, since: float, ports: Mapping[str, int]) -> bool: ...
+    def write_record(self, gcs_address: str, epoch: int, since: float, ports: Mapping[str, int],
+                     previous: Optional[Ending] = None) -> bool: ...
     def wait_released(self, timeout: float, stop: StopSignal) -> bool: ...
     def switchover_request(self) -> Optional[Switchover]: ...
+    def paused(self) -> bool: ...
     def forget_candidate(self) -> None: ...
 
 
@@ -77,6 +79,7 @@ class Step(enum.Enum):
     START_FAILED = "start-failed"
     SWITCHOVER = "switchover"
     REJOINED = "rejoined"
+    HEAD_DOWN_PAUSED = "head-down-paused"  # paused: the head died, the lease is kept, nothing restarts it
 
 
 class Outcome(enum.Enum):
@@ -106,6 +109,7 @@ class Snapshot:
     step: Step
     outcome: Optional[Outcome]
     won_wall: Optional[float] = None  # while we hold the lease: when we won it, by the wall clock
+    paused: bool = False           # an operator's pause holds automatic takeovers back (as last read)
 
 
 Watcher = Callable[[Snapshot], None]
@@ -126,6 +130,8 @@ class Tenure:
     gcs_address: Optional[str] = None  # our GCS, once it serves
     serving: bool = False          # the record names our serving GCS in this epoch
     measured: bool = False         # the takeover (win -> serving) of this tenure has been measured
+    previous: Optional[Ending] = None  # how the tenure before ours ended, for the history
+    head_down: Optional[str] = None  # paused: why our head is down (the lease is kept)
     rejoin: bool = False           # stepping down for a switchover: stand by again afterwards
     stop_deadline: float = 0.0     # stepping down: the grace ends here
     next_wait_log: float = 0.0

@@ -35,6 +35,7 @@ def render_metrics(state: Optional[SupervisorState]) -> str:
          state.renew_failures),
         ("ray_ha_redis_refused", "gauge", "1 while Redis refuses this node until a setting changes (see the log).",
          int(state.redis_refused is not None)),
+        ("ray_ha_paused", "gauge", "1 while an operator's pause (ray-ha pause) holds automatic failover back.", int(state.paused)),
     ]
     if state.takeover_seconds is not None:
         rows.append(("ray_ha_takeover_seconds", "gauge", "Last takeover: lease acquired to GCS serving.",
@@ -73,7 +74,8 @@ class Endpoint:
             refused = state is not None and state.redis_refused is not None
             healthy = fresh and state is not None and state.health("any")[0]
             return (200 if healthy else 503), "text/plain", \
-                f"{'ok' if healthy else 'refused by Redis' if refused else 'stale'} {role}\n"
+                f"{'ok' if healthy else 'refused by Redis' if refused else 'stale'} {role}" \
+                f"{' paused' if state and state.paused else ''}\n"
         if path in ("/leader", "/primary"):
             leading = fresh and state is not None and state.health("leader", self.probe)[0]
             return (200 if leading else 503), "text/plain", f"{role}\n"

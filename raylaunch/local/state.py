@@ -55,6 +55,7 @@ class SupervisorState:
     renew_failures: int = 0
     takeover_seconds: Optional[float] = None
     waiting_old_gcs: bool = False
+    paused: bool = False            # head mode: an operator's pause holds automatic takeovers back
     step: Optional[str] = None      # follow mode: the last FollowStep
     joined: bool = False
     restarts: int = 0
@@ -91,7 +92,7 @@ class SupervisorState:
         if self.redis_refused:
             return False, f"{self.role}, stuck: Redis refuses it: {self.redis_refused}"
         if role == "any":
-            return True, self.role
+            return True, f"{self.role}, paused" if self.paused else self.role
         if self.role != Role.LEADER or not self.serving:
             return False, f"not the serving leader ({self.role})"
         address = self.gcs_address or ""

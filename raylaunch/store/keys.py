@@ -42,6 +42,11 @@ class Keys:
         return f"{self.lease}:switchover"
 
     @property
+    def pause(self) -> str:
+        """Maintenance mode (`ray-ha pause`): while it exists no candidate takes the lease by itself."""
+        return f"{self.lease}:pause"
+
+    @property
     def grant(self) -> str:
         return f"{self.lease}:grant"
 
@@ -78,4 +83,4 @@ class Keys:
     def types(self) -> dict[str, str]:
         """The keys ray-ha keeps, each with the Redis type it must have if it exists."""
         return {self.lease: "string", self.epoch: "string", self.record: "string", self.history: "list",
-                self.switchover: "string", self.grant: "hash", self.provider: "string"}
+                self.switchover: "string", self.grant: "hash", self.provider: "string", self.pause: "string"}

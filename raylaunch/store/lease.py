@@ -19,7 +19,7 @@ from raylaunch.proc.stopflag import StopSignal
 from raylaunch.store.connect import on_slot_owner
 from raylaunch.store.errors import ReplicasBehind
 from raylaunch.store.keyspace import Keyspace
-from raylaunch.store.records import Attempt, Holder, Record, StandbyHeartbeat, Switchover
+from raylaunch.store.records import Attempt, Change, Ending, EndReason, Holder, Record, StandbyHeartbeat, Switchover
 from raylaunch.store.scripts import ACQUIRE, HISTORY_LENGTH, RELEASE, RENEW, WRITE_IF_OURS, WRITE_RECORD
 
 T = TypeVar("T")
@@ -61,18 +61,24 @@ class RedisLease:
         return self._guard(lambda: self._replicated(self._saw(int(self._renew(
             keys=[self.key, self.keys.epoch, self.keys.grant], args=[self.me.value, self.ttl_ms, epoch])))))
 
-    def release(self) -> bool:
-        """Delete our lease and notify standbys; False if it was not ours (nothing is touched)."""
-        return self._guard(lambda: bool(
-            self._release(keys=[self.key, self.keys.grant], args=[self.me.value, self.keys.channel]) == 1))
+    def release(self, reason: EndReason = EndReason.UNKNOWN) -> bool:
+        """Delete our lease, saying why for the history, and notify standbys; False if it was not ours
+        (nothing is touched)."""
+        return self._guard(lambda: self._do_release(reason))
 
-    def write_record(self, gcs_address: str, epoch: int, since: float, ports: Mapping[str, int]) -> bool:
-        """Publish our GCS address, epoch and client ports next to the lease; False if the lease is not ours."""
+    def write_record(self, gcs_address: str, epoch: int, since: float, ports: Mapping[str, int],
+                     previous: Optional[Ending] = None) -> bool:
+        """Publish our GCS address, epoch and client ports next to the lease, and add the change (with how
+        the tenure before ended) to the history; False if the lease is not ours."""
         record = Record(node=self.me.node, host=self.me.host, gcs_address=gcs_address,
                         epoch=epoch, since=since, ports=dict(ports))
-        text = json.dumps(asdict(record), sort_keys=True)
+        text, entry = json.dumps(asdict(record), sort_keys=True), Change.entry(record, previous)
         return self._guard(lambda: bool(self._write_record(keys=[self.key, self.keys.record, self.keys.history],
-                                                           args=[self.me.value, text, HISTORY_LENGTH]) == 1))
+                                                           args=[self.me.value, text, HISTORY_LENGTH, entry]) == 1))
+
+    def paused(self) -> bool:
+        """Whether an operator's pause holds automatic takeovers back (the leader reads it as it renews)."""
+        return self._guard(lambda: bool(self.client.exists(self.keys.pause)))
 
     def read_record(self) -> Optional[Record]:
         """The last leader's record, or None if none was written."""
@@ -122,18 +128,24 @@ class RedisLease:
     def _do_try_acquire(self) -> Attempt:
         candidate = StandbyHeartbeat(node=self.me.node, host=self.me.host, pid=self.me.pid, since=self.started).encode()
         reply = self._acquire(keys=[self.key, self.keys.epoch, self.keys.candidate(self.me.node),
-                                    self.keys.switchover, self.keys.grant],
+                                    self.keys.switchover, self.keys.grant, self.keys.pause],
                               args=[self.me.value, self.ttl_ms, self.me.node, candidate, self.seen_epoch])
         if int(reply[0]) == 1:
             self._drop_pubsub()  # a leader has no use for release notifications
             try:
                 self._replicated(True)
             except ReplicasBehind:
-                self._release(keys=[self.key, self.keys.grant], args=[self.me.value, self.keys.channel])
+                self._do_release(EndReason.REFUSED)
                 raise
-            return Attempt(won=True, epoch=self._saw(int(reply[1])), holder=self.me, ttl_ms=self.ttl_ms)
+            return Attempt(won=True, epoch=self._saw(int(reply[1])), holder=self.me, ttl_ms=self.ttl_ms,
+                           previous=Ending.from_grant(*reply[2:7]))
         holder = Holder.decode(reply[1]) if reply[1] else None
-        return Attempt(won=False, epoch=self._saw(int(reply[2])), holder=holder, ttl_ms=int(reply[3]))
+        return Attempt(won=False, epoch=self._saw(int(reply[2])), holder=holder, ttl_ms=int(reply[3]),
+                       paused=int(reply[4]) == 1)
+
+    def _do_release(self, reason: EndReason) -> bool:
+        return bool(self._release(keys=[self.key, self.keys.grant],
+                                  args=[self.me.value, self.keys.channel, reason.value]) == 1)
 
     def _replicated(self, result: T) -> T:
         """With min_replicas, `result` stands only once WAIT confirms our writes on that many replicas.

@@ -1,8 +1,10 @@
 """What ray-ha keeps in Redis, as immutable records: the lease holder, the leader's record, a switchover
-request, one acquisition attempt. Each decodes what it wrote and tolerates what it did not."""
+request, a pause, one acquisition attempt, how a tenure ended and the history of leadership changes.
+Each decodes what it wrote and tolerates what it did not."""
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import secrets
@@ -44,14 +46,91 @@ class Holder:
             return cls(node=text[:64], host="?", pid=0, token="")
 
 
+class EndReason(str, enum.Enum):
+    """Why a tenure ended: said by the leader that released the lease, else by the next winner (expired)."""
+
+    EXPIRED = "expired"                # nobody released it: a crash, a cut from Redis, a frozen leader
+    SWITCHOVER = "switchover"
+    STOP = "stop"
+    RENEWAL_FAILED = "renewal-failed"  # no renewal within the renew deadline; released once Redis answered
+    REFUSED = "refused"                # Redis refused the renewals (a setting, a permission)
+    HEAD_DIED = "head-died"            # `ray start` ended
+    GCS_DIED = "gcs-died"
+    START_FAILED = "start-failed"
+    INTERNAL_ERROR = "internal-error"
+    REDIS_LOST = "redis-lost"          # Redis lost the lease key; its leader took it again in a new epoch
+    UNKNOWN = "unknown"                # a release by an older ray-ha, or a grant Redis no longer had
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def text(self) -> str:
+        """The reason in words, for status and history."""
+        return _END_TEXT[self]
+
+
+_END_TEXT = {
+    EndReason.EXPIRED: "lease expired unrenewed", EndReason.SWITCHOVER: "released by switchover",
+    EndReason.STOP: "released by stop", EndReason.RENEWAL_FAILED: "renewal failed",
+    EndReason.REFUSED: "refused by Redis", EndReason.HEAD_DIED: "head died", EndReason.GCS_DIED: "GCS died",
+    EndReason.START_FAILED: "head did not start", EndReason.INTERNAL_ERROR: "internal error",
+    EndReason.REDIS_LOST: "Redis lost the lease key", EndReason.UNKNOWN: "unknown",
+}
+
+
+def end_reason(text: Optional[str]) -> EndReason:
+    """A stored reason; one this version does not know is UNKNOWN."""
+    try:
+        return EndReason(text or "unknown")
+    except ValueError:
+        return EndReason.UNKNOWN
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How the tenure before ours ended, as a winner finds it: who held it, which epoch, why, and the
+    last renewal or the release by Redis's clock (ms; 0 if unknown)."""
+
+    node: str
+    epoch: int
+    reason: EndReason
+    ended_ms: int
+
+    @classmethod
+    def from_grant(cls, value: Optional[str], node: Optional[str], epoch: Optional[str], at: Optional[str],
+                   reason: Optional[str]) -> Optional[Ending]:
+        """The previous grant (store.scripts): released if its value is empty, else it expired; None if
+        there was none (the first lease, or a Redis that lost it)."""
+        if value is None:
+            return None
+        released = value == ""
+        who = node or ("" if released else Holder.decode(value).node)
+        return cls(node=who or "?", epoch=_int(epoch), reason=end_reason(reason) if released else EndReason.EXPIRED,
+                   ended_ms=_int(at))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "epoch": self.epoch, "reason": self.reason.value, "ended_ms": self.ended_ms}
+
+    @classmethod
+    def decode(cls, data: Any) -> Optional[Ending]:
+        if not isinstance(data, dict):
+            return None
+        return cls(node=str(data.get("node") or "?"), epoch=_int(data.get("epoch")),
+                   reason=end_reason(data.get("reason")), ended_ms=_int(data.get("ended_ms")))
+
+
 @dataclass(frozen=True)
 class Attempt:
-    """The outcome of one acquisition try: won with a new epoch, or who holds the lease now."""
+    """The outcome of one acquisition try: won with a new epoch (and how the tenure before ended), or who
+    holds the lease now; and whether a pause holds automatic takeovers back."""
 
     won: bool
     epoch: int
     holder: Optional[Holder] = None
     ttl_ms: int = 0
+    previous: Optional[Ending] = None
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +164,61 @@ class Record:
         """host:port of `service` on this leader, None if it serves none."""
         port = self.port(service)
         return None if port is None else join_address(split_address(self.gcs_address)[0], port)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One leadership change in the history: the new leader's record, how the tenure before ended, and
+    when the new GCS served by Redis's clock (ms). Entries of an older ray-ha have only the record."""
+
+    record: Record
+    previous: Optional[Ending] = None
+    serving_ms: int = 0
+
+    @property
+    def headless_seconds(self) -> Optional[float]:
+        """From the last renewal (or the release) of the tenure before to this GCS serving; None if unknown."""
+        if self.previous is None or not self.previous.ended_ms or not self.serving_ms:
+            return None
+        return max(0, self.serving_ms - self.previous.ended_ms) / 1000
+
+    @staticmethod
+    def entry(record: Record, previous: Optional[Ending]) -> str:
+        """The history entry's JSON, without `serving_ms` (the script adds it by Redis's clock): the
+        record's fields, so an older ray-ha reads it as a Record, and `previous`."""
+        data = {**asdict(record), "previous": previous.as_dict() if previous else None}
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def decode(cls, text: Optional[str]) -> Optional[Change]:
+        record = Record.decode(text)
+        if record is None:
+            return None
+        data = _json_object(text) or {}
+        return cls(record=record, previous=Ending.decode(data.get("previous")), serving_ms=_int(data.get("serving_ms")))
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Maintenance mode: no candidate takes the lease by itself until `until` (wall clock; None: until
+    `ray-ha resume`). The leader keeps renewing; a switchover still works."""
+
+    by: str
+    since: float
+    until: Optional[float] = None
+    reason: str = ""
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def decode(cls, text: Optional[str]) -> Optional[Pause]:
+        data = _json_object(text)
+        if data is None:
+            return None
+        until = data.get("until")
+        return cls(by=str(data.get("by") or "?"), since=float(data.get("since") or 0),
+                   until=float(until) if until is not None else None, reason=str(data.get("reason") or ""))
 
 
 def serving_record(lease_value: Optional[str], epoch: Optional[str], record_text: Optional[str]) -> Optional[Record]:
@@ -167,6 +301,14 @@ class FollowerHeartbeat:
         return None if data is None else cls(
             node=str(data.get("node")), host=data.get("host"), pid=data.get("pid"), since=data.get("since"),
             epoch=data.get("epoch"), leader=data.get("leader"), gcs_address=data.get("gcs_address"))
+
+
+def _int(value: Any) -> int:
+    """A stored integer; anything else is 0 (unknown)."""
+    try:
+        return int(value or 0)
+    except (ValueError, TypeError):
+        return 0
 
 
 def _json_object(text: Optional[str]) -> Optional[dict[str, Any]]:

@@ -3,16 +3,20 @@ that changed hands is never extended or deleted by its old owner; every key a sc
 the lease's hash tag (store.keys), so a cluster-mode Redis runs it on one shard."""
 
 # KEYS[1] lease key, KEYS[2] epoch key, KEYS[3] our candidate key, KEYS[4] switchover request,
-# KEYS[5] the last grant (a hash: the holder's value and Redis's time in ms);
+# KEYS[5] the last grant (a hash: the holder's value, node, epoch, Redis's time in ms of the grant or
+# its release, and why it was released), KEYS[6] the pause;
 # ARGV[1] our value, ARGV[2] lease in ms, ARGV[3] our node name, ARGV[4] our candidate record,
 # ARGV[5] the highest epoch we have seen.
 # Takes the lease if nobody holds it and bumps the fencing epoch in the same step, above every epoch
 # we have seen, so epochs keep rising even if Redis lost the epoch key (a restart without it). A pending
-# switchover holds back the leader that asked to step down and every node it did not name.
+# switchover holds back the leader that asked to step down and every node it did not name; without
+# one, a pause holds everybody back (a switchover is an explicit act, so it still goes through).
 # A loser refreshes its candidate record (TTL = lease), so standbys cost one command per try.
-# Returns {1, new epoch} when won, else {0, holder value, current epoch, lease ms left}.
+# Returns {1, new epoch, the previous grant's value, node, epoch, time, reason} when won (false for
+# what it did not have), else {0, holder value, current epoch, lease ms left, 1 if paused else 0}.
 ACQUIRE = """
-local held_back = false
+local paused = redis.call('EXISTS', KEYS[6]) == 1
+local held_back = paused
 local request = redis.call('GET', KEYS[4])
 if request then
   local ok, r = pcall(cjson.decode, request)
@@ -25,13 +29,15 @@ if not held_back and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) th
     epoch = tonumber(ARGV[5]) + 1
     redis.call('SET', KEYS[2], epoch)
   end
+  local before = redis.call('HMGET', KEYS[5], 'value', 'node', 'epoch', 'at', 'reason')
   local now = redis.call('TIME')
-  redis.call('HSET', KEYS[5], 'value', ARGV[1], 'at', now[1] * 1000 + math.floor(now[2] / 1000))
-  return {1, epoch}
+  redis.call('HSET', KEYS[5], 'value', ARGV[1], 'node', ARGV[3], 'epoch', epoch,
+             'at', now[1] * 1000 + math.floor(now[2] / 1000), 'reason', '')
+  return {1, epoch, before[1], before[2], before[3], before[4], before[5]}
 end
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
 local epoch = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-return {0, redis.call('GET', KEYS[1]) or '', epoch, redis.call('PTTL', KEYS[1])}
+return {0, redis.call('GET', KEYS[1]) or '', epoch, redis.call('PTTL', KEYS[1]), paused and 1 or 0}
 """
 
 # KEYS[1] lease key, KEYS[2] epoch key, KEYS[3] the last grant; ARGV[1] our value, ARGV[2] lease in ms,
@@ -61,17 +67,19 @@ end
 local epoch = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') or 0, tonumber(ARGV[3])) + 1
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[2], epoch)
-redis.call('HSET', KEYS[3], 'value', ARGV[1], 'at', now)
+redis.call('HSET', KEYS[3], 'value', ARGV[1], 'at', now, 'epoch', epoch)
 return epoch
 """
 
-# KEYS[1] lease key, KEYS[2] the last grant; ARGV[1] our value, ARGV[2] release channel.
+# KEYS[1] lease key, KEYS[2] the last grant; ARGV[1] our value, ARGV[2] release channel, ARGV[3] why.
 # Deletes the lease only if ours, marks the grant released (so a late renewal cannot take it back)
-# and wakes the standbys. Returns 1 if released, 0 if not ours.
+# with the time and the reason the next winner reads, and wakes the standbys. Returns 1 if released,
+# 0 if not ours.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  local t = redis.call('TIME')
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'value', '', 'at', 0)
+  redis.call('HSET', KEYS[2], 'value', '', 'at', t[1] * 1000 + math.floor(t[2] / 1000), 'reason', ARGV[3])
   redis.call('PUBLISH', ARGV[2], ARGV[1])
   return 1
 end
@@ -79,12 +87,15 @@ return 0
 """
 
 # KEYS[1] lease key, KEYS[2] record key, KEYS[3] history list; ARGV[1] our value, ARGV[2] record
-# JSON, ARGV[3] history length. Publishes the leader's record only while the lease is ours, and
-# prepends it to the bounded history of leaders. Returns 1 if written, 0 if not ours.
+# JSON, ARGV[3] history length, ARGV[4] the history entry (a JSON object). Publishes the leader's
+# record only while the lease is ours, and prepends the entry, with "serving_ms" (now, by Redis's
+# clock) added before its closing brace, to the bounded history. Returns 1 if written, 0 if not ours.
 WRITE_RECORD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
   redis.call('SET', KEYS[2], ARGV[2])
-  redis.call('LPUSH', KEYS[3], ARGV[2])
+  redis.call('LPUSH', KEYS[3], string.sub(ARGV[4], 1, -2) .. ', "serving_ms": ' .. string.format('%d', now) .. '}')
   redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
   return 1
 end

@@ -1,17 +1,19 @@
-"""The cluster as Redis sees it: leader, standbys, followers, recent leaders, a pending switchover;
-and the one write an operator makes, the switchover request. Read through store.leader."""
+"""The cluster as Redis sees it: leader, standbys, followers, the history of leadership changes, a pending
+switchover, a pause; and the writes an operator makes: the switchover request, pause and resume. Who
+leads is read through store.leader."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar, cast
 
 from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.leader import Leadership, leadership_from, queue_leadership, read_leadership
-from raylaunch.store.records import FollowerHeartbeat, Record, StandbyHeartbeat, Switchover
+from raylaunch.store.records import Change, FollowerHeartbeat, Pause, StandbyHeartbeat, Switchover
 
-HISTORY_SHOWN = 10
+#: How many leadership changes `status` shows (`ray-ha history` shows more).
+HISTORY_SHOWN = 5
 M = TypeVar("M", StandbyHeartbeat, FollowerHeartbeat)
 
 
@@ -35,8 +37,9 @@ class ClusterView:
     leadership: Leadership
     standbys: tuple[Live, ...]   # live candidates other than the leader, by node
     followers: tuple[Live, ...]  # live follow-mode workers, by node
-    history: tuple[Record, ...]  # recent leaders, newest first
+    history: tuple[Change, ...]  # recent leadership changes, newest first
     switchover: Optional[Switchover]
+    pause: Optional[Pause] = None
 
     @property
     def leader_node(self) -> Optional[str]:
@@ -54,14 +57,47 @@ def _read_cluster(keyspace: Keyspace) -> ClusterView:
     queue_leadership(pipe, keys)
     pipe.get(keys.switchover)
     pipe.lrange(keys.history, 0, HISTORY_SHOWN - 1)
+    pipe.get(keys.pause)
     replies = pipe.execute()
     leadership = leadership_from(replies)
     leader = leadership.holder.node if leadership.holder else None
     standbys = [c for c in _heartbeats(keyspace, keys.candidate(""), StandbyHeartbeat) if c.record.node != leader]
     return ClusterView(key=keys.lease, leadership=leadership, standbys=tuple(standbys),
                        followers=tuple(_heartbeats(keyspace, keys.follower(""), FollowerHeartbeat)),
-                       history=tuple(r for r in map(Record.decode, replies[5]) if r is not None),
-                       switchover=Switchover.decode(replies[4]))
+                       history=_changes(replies[5]), switchover=Switchover.decode(replies[4]),
+                       pause=Pause.decode(replies[6]))
+
+
+def read_history(keyspace: Keyspace, count: int) -> tuple[Change, ...]:
+    """The newest `count` leadership changes, newest first (Redis keeps store.scripts.HISTORY_LENGTH)."""
+    keys = keyspace.keys
+    return _changes(keyspace.guard(lambda: cast(list[str], keyspace.client.lrange(keys.history, 0, max(0, count - 1)))))
+
+
+def _changes(entries: list[str]) -> tuple[Change, ...]:
+    return tuple(c for c in map(Change.decode, entries) if c is not None)
+
+
+def pause_cluster(keyspace: Keyspace, by: str, duration: Optional[float], reason: str = "") -> Pause:
+    """Pause automatic takeovers for `duration` s (None: until resumed); replaces a pause that stands."""
+    now = time.time()
+    pause = Pause(by=by, since=now, until=now + duration if duration else None, reason=reason)
+    keys = keyspace.keys
+    keyspace.guard(lambda: keyspace.client.set(keys.pause, pause.encode(),
+                                               px=max(1, int(duration * 1000)) if duration else None))
+    return pause
+
+
+def resume_cluster(keyspace: Keyspace) -> Optional[Pause]:
+    """End the pause; returns the one that stood, or None if the cluster was not paused."""
+    keys = keyspace.keys
+
+    def exchange() -> Optional[str]:
+        pipe = keyspace.client.pipeline(transaction=True)
+        pipe.get(keys.pause)
+        pipe.delete(keys.pause)
+        return cast(Optional[str], pipe.execute()[0])
+    return Pause.decode(keyspace.guard(exchange))
 
 
 def _heartbeats(keyspace: Keyspace, prefix: str, kind: type[M]) -> list[Live]:
