@@ -2,13 +2,12 @@
 changes with the reason each tenure ended. Then the same through the CLI with real supervisors (fake ray)."""
 
 import json
-import os
-import signal
 import time
 
+import psutil
 import pytest
 
-from conftest import FAST_TIMING, KEYS, fake_ray_events, ray_ha, wait_for
+from conftest import FAST_TIMING, KEYS, fake_ray_events, named, ray_ha, wait_for
 from raylaunch.store.connect import RedisTarget, connect
 from raylaunch.store.errors import guarded
 from raylaunch.store.keyspace import Keyspace
@@ -135,3 +134,156 @@ def test_history_entries_of_an_older_ray_ha_read_as_changes_without_a_reason(red
     redis_server.client().lpush(KEYS.history, old, "not json")
     (change,) = read_history(keyspace_of(redis_server), 5)
     assert change == Change(record=Record(node="x", host="h", gcs_address="127.0.0.1:5", epoch=3, since=1.0))
+
+
+# -- through the CLI, with real supervisors (fake ray) ------------------------------------------------------
+
+LEASE = float(FAST_TIMING[0].split("=")[1])  # the fast timings' lease (3 s)
+
+
+@pytest.fixture
+def cli_env(fake_ray_env, redis_server):
+    """The environment an operator's `ray-ha` command runs in, beside the launchers."""
+    return {**fake_ray_env, "RAY_REDIS_ADDRESS": redis_server.address}
+
+
+def started(env, node):
+    """The epochs in which the fake ray started a head on `node`."""
+    return [e["epoch"] for e in fake_ray_events(env) if e["event"] == "start" and e["node"] == node]
+
+
+def history(env, cwd):
+    result = ray_ha("history", "--json", env=env, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_pause_outlives_a_leaders_kill_9_until_resume(launch, cli_env, redis_server, tmp_path):
+    a = launch("a")
+    a.wait_log("GCS serving")
+    b = launch("b")
+    b.wait_log("standing by")
+    paused = ray_ha("pause", "--reason", "upgrading Ray", env=cli_env, cwd=tmp_path)
+    assert paused.returncode == 0, paused.stderr
+    assert "paused with no end" in paused.stderr and paused.stdout.startswith("ray-ha: paused ")
+    b.wait_log("paused by an operator")
+    a.kill_tree()
+    time.sleep(LEASE + 3)  # the lease has long expired: unpaused, b would lead by now
+    assert redis_server.client().get(KEY) is None and started(cli_env, "b") == []
+    status = ray_ha("status", env=cli_env, cwd=tmp_path)
+    assert status.returncode == 1 and "no leader" in status.stdout
+    assert "PAUSED by " in status.stdout and "(upgrading Ray): no automatic takeover" in status.stdout
+    view = json.loads(ray_ha("status", "--json", env=cli_env, cwd=tmp_path).stdout)
+    assert view["pause"]["reason"] == "upgrading Ray" and view["pause"]["until"] is None
+    assert [s["paused"] for s in view["local"] if s["node"] == "b"] == [True]
+    health = ray_ha("health", "--role", "any", "--ha-node-name", "b", env=cli_env, cwd=tmp_path)
+    assert health.returncode == 0 and health.stdout.strip().endswith(": standby, paused"), health.stdout
+    resumed = ray_ha("resume", env=cli_env, cwd=tmp_path)
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout
+    b.wait_log("GCS serving", timeout=10 * LEASE)
+    assert started(cli_env, "b") == ["2"]
+    newest = history(cli_env, tmp_path)[0]
+    assert (newest["node"], newest["epoch"]) == ("b", 2)
+    assert newest["previous"] == {"node": "a", "epoch": 1, "reason": "expired"}
+    assert newest["headless_s"] > LEASE + 3, "from a's last renewal to b's GCS serving, the pause included"
+
+
+def test_a_pause_for_a_while_ends_by_itself_and_the_standby_takes_over(launch, cli_env, redis_server, tmp_path):
+    a = launch("a")
+    a.wait_log("GCS serving")
+    b = launch("b")
+    b.wait_log("standing by")
+    paused = ray_ha("pause", "--for", "6s", env=cli_env, cwd=tmp_path)
+    assert paused.returncode == 0 and paused.stderr == "" and " until " in paused.stdout
+    pause_ends = json.loads(redis_server.client().get(KEYS.pause))["until"]
+    a.kill_tree()
+    b.wait_log("GCS serving", timeout=30)
+    record = json.loads(redis_server.client().get(KEYS.record))
+    assert record["node"] == "b" and record["since"] >= pause_ends - 0.1, "nobody took over before the pause ended"
+    assert "pause ended" in b.log()
+
+
+@pytest.mark.parametrize("bad, phrase", [("0", "longer than 0"), ("soon", "not a duration"), ("-5m", "not a duration")])
+def test_a_pause_of_no_length_is_refused_in_one_line_and_writes_nothing(cli_env, redis_server, tmp_path, bad, phrase):
+    result = ray_ha("pause", "--for", bad, env=cli_env, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("ray-ha: error:") and phrase in result.stderr
+    assert redis_server.client().exists(KEYS.pause) == 0
+
+
+def test_a_paused_leader_whose_gcs_dies_keeps_the_lease_and_hands_over_on_resume(launch, cli_env, redis_server,
+                                                                                   tmp_path):
+    a = launch("a")
+    a.wait_log("GCS serving")
+    b = launch("b")
+    b.wait_log("standing by")
+    assert ray_ha("pause", "--for", "10m", env=cli_env, cwd=tmp_path).returncode == 0
+    a.wait_log("paused by an operator")
+    named(psutil.Process(a.pid).children(recursive=True), "gcs_server")[0].kill()
+    a.wait_log("while paused; keeping the lease")
+    head = ("ray", "gcs_server", "raylet", "ray::Worker", "ray::Agent")  # the fake head's tree
+    wait_for(lambda: not any(a.named(name) for name in head), 10, what="the rest of a's head killed")
+    time.sleep(LEASE + 2)
+    assert json.loads(redis_server.client().get(KEY))["node"] == "a", "a renews: nobody takes over"
+    assert started(cli_env, "b") == [] and a.proc.poll() is None
+    view = json.loads(ray_ha("status", "--json", env=cli_env, cwd=tmp_path).stdout)
+    assert view["leader"]["node"] == "a" and view["pause"]["until"] is not None
+    assert ray_ha("health", "--ha-node-name", "a", env=cli_env, cwd=tmp_path).returncode == 1, "not serving"
+    assert ray_ha("resume", env=cli_env, cwd=tmp_path).returncode == 0
+    assert a.wait(30) == 4, "the resume hands over as the GCS's death would have"
+    b.wait_log("GCS serving", timeout=30)
+    assert history(cli_env, tmp_path)[0]["previous"] == {"node": "a", "epoch": 1, "reason": "gcs-died"}
+
+
+def test_a_switchover_goes_through_a_pause(launch, cli_env, redis_server, tmp_path):
+    a = launch("a")
+    a.wait_log("GCS serving")
+    b = launch("b")
+    b.wait_log("standing by")
+    assert ray_ha("pause", "--for", "10m", env=cli_env, cwd=tmp_path).returncode == 0
+    result = ray_ha("switchover", "--timeout", "30", env=cli_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "b leads (epoch 2)" in result.stdout
+    assert redis_server.client().exists(KEYS.pause) == 1, "still paused"
+    assert history(cli_env, tmp_path)[0]["previous"]["reason"] == "switchover"
+
+
+def test_the_history_says_why_each_tenure_ended_crash_switchover_gcs_death_and_stop(cli_env, tmp_path,
+                                                                                    leak_guard):
+    """Detached candidates (they stand by again after a loss) through each kind of change, in turn."""
+    env = {**cli_env, "RAY_ENABLE_HEAD_HA": "1"}
+
+    def start(name):
+        result = ray_ha("start", "--head", "--port=0", f"--temp-dir={tmp_path / 'ray'}", f"--ha-node-name={name}",
+                        *FAST_TIMING, env={**env, "RAY_HA_TEST_NODE": name}, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+
+    def supervisor(name):
+        (found,) = [p for p in psutil.process_iter(["cmdline"]) if f"--ha-node-name={name}" in (p.info["cmdline"] or [])
+                    and "raylaunch" in (p.info["cmdline"] or []) and "--block" in p.info["cmdline"]]
+        return found
+
+    def leads(epoch):
+        wait_for(lambda: (history(env, tmp_path) or [{}])[0].get("epoch") == epoch, 60, 0.2, what=f"epoch {epoch}")
+        return history(env, tmp_path)[0]
+
+    try:
+        start("a")
+        start("b")
+        assert ray_ha("switchover", "--to", "b", env=env, cwd=tmp_path).returncode == 0
+        named(supervisor("b").children(recursive=True), "gcs_server")[0].kill()
+        assert leads(3)["node"] == "a"
+        supervisor("a").kill()  # the supervisor crashes (its watchdog kills its head): nobody releases
+        assert leads(4)["node"] == "b"
+        start("a")
+        assert ray_ha("stop", "--ha-node-name", "b", env=env, cwd=tmp_path).returncode == 0
+        assert leads(5)["node"] == "a"
+        changes = history(env, tmp_path)
+    finally:
+        ray_ha("stop", env=env, cwd=tmp_path)
+    assert [(c["epoch"], c["node"], c["previous"] and c["previous"]["reason"]) for c in changes] == [
+        (5, "a", "stop"), (4, "b", "expired"), (3, "a", "gcs-died"), (2, "b", "switchover"), (1, "a", None)]
+    assert [c["previous"]["node"] for c in changes[:-1]] == ["b", "a", "b", "a"]
+    assert all(0 < c["headless_s"] < 30 for c in changes[:-1])
+    table = ray_ha("history", "-n", "2", env=env, cwd=tmp_path).stdout.splitlines()
+    assert len(table) == 3 and "released by stop" in table[1] and "lease expired unrenewed" in table[2]
