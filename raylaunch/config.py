@@ -114,6 +114,12 @@ class Timing:
                 f"Redis timeout ({self.redis_timeout:g}s)")
 
     @property
+    def priority_yield(self) -> float:
+        """How long a candidate yields a free lease to a live one of higher priority (s): two retry
+        periods, so the better one's next try falls inside it."""
+        return 2 * self.retry_period
+
+    @property
     def effective_reconnect_timeout(self) -> float:
         """The reconnect timeout to give Ray: the user's, else lease + head start budget."""
         if self.reconnect_timeout is not None:
@@ -128,6 +134,7 @@ class Identity:
     node_name: str
     key: str
     host: str = field(default_factory=socket.gethostname)
+    priority: int = 1  # who leads first after a loss: the highest live one; 0 never leads
 
     def __post_init__(self) -> None:
         if not self.node_name.strip() or any(ch.isspace() or ch == "/" for ch in self.node_name):
@@ -370,6 +377,9 @@ IDENTITY: Group[Identity] = Group(Identity, (
             "This candidate's name", worded="host name"),
     Setting("key", "--ha-key", "RAY_HA_LEADER_KEY", _text, "KEY",
             "Lease key", worded="ray-ha:<namespace>:leader"),
+    Setting("priority", "--ha-priority", "RAY_HA_PRIORITY", _number("a priority (0 or more)"), "N",
+            "When the leader is lost, the live candidate with the highest priority takes over; lower ones "
+            "yield a free lease to it for 2 x retry period. 0: never leads (no pre-warmed head)"),
 ), _identity_defaults)
 
 #: The groups whose settings `ray-ha start` takes, in the order --help lists them.

@@ -109,7 +109,8 @@ def make_plan(request: StartRequest, env: Mapping[str, str] = os.environ) -> Pla
     build = build_worker_command if request.follow else build_head_command
     command = build(ray_exe, args, version, timing.effective_reconnect_timeout, env)
     autoscaling = read_autoscaling(args, env, Path(ray_temp_dir(env))) if not request.follow else Autoscaling()
-    warm, warm_warnings = prewarm_python(safety.prewarm, ray_exe, command.env) if not request.follow else (None, ())
+    never_leads = request.follow or identity.priority == 0  # no head to pre-warm
+    warm, warm_warnings = prewarm_python(safety.prewarm, ray_exe, command.env) if not never_leads else (None, ())
     command = replace(command, warnings=command.warnings + autoscaling.warnings + warm_warnings)
     ray_py = None if request.follow else (warm or warm_python(ray_exe, command.env, required=False)[0])
     target = target_from(env, option_value(args, "--redis-username"), option_value(args, "--redis-password"))

@@ -28,7 +28,8 @@ def status_json(view: ClusterView, redis_display: str, local: list[LocalSupervis
     return {
         "schema": SCHEMA, "key": view.key, "redis": redis_display, "epoch": lead.epoch, "leader": leader,
         "standbys": [{"node": s.record.node, "host": s.record.host, "pid": s.record.pid, "role": s.record.role,
-                      "since": s.record.since, "expires_in_s": s.expires_in} for s in view.standbys],
+                      "since": s.record.since, "expires_in_s": s.expires_in, "priority": s.record.priority}
+                     for s in view.standbys],
         "followers": [{"node": f.record.node, "host": f.record.host, "pid": f.record.pid, "epoch": f.record.epoch,
                        "leader": f.record.leader, "gcs_address": f.record.gcs_address, "since": f.record.since,
                        "expires_in_s": f.expires_in} for f in view.followers],
@@ -75,8 +76,9 @@ def render(view: dict[str, Any]) -> str:
         rows.append((lead["node"], "leader", lead["host"], str(lead["pid"]), str(lead["epoch"]),
                      lead["gcs_address"] or "(starting)", _when(lead["since"]), f"{lead['lease_left_s']:.1f}s"))
     for cand in view["standbys"]:
-        rows.append((cand["node"], cand["role"], str(cand["host"]), str(cand["pid"]), "-", "-",
-                     _when(cand["since"]), "-"))
+        role = cand["role"] + ("" if cand["priority"] == 1 else " (never leads)" if cand["priority"] == 0
+                               else f" (priority {cand['priority']})")
+        rows.append((cand["node"], role, str(cand["host"]), str(cand["pid"]), "-", "-", _when(cand["since"]), "-"))
     for fol in view["followers"]:
         rows.append((fol["node"], "follower", str(fol["host"]), str(fol["pid"]),
                      str(fol["epoch"]) if fol["epoch"] is not None else "-", fol["gcs_address"] or "(waiting)",

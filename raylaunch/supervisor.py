@@ -72,7 +72,7 @@ def base_state(plan: Plan) -> SupervisorState:
     r = plan.reporting
     return SupervisorState(node=plan.identity.node_name, key=plan.identity.key, redis=plan.target.display,
                            lease_duration=plan.timing.lease_duration, retry_period=plan.timing.retry_period,
-                           stop_grace=plan.timing.stop_grace, started=time.time(),
+                           stop_grace=plan.timing.stop_grace, started=time.time(), priority=plan.identity.priority,
                            http=f"{r.http_host}:{r.http_port}" if r.http_port is not None else None)
 
 

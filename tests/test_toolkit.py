@@ -287,3 +287,137 @@ def test_the_history_says_why_each_tenure_ended_crash_switchover_gcs_death_and_s
     assert all(0 < c["headless_s"] < 30 for c in changes[:-1])
     table = ray_ha("history", "-n", "2", env=env, cwd=tmp_path).stdout.splitlines()
     assert len(table) == 3 and "released by stop" in table[1] and "lease expired unrenewed" in table[2]
+
+
+# -- priorities -----------------------------------------------------------------------------------------------
+
+
+def ranked(server, node, priority, lease=5.0, yield_s=0.6):
+    return RedisLease(keyspace_of(server), Holder.me(node, "host"), lease, priority=priority, priority_yield=yield_s)
+
+
+@pytest.mark.redis_versions
+def test_a_free_lease_is_yielded_to_a_live_better_candidate_for_a_bounded_time(redis_server):
+    leader, best, low = ranked(redis_server, "l", 1), ranked(redis_server, "best", 2), ranked(redis_server, "low", 1)
+    assert leader.try_acquire().won
+    assert not best.try_acquire().won and not low.try_acquire().won  # both are live candidates
+    assert leader.release(EndReason.STOP)
+    yielded = low.try_acquire()
+    assert not yielded.won and yielded.yielding_to == "best" and 0 < yielded.ttl_ms <= 600
+    assert best.try_acquire().won, "the better one takes it"
+    assert best.release(EndReason.STOP) and leader.try_acquire().won  # nobody to yield to: best's entry went
+    assert not best.try_acquire().won  # best stands by again, then tries no more (frozen, or gone silently)
+    assert leader.release(EndReason.STOP)
+    started = time.monotonic()
+    while not (attempt := low.try_acquire()).won:
+        assert attempt.yielding_to == "best" and time.monotonic() - started < 2, "yields, but not for ever"
+        time.sleep(0.05)
+    assert 0.55 <= time.monotonic() - started < 1.5
+
+
+def test_nobody_yields_to_a_better_candidate_that_left_or_went_quiet(redis_server):
+    gone, quiet, low = ranked(redis_server, "gone", 3), ranked(redis_server, "quiet", 2, lease=0.3), \
+        ranked(redis_server, "low", 1)
+    first = ranked(redis_server, "first", 1)
+    assert first.try_acquire().won and not gone.try_acquire().won
+    gone.forget_candidate()  # a stopped standby takes its priority with it
+    assert first.release(EndReason.STOP)
+    assert low.try_acquire().won and low.release(EndReason.STOP), "nothing to yield to"
+    holder = ranked(redis_server, "holder", 1)
+    assert holder.try_acquire().won
+    assert not quiet.try_acquire().won  # a standby's entry, live for its lease (0.3 s); then it goes quiet
+    assert holder.release(EndReason.STOP)
+    time.sleep(0.4)
+    assert low.try_acquire().won, "entries past their expiry count for nothing"
+    assert redis_server.client().hkeys(KEYS.priorities) == [], "and are cleaned away"
+
+
+@pytest.mark.redis_versions
+def test_priority_zero_never_takes_the_lease_even_when_it_is_the_only_candidate(redis_server):
+    zero = ranked(redis_server, "zero", 0)
+    for _ in range(3):
+        attempt = zero.try_acquire()
+        assert not attempt.won and attempt.yielding_to is None
+    assert redis_server.client().get(KEY) is None
+    assert json.loads(redis_server.client().get(KEYS.candidate("zero")))["priority"] == 0, "still listed"
+
+
+def test_a_switchover_to_a_lower_priority_is_not_held_up_by_a_better_one(redis_server):
+    leader, best, low = ranked(redis_server, "l", 1), ranked(redis_server, "best", 2), ranked(redis_server, "low", 1)
+    assert leader.try_acquire().won
+    best.try_acquire(), low.try_acquire()
+    from raylaunch.store.view import request_switchover
+    request = request_switchover(keyspace_of(redis_server), "low", ttl=10)
+    assert leader.release(EndReason.SWITCHOVER)
+    assert not best.try_acquire().won, "not named"
+    assert low.try_acquire().won, "the named one at once, no yield"
+    assert request.target == "low"
+
+
+def test_a_switchover_without_a_target_picks_the_highest_priority_and_never_priority_zero(redis_server):
+    from raylaunch.store.view import SwitchoverError, request_switchover
+    leader = ranked(redis_server, "l", 1)
+    assert leader.try_acquire().won
+    zero = ranked(redis_server, "zero", 0)
+    zero.try_acquire()
+    with pytest.raises(SwitchoverError, match="all have priority 0"):
+        request_switchover(keyspace_of(redis_server), None, ttl=10)
+    with pytest.raises(SwitchoverError, match="zero has priority 0"):
+        request_switchover(keyspace_of(redis_server), "zero", ttl=10)
+    for node, priority in (("b", 1), ("c", 5), ("a", 5)):
+        ranked(redis_server, node, priority).try_acquire()
+    assert request_switchover(keyspace_of(redis_server), None, ttl=10).target == "a", "5 beats 1; then by name"
+
+
+def leader_of(server):
+    value = server.client().get(KEY)
+    return Holder.decode(value).node if value else None
+
+
+def test_candidates_of_priority_2_1_0_through_kill_9_of_the_leader(launch, cli_env, redis_server, tmp_path):
+    nodes = {"a": 2, "b": 1, "c": 0}
+    running = {"b": launch("b", "--ha-priority=1")}
+    running["b"].wait_log("GCS serving")
+    for name in "ac":
+        running[name] = launch(name, f"--ha-priority={nodes[name]}")
+        running[name].wait_log("standing by")
+    view = json.loads(ray_ha("status", "--json", env=cli_env, cwd=tmp_path).stdout)
+    assert {s["node"]: s["priority"] for s in view["standbys"]} == {"a": 2, "c": 0}
+    winners = []
+    for _ in range(3):  # kill -9 whoever leads: the best live one takes over; c never does
+        old = leader_of(redis_server)
+        running[old].kill_tree()
+        expected = max((n for n in running if n != old), key=nodes.get)
+        wait_for(lambda: leader_of(redis_server) not in (None, old), 10 * LEASE, what="a new leader")
+        winners.append(leader_of(redis_server))
+        assert winners[-1] == expected
+        running[old] = launch(old, f"--ha-priority={nodes[old]}")
+        running[old].wait_log("standing by")
+    assert winners == ["a", "b", "a"]
+    for name in "ab":  # c is the last one left: still nobody leads
+        if running[name].proc.poll() is None:
+            running[name].kill_tree()
+    time.sleep(2 * LEASE)
+    assert leader_of(redis_server) is None and started(cli_env, "c") == []
+    assert running["c"].proc.poll() is None and "standing by" in running["c"].log()
+
+
+def test_a_candidate_yields_to_a_frozen_better_one_only_for_a_while(launch, cli_env, redis_server, tmp_path):
+    lead = launch("lead", "--ha-priority=1")
+    lead.wait_log("GCS serving")
+    best, low = launch("best", "--ha-priority=2"), launch("low", "--ha-priority=1")
+    best.wait_log("standing by")
+    low.wait_log("standing by")
+    frozen = psutil.Process(best.pid)
+    frozen.suspend()  # SIGSTOP: its priority entry stays live for one lease
+    try:
+        lead.proc.terminate()  # a graceful stop releases at once
+        assert lead.wait(20) == 0
+        low.wait_log("GCS serving", timeout=10 * LEASE)
+        assert "yielding it to best" in low.log()
+        assert leader_of(redis_server) == "low"
+    finally:
+        frozen.resume()
+    time.sleep(LEASE)
+    assert leader_of(redis_server) == "low", "the better one, back, does not preempt a healthy leader"
+    assert "standing by; leader is low" in best.log()

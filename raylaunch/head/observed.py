@@ -23,6 +23,9 @@ def note_leader(watch: Watch, attempt: Attempt, now: float) -> bool:
     watch.epoch = attempt.epoch
     if attempt.holder is None:
         watch.leader = ""
+        if attempt.yielding_to:
+            log.info("the lease is free; yielding it to %s (a higher priority) for at most %.1fs more",
+                     attempt.yielding_to, attempt.ttl_ms / 1000)
         return False
     seen = (attempt.holder.token, attempt.epoch)
     changed = seen != watch.logged

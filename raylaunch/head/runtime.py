@@ -149,7 +149,8 @@ def connect_lease(plan: Plan, stop: StopSignal) -> RedisLease:
 
     def build(keyspace: Keyspace) -> RedisLease:
         lease = RedisLease(keyspace, me, plan.timing.lease_duration,
-                           min_replicas=plan.safety.min_replicas, wait_timeout=plan.timing.redis_timeout / 2)
+                           min_replicas=plan.safety.min_replicas, wait_timeout=plan.timing.redis_timeout / 2,
+                           priority=plan.identity.priority, priority_yield=plan.timing.priority_yield)
         lease.check()
         return lease
 

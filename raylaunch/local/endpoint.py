@@ -35,7 +35,9 @@ def render_metrics(state: Optional[SupervisorState]) -> str:
          state.renew_failures),
         ("ray_ha_redis_refused", "gauge", "1 while Redis refuses this node until a setting changes (see the log).",
          int(state.redis_refused is not None)),
-        ("ray_ha_paused", "gauge", "1 while an operator's pause (ray-ha pause) holds automatic failover back.", int(state.paused)),
+        ("ray_ha_priority", "gauge", "This candidate's --ha-priority (0: never leads).", state.priority),
+        ("ray_ha_paused", "gauge", "1 while an operator's pause (ray-ha pause) holds automatic failover back.",
+         int(state.paused)),
     ]
     if state.takeover_seconds is not None:
         rows.append(("ray_ha_takeover_seconds", "gauge", "Last takeover: lease acquired to GCS serving.",

@@ -45,6 +45,7 @@ class SupervisorState:
     stop_grace: float = Timing.stop_grace
     started: float = 0.0
     http: Optional[str] = None      # host:port of the HTTP endpoint, if any
+    priority: int = 1               # head mode: --ha-priority
     role: Role = Role.STARTING
     epoch: Optional[int] = None
     leader: Optional[str] = None

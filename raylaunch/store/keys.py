@@ -47,6 +47,16 @@ class Keys:
         return f"{self.lease}:pause"
 
     @property
+    def priorities(self) -> str:
+        """Each candidate's priority and when its entry expires (Redis ms), refreshed by its tries."""
+        return f"{self.lease}:priorities"
+
+    @property
+    def vacant(self) -> str:
+        """When a candidate yielding to a better one first found the lease free (Redis ms)."""
+        return f"{self.lease}:vacant"
+
+    @property
     def grant(self) -> str:
         return f"{self.lease}:grant"
 
@@ -83,4 +93,5 @@ class Keys:
     def types(self) -> dict[str, str]:
         """The keys ray-ha keeps, each with the Redis type it must have if it exists."""
         return {self.lease: "string", self.epoch: "string", self.record: "string", self.history: "list",
-                self.switchover: "string", self.grant: "hash", self.provider: "string", self.pause: "string"}
+                self.switchover: "string", self.grant: "hash", self.provider: "string", self.pause: "string",
+                self.priorities: "hash", self.vacant: "string"}

@@ -29,8 +29,10 @@ class RedisLease:
     """One candidate's view of the lease key of `keyspace` (epoch, record and channel live beside it)."""
 
     def __init__(self, keyspace: Keyspace, me: Holder, lease_duration: float,
-                 min_replicas: int = 0, wait_timeout: float = 1.0) -> None:
+                 min_replicas: int = 0, wait_timeout: float = 1.0, priority: int = 1,
+                 priority_yield: float = 4.0) -> None:
         self.keyspace, self.me = keyspace, me
+        self.priority, self.yield_ms = priority, max(1, int(priority_yield * 1000))
         client, keys = keyspace.client, keyspace.keys
         self.client, self.keys = client, keys
         self.key = keys.lease
@@ -98,8 +100,14 @@ class RedisLease:
         return Switchover.decode(self._guard(lambda: cast(Optional[str], self.client.get(self.keys.switchover))))
 
     def forget_candidate(self) -> None:
-        """Remove our standby heartbeat when we leave, so status stops listing us at once."""
-        self._guard(lambda: self.client.delete(self.keys.candidate(self.me.node)))
+        """Remove our standby heartbeat and priority when we leave, so status stops listing us and nobody
+        yields to us."""
+        def exchange() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(self.keys.candidate(self.me.node))
+            pipe.hdel(self.keys.priorities, self.me.node)
+            pipe.execute()
+        self._guard(exchange)
 
     def wait_released(self, timeout: float, stop: StopSignal) -> bool:
         """Wait up to `timeout` s for a release notification; returns early (False) when `stop` is set.
@@ -126,10 +134,13 @@ class RedisLease:
             self.client.script_load(script.script)  # fails here, not mid-campaign, without Lua
 
     def _do_try_acquire(self) -> Attempt:
-        candidate = StandbyHeartbeat(node=self.me.node, host=self.me.host, pid=self.me.pid, since=self.started).encode()
-        reply = self._acquire(keys=[self.key, self.keys.epoch, self.keys.candidate(self.me.node),
-                                    self.keys.switchover, self.keys.grant, self.keys.pause],
-                              args=[self.me.value, self.ttl_ms, self.me.node, candidate, self.seen_epoch])
+        candidate = StandbyHeartbeat(node=self.me.node, host=self.me.host, pid=self.me.pid, since=self.started,
+                                     priority=self.priority).encode()
+        keys = self.keys
+        reply = self._acquire(keys=[self.key, keys.epoch, keys.candidate(self.me.node), keys.switchover, keys.grant,
+                                    keys.pause, keys.priorities, keys.vacant],
+                              args=[self.me.value, self.ttl_ms, self.me.node, candidate, self.seen_epoch,
+                                    self.priority, self.yield_ms])
         if int(reply[0]) == 1:
             self._drop_pubsub()  # a leader has no use for release notifications
             try:
@@ -141,7 +152,7 @@ class RedisLease:
                            previous=Ending.from_grant(*reply[2:7]))
         holder = Holder.decode(reply[1]) if reply[1] else None
         return Attempt(won=False, epoch=self._saw(int(reply[2])), holder=holder, ttl_ms=int(reply[3]),
-                       paused=int(reply[4]) == 1)
+                       paused=int(reply[4]) == 1, yielding_to=reply[5] or None)
 
     def _do_release(self, reason: EndReason) -> bool:
         return bool(self._release(keys=[self.key, self.keys.grant],

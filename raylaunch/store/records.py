@@ -131,6 +131,7 @@ class Attempt:
     ttl_ms: int = 0
     previous: Optional[Ending] = None
     paused: bool = False
+    yielding_to: Optional[str] = None  # the lease is free, but we yield it to this live better candidate
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,7 @@ class StandbyHeartbeat:
     pid: Optional[int]
     since: Optional[float]
     role: str = "standby"
+    priority: int = 1
 
     def encode(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -277,7 +279,8 @@ class StandbyHeartbeat:
         data = _json_object(text)
         return None if data is None else cls(node=str(data.get("node")), host=data.get("host"),
                                              pid=data.get("pid"), since=data.get("since"),
-                                             role=str(data.get("role", "standby")))
+                                             role=str(data.get("role", "standby")),
+                                             priority=_int(data.get("priority", 1)))
 
 
 @dataclass(frozen=True)

@@ -121,19 +121,27 @@ def _glob_escape(text: str) -> str:
 
 
 def request_switchover(keyspace: Keyspace, target: Optional[str], ttl: float) -> Switchover:
-    """Ask the current leader to hand over to `target` (any standby if None); checks it can happen."""
+    """Ask the current leader to hand over to `target` (if None, the live standby of highest priority);
+    checks it can happen."""
     view = read_cluster(keyspace)
     holder = view.leadership.holder
     if holder is None:
         raise SwitchoverError("there is no leader to switch over from")
-    standbys = [live.record.node for live in view.standbys]
+    priority = {live.record.node: live.record.priority for live in view.standbys}
+    standbys = sorted(priority)
     if target == holder.node:
         raise SwitchoverError(f"{target} already leads")
     if target and target not in standbys:
         raise SwitchoverError(f"no live standby named {target} (standbys: {', '.join(standbys) or 'none'})")
+    if target and priority[target] <= 0:
+        raise SwitchoverError(f"{target} has priority 0: it never leads")
     if not standbys:
         raise SwitchoverError("there is no standby to take over")
-    request = Switchover(source=holder.node, target=target or "", epoch=view.leadership.epoch)
+    if not target:  # the best one: the highest priority, then the name, so the choice is repeatable
+        target = min(standbys, key=lambda node: (-priority[node], node))
+        if priority[target] <= 0:
+            raise SwitchoverError(f"no standby may lead: {', '.join(standbys)} all have priority 0")
+    request = Switchover(source=holder.node, target=target, epoch=view.leadership.epoch)
     keys = keyspace.keys
     if not keyspace.guard(lambda: keyspace.client.set(keys.switchover, request.encode(), nx=True, px=int(ttl * 1000))):
         raise SwitchoverError("another switchover is already pending")
