@@ -7,7 +7,9 @@ process of its tree died. A fault is what the harness did, from injection to lif
 3. no head started while a process of another epoch lived (the fake `ray`'s own look at /proc);
 4. after each fault, a leader is back within `lease + bound` of the fault's lift: every outage that
    begins before the next fault ends by then;
-5. nothing is left running at the end (counted by the harness).
+5. nothing is left running at the end (counted by the harness);
+6. no head starts while an operator's pause stands (a `pause-*` fault, from injection to lift), and no
+   node of priority 0 ever leads.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Report:
     epoch_errors: list[str] = field(default_factory=list)
     started_beside_others: list[str] = field(default_factory=list)
     slow_recoveries: list[str] = field(default_factory=list)
+    against_the_operator: list[str] = field(default_factory=list)  # started while paused, or of priority 0
     recoveries: list[float] = field(default_factory=list)   # per fault: lift -> leader back (s)
     leaked: int = 0
 
@@ -51,16 +54,17 @@ class Report:
     @property
     def ok(self) -> bool:
         return not (self.overlaps or self.epoch_errors or self.started_beside_others or self.slow_recoveries
-                    or self.leaked)
+                    or self.against_the_operator or self.leaked)
 
     def problems(self) -> list[str]:
         return [*self.overlaps, *self.epoch_errors, *self.started_beside_others, *self.slow_recoveries,
-                *([f"{self.leaked} process(es) left running"] if self.leaked else [])]
+                *self.against_the_operator, *([f"{self.leaked} process(es) left running"] if self.leaked else [])]
 
 
 def check(tenures: Sequence[Tenure], faults: Sequence[Fault], lease: float, bound: float,
-          until: float) -> Report:
-    """Judge a run whose faults ended by `until`; tenures still running are open-ended."""
+          until: float, never_lead: frozenset[str] = frozenset()) -> Report:
+    """Judge a run whose faults ended by `until`; tenures still running are open-ended. `never_lead`:
+    the nodes of priority 0."""
     ordered = sorted(tenures, key=lambda t: t.start)
     report = Report(faults=len(faults), takeovers=max(0, len(ordered) - 1))
     for before, after in zip(ordered, ordered[1:]):
@@ -72,6 +76,11 @@ def check(tenures: Sequence[Tenure], faults: Sequence[Fault], lease: float, boun
                                        f"({after.node})")
     report.started_beside_others = [f"{t.node} (epoch {t.epoch}) started while pids {list(t.others)} of "
                                     "another epoch lived" for t in ordered if t.others]
+    pauses = [f for f in faults if f.kind.startswith("pause-")]
+    report.against_the_operator = [
+        f"{t.node} (epoch {t.epoch}) started at {t.start:.3f}, " + (
+            "but it has priority 0" if t.node in never_lead else "while paused")
+        for t in ordered if t.node in never_lead or any(p.injected < t.start < p.lifted for p in pauses)]
     for i, fault in enumerate(faults):
         window_end = faults[i + 1].injected if i + 1 < len(faults) else until
         recovery = _recovery(ordered, fault, window_end)

@@ -37,7 +37,10 @@ TIMING = [f"--ha-lease-duration={LEASE}", f"--ha-renew-deadline={RENEW_DEADLINE}
 BOUND = 2.5
 RESTART_DELAY = 0.5
 KINDS = ("kill-launcher", "kill-tree", "freeze-launcher", "redis-restart", "redis-stall", "partition-drop",
-         "partition-hang")
+         "partition-hang", "pause-kill")
+#: The launchers' --ha-priority, by slot: the first is preferred, the last never leads (0). With one fault
+#: at a time a candidate that may lead is always left.
+PRIORITIES = (2, 1, 0)
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Slot:
     proc: Optional[subprocess.Popen] = None
     exited_at: Optional[float] = None
     starts: int = 0
+    priority: int = 1
 
 
 class ChaosRun:
@@ -65,7 +69,8 @@ class ChaosRun:
         self.redis = LocalRedis(self.workdir, persist=True)
         self.hub: Optional[ProxyHub] = None
         self.recorder: Optional[TenureRecorder] = None
-        self.slots = [Slot(f"n{i + 1}", None) for i in range(launchers)]
+        self.slots = [Slot(f"n{i + 1}", None, priority=PRIORITIES[i] if i < len(PRIORITIES) else 1)
+                      for i in range(launchers)]
         self.faults: list[Fault] = []
 
     # -- the run ----------------------------------------------------------------------------------
@@ -80,7 +85,8 @@ class ChaosRun:
             until = now()
         finally:
             leaked = self._tear_down()
-        report = check(self.recorder.tenures(), self.faults, LEASE, BOUND, until)
+        never = frozenset(s.name for s in self.slots if s.priority == 0)
+        report = check(self.recorder.tenures(), self.faults, LEASE, BOUND, until, never_lead=never)
         report.leaked = leaked
         return report
 
@@ -144,6 +150,21 @@ class ChaosRun:
             client.execute_command("CLIENT", "PAUSE", int(seconds * 1000), "ALL")
         self._pump(seconds)
 
+    def _pause_kill(self, slot: Slot) -> None:
+        """An operator's pause, and kill -9 of the launcher meanwhile (its restart stands by, paused):
+        nobody leads until the resume, the fault's lift."""
+        from raylaunch.store.keys import Keys
+        from raylaunch.store.records import Pause
+
+        client, key = redis.Redis(port=self.redis.port, socket_timeout=5), Keys("ray-ha:default:leader").pause
+        client.set(key, Pause(by="chaos", since=time.time()).encode())
+        try:
+            self._kill_launcher(slot)
+            self._pump(self.rng.uniform(1.0, 2 * LEASE))
+        finally:
+            client.delete(key)
+            client.close()
+
     def _partition_drop(self, slot: Slot) -> None:
         self._partition(slot, "drop", False)
 
@@ -166,7 +187,8 @@ class ChaosRun:
                     "RAY_HA_RUN_DIR": str(self.workdir / "run"), "RAY_HA_TEST_NODE": slot.name,
                     "FAKE_RAY_TENURE_SOCKET": self.recorder.path})
         argv = [sys.executable, "-m", "raylaunch", "start", "--head", "--port=0", "--block",
-                f"--temp-dir={self.workdir / ('ray-' + slot.name)}", f"--ha-node-name={slot.name}", *TIMING]
+                f"--temp-dir={self.workdir / ('ray-' + slot.name)}", f"--ha-node-name={slot.name}", *TIMING,
+                f"--ha-priority={slot.priority}"]
         with open(self.workdir / f"{slot.name}.log", "ab") as out:
             slot.proc = self._spawn(slot, argv, env, out)
         slot.exited_at, slot.starts = None, slot.starts + 1

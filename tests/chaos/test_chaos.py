@@ -63,6 +63,15 @@ def test_checker_counts_an_outage_still_open_at_the_end():
     assert report.recoveries == [16.0] and not report.ok
 
 
+def test_checker_finds_a_head_started_while_paused_or_by_a_node_of_priority_zero():
+    paused = check([tenure("a", 1, 0, 5), tenure("b", 2, 7, None)], [fault(4, 9, "pause-kill")], 3, 5, 20)
+    assert len(paused.against_the_operator) == 1 and "while paused" in paused.problems()[0]
+    after = check([tenure("a", 1, 0, 5), tenure("b", 2, 9.5, None)], [fault(4, 9, "pause-kill")], 3, 5, 20)
+    assert after.ok, after.problems()
+    zero = check([tenure("a", 1, 0, 5), tenure("c", 2, 6, None)], [], 3, 5, 20, never_lead=frozenset({"c"}))
+    assert zero.problems() == ["c (epoch 2) started at 6.000, but it has priority 0"]
+
+
 def test_outages_are_the_gaps_between_tenures():
     assert outages([tenure("a", 1, 0, 2), tenure("b", 2, 3, 5)], 1, 10) == [(2, 3), (5, 10)]
 
@@ -103,8 +112,9 @@ def test_proxy_can_deliver_what_a_hang_held_back_late(hub, redis_server):
 
 @pytest.mark.chaos
 def test_short_chaos_round_holds_every_rule(tmp_path):
-    """About a minute of random faults on 3 launchers: no overlap, rising epochs, a leader back within
-    lease + bound after each fault, nothing left running."""
+    """About a minute of random faults on 3 launchers of priorities 2, 1 and 0 (an operator's pause among
+    the faults): no overlap, rising epochs, a leader back within lease + bound after each fault, none
+    while paused nor of priority 0, nothing left running."""
     lines = []
     run = ChaosRun(tmp_path, launchers=3, seconds=45, log=lines.append)
     report = run.run()
