@@ -284,19 +284,33 @@ def history(as_json: bool, count: int, redis: RedisChoice) -> None:
 
 
 @main.command("switchover", context_settings={"help_option_names": ["--help"]})
-@click.option("--to", "target", metavar="NODE", help="The standby to take over [any standby].")
+@click.option("--to", "target", metavar="NODE", help="The standby to take over [the highest priority].")
 @click.option("--timeout", default=60.0, show_default=True, metavar="SECONDS",
-              help="How long to wait for the new leader's GCS to serve.")
+              help="How long to wait for the new leader's GCS to serve; with --at, how long after TIME "
+                   "the plan stands if no leader acts on it.")
+@click.option("--at", "when", metavar="TIME", help="Plan it for TIME (2026-12-07T03:00, 03:00 = the next "
+              "03:00 here, +2h) and return; the leader of that moment hands over.")
+@click.option("--cancel", is_flag=True, help="Withdraw the planned switchover and any pending request.")
 @_redis_options
-def switchover(target: Optional[str], timeout: float, redis: RedisChoice) -> None:
+def switchover(target: Optional[str], timeout: float, when: Optional[str], cancel: bool,
+               redis: RedisChoice) -> None:
     """Planned handover: the leader steps down, a standby (or NODE) takes over; also while paused.
 
     The old leader stops its head gracefully, releases the lease and stands by again. Exit 0 once
-    the new leader's GCS serves, 1 if the switchover could not be asked for or did not finish in time.
+    the new leader's GCS serves (with --at: once planned; --cancel: always), 1 if it could not be
+    asked for or did not finish in time, 2 bad input.
     """
-    from raylaunch.operate import switch_over
+    from raylaunch.operate import cancel_switchover, parse_when, plan_switchover, switch_over
 
-    guard(lambda: switch_over(redis, target, timeout))
+    if cancel and (when or target):
+        fail("--cancel takes no --to or --at", Exit.USAGE)
+    if cancel:
+        guard(lambda: cancel_switchover(redis))
+    if when is None:
+        guard(lambda: switch_over(redis, target, timeout))
+    at: list[float] = []
+    guard_light(lambda: at.append(parse_when(when)))
+    guard(lambda: plan_switchover(redis, target, at[0], timeout))
 
 
 @main.command("pause", context_settings={"help_option_names": ["--help"]})

@@ -4,6 +4,7 @@ refusal is CommandFailed (one line on stderr, exit 1)."""
 
 from __future__ import annotations
 
+import datetime
 import getpass
 import json
 import os
@@ -22,15 +23,17 @@ from raylaunch.status import change_json, history_table, render, status_json
 from raylaunch.store.connect import target_from
 from raylaunch.store.keyspace import Keyspace, open_keyspace
 from raylaunch.store.leader import read_leadership
+from raylaunch.store.records import Scheduled, SwitchoverError
 from raylaunch.store.view import (
-    SwitchoverError,
     await_switchover,
     pause_cluster,
     read_cluster,
     read_history,
     request_switchover,
     resume_cluster,
+    schedule_switchover,
 )
+from raylaunch.store.view import cancel_switchover as withdraw_switchover
 
 #: A pause's length may also be given in these units (beside config's 90, 90s, 1500ms).
 SPAN_UNITS = {"m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -97,6 +100,50 @@ def switch_over(redis: RedisChoice, target: Optional[str], timeout: float) -> in
     return Exit.OK
 
 
+def plan_switchover(redis: RedisChoice, target: Optional[str], at: float, window: float) -> int:
+    """Plan a switchover for `at`; the leader of that moment makes it a request."""
+    try:
+        plan = schedule_switchover(redis.keyspace(), Scheduled(target or "", at, operator_name(), window))
+    except SwitchoverError as exc:
+        raise CommandFailed(str(exc)) from None
+    click.echo(f"ray-ha: switchover to {plan.target or 'the standby of highest priority'} planned for "
+               f"{_when(plan.at)}; dropped if no leader acts on it within {window:g}s of that")
+    return Exit.OK
+
+
+def cancel_switchover(redis: RedisChoice) -> int:
+    planned, request = withdraw_switchover(redis.keyspace())
+    if planned is not None:
+        click.echo(f"ray-ha: cancelled the switchover planned for {_when(planned.at)} by {planned.by}")
+    if request is not None:
+        click.echo(f"ray-ha: withdrew the pending switchover {request.source} -> {request.target or 'any'}")
+    if planned is None and request is None:
+        click.echo("ray-ha: no switchover was planned or pending")
+    return Exit.OK
+
+
+def parse_when(text: str) -> float:
+    """A time for `--at`, as a Unix time: ISO 8601 (2026-12-07T03:00, with or without a zone; local time if
+    none), HH:MM (the next one, local time), or +DURATION (+90s, +30m, +2h)."""
+    stripped = text.strip()
+    if stripped.startswith("+"):
+        return time.time() + parse_span(stripped[1:], "--at")
+    now = datetime.datetime.now().astimezone()
+    try:
+        if len(stripped) <= 5 and ":" in stripped:
+            clock = datetime.time.fromisoformat(stripped.zfill(5))
+            moment = now.replace(hour=clock.hour, minute=clock.minute, second=0, microsecond=0)
+            return (moment if moment > now else moment + datetime.timedelta(days=1)).timestamp()
+        moment = datetime.datetime.fromisoformat(stripped)
+    except ValueError:
+        raise ConfigError(f"--at={text!r} is not a time (examples: 2026-12-07T03:00, 03:00, +2h)") from None
+    return (moment if moment.tzinfo else moment.astimezone()).timestamp()
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
 def pause(redis: RedisChoice, seconds: Optional[float], reason: str) -> int:
     """Pause automatic takeovers; one without an end says so on stderr."""
     keyspace = redis.keyspace()
@@ -104,7 +151,7 @@ def pause(redis: RedisChoice, seconds: Optional[float], reason: str) -> int:
     if paused.until is None:
         click.echo("ray-ha: warning: paused with no end: no candidate takes over, whatever happens to the "
                    "leader, until `ray-ha resume` (pause --for DURATION ends by itself)", err=True)
-    end = f" until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(paused.until))}" if paused.until else ""
+    end = f" until {_when(paused.until)}" if paused.until else ""
     click.echo(f"ray-ha: paused {keyspace.keys.lease}{end}")
     return Exit.OK
 
@@ -133,16 +180,16 @@ def print_address(redis: RedisChoice, service: str) -> int:
     return Exit.OK
 
 
-def parse_span(text: str) -> float:
-    """A pause's length, > 0: a duration (90, 90s, 1500ms) or 15m, 2h, 1d; else ConfigError."""
+def parse_span(text: str, name: str = "--for") -> float:
+    """A length of time, > 0: a duration (90, 90s, 1500ms) or 15m, 2h, 1d; else ConfigError naming `name`."""
     stripped = text.strip().lower()
     number = stripped[:-1]
     if stripped[-1:] in SPAN_UNITS and number.replace(".", "", 1).isdigit():
         seconds = float(number) * SPAN_UNITS[stripped[-1]]
     else:
-        seconds = parse_duration("--for", text)
+        seconds = parse_duration(name, text)
     if not seconds > 0:
-        raise ConfigError(f"--for={text!r} must be longer than 0")
+        raise ConfigError(f"{name}={text!r} must be longer than 0")
     return seconds
 
 

@@ -37,6 +37,9 @@ def status_json(view: ClusterView, redis_display: str, local: list[LocalSupervis
         "switchover": {"from": request.source, "to": request.target or None, "epoch": request.epoch}
         if request else None,
         "pause": pause_json(view.pause),
+        "scheduled_switchover": None if view.scheduled is None else {
+            "to": view.scheduled.target or None, "at": view.scheduled.at, "by": view.scheduled.by,
+            "window_s": view.scheduled.window},
         "local": [_local(s) for s in local],
     }
 
@@ -92,6 +95,10 @@ def render(view: dict[str, Any]) -> str:
     if view["switchover"]:
         sw = view["switchover"]
         lines.append(f"switchover pending: {sw['from']} -> {sw['to'] or 'any standby'}")
+    if view["scheduled_switchover"]:
+        plan = view["scheduled_switchover"]
+        lines.append(f"switchover planned for {_when(plan['at'])} by {plan['by']}: the leader then hands over to "
+                     f"{plan['to'] or 'the standby of highest priority'}")
     if view["history"]:
         lines += ["", "recent leadership changes (newest first; more: ray-ha history):"]
         lines += history_table(view["history"])

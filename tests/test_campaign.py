@@ -40,6 +40,7 @@ class FakeLease:
         self.reasons: list = []  # why each release was made
         self.pause = False
         self.previous: Optional[Ending] = None  # how the tenure before a win ended
+        self.won_ms = 0  # when a win happened, by "Redis's" clock
 
     def try_acquire(self) -> Attempt:
         if self.acquire_error:
@@ -47,7 +48,7 @@ class FakeLease:
         if self.holder is None:
             self.holder, self.epoch = Holder("me", "h1", 1, "t1"), self.epoch + 1
             self.events.append(("acquired", self.epoch))
-            return Attempt(won=True, epoch=self.epoch, previous=self.previous)
+            return Attempt(won=True, epoch=self.epoch, previous=self.previous, won_ms=self.won_ms)
         return Attempt(won=False, epoch=self.epoch, holder=self.holder, ttl_ms=self.ttl_ms, paused=self.pause)
 
     def renew(self, epoch: int) -> int:
@@ -811,3 +812,27 @@ def test_a_lease_key_lost_by_redis_is_its_own_change_in_the_history(world):
     assert campaign.tick() is Step.SERVING, "taken back and published again in the same tick"
     assert events[-1] == ("record", "127.0.0.1:6379", 5)
     assert lease.written_previous == Ending(node="me", epoch=1, reason=EndReason.REDIS_LOST, ended_ms=0)
+
+
+def test_the_takeover_is_measured_from_the_tenure_before_s_end_to_our_gcs_serving(world):
+    campaign, lease, head, clock, stop, events = world
+    lease.previous = Ending(node="other", epoch=3, reason=EndReason.EXPIRED, ended_ms=10_000)
+    lease.won_ms = 13_500  # the lease was free 3.5 s before we won it (Redis's clock)
+    serve(campaign, head, clock)  # 1.5 s from the win to our GCS serving (our clock)
+    snap = campaign.snapshot(Step.SERVING)
+    assert snap.takeover_seconds == pytest.approx(1.5) and snap.headless_seconds == pytest.approx(5.0)
+
+
+def test_a_switchover_that_cannot_happen_when_due_is_logged_and_the_leader_stays(world, caplog):
+    from raylaunch.store.records import SwitchoverError
+    campaign, lease, head, clock, stop, events = world
+    serve(campaign, head, clock)
+
+    def due_but_impossible():
+        raise SwitchoverError("there is no standby to take over")
+
+    lease.switchover_request = due_but_impossible
+    clock.advance(TIMING.retry_period)
+    with caplog.at_level(logging.WARNING, logger="ray-ha"):
+        assert campaign.tick() is Step.RENEWED
+    assert campaign.role is Role.LEADER and "no switchover this renewal: there is no standby" in caplog.text

@@ -78,7 +78,8 @@ def test_metrics_are_prometheus_text_with_every_series(endpoint):
     values = {line.split("{")[0]: line.rsplit(" ", 1)[1] for line in body.splitlines() if not line.startswith("#")}
     assert values == {"ray_ha_is_leader": "1", "ray_ha_epoch": "3", "ray_ha_leader_transitions_total": "2",
                       "ray_ha_lease_renew_failures_total": "1", "ray_ha_takeover_seconds": "1.25",
-                      "ray_ha_redis_refused": "0", "ray_ha_paused": "0", "ray_ha_priority": "1"}
+                      "ray_ha_redis_refused": "0", "ray_ha_paused": "0", "ray_ha_priority": "1",
+                      "ray_ha_switchover_pending": "0"}
     assert '# TYPE ray_ha_leader_transitions_total counter' in body
     assert 'ray_ha_is_leader{node="a"} 1' in body
 

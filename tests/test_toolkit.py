@@ -355,7 +355,8 @@ def test_a_switchover_to_a_lower_priority_is_not_held_up_by_a_better_one(redis_s
 
 
 def test_a_switchover_without_a_target_picks_the_highest_priority_and_never_priority_zero(redis_server):
-    from raylaunch.store.view import SwitchoverError, request_switchover
+    from raylaunch.store.records import SwitchoverError
+    from raylaunch.store.view import request_switchover
     leader = ranked(redis_server, "l", 1)
     assert leader.try_acquire().won
     zero = ranked(redis_server, "zero", 0)
@@ -421,3 +422,69 @@ def test_a_candidate_yields_to_a_frozen_better_one_only_for_a_while(launch, cli_
     time.sleep(LEASE)
     assert leader_of(redis_server) == "low", "the better one, back, does not preempt a healthy leader"
     assert "standing by; leader is low" in best.log()
+
+
+# -- a switchover planned for later ---------------------------------------------------------------------------
+
+
+def test_a_planned_switchover_happens_at_its_time_and_shows_in_status_until_then(launch, cli_env, redis_server,
+                                                                                 tmp_path):
+    a = launch("a")
+    a.wait_log("GCS serving")
+    b = launch("b", "--ha-priority=1")
+    b.wait_log("standing by")
+    planned = ray_ha("switchover", "--at", "+4s", env=cli_env, cwd=tmp_path)
+    assert planned.returncode == 0 and "planned for" in planned.stdout, planned.stderr
+    due = json.loads(redis_server.client().get(KEYS.scheduled))["at"]
+    status = ray_ha("status", env=cli_env, cwd=tmp_path).stdout
+    assert "switchover planned for" in status and "the standby of highest priority" in status
+    again = ray_ha("switchover", "--at", "+1h", env=cli_env, cwd=tmp_path)
+    assert again.returncode == 1 and "already scheduled" in again.stderr
+    b.wait_log("GCS serving", timeout=30)
+    assert json.loads(redis_server.client().get(KEYS.record))["since"] >= due - 0.1, "not before its time"
+    assert history(cli_env, tmp_path)[0]["previous"] == {"node": "a", "epoch": 1, "reason": "switchover"}
+    assert redis_server.client().exists(KEYS.scheduled, KEYS.switchover) == 0
+    assert "standing by" in a.log().split("handed over", 1)[-1], "the old leader stands by again"
+
+
+def test_a_planned_switchover_can_be_cancelled(launch, cli_env, redis_server, tmp_path):
+    a = launch("a")
+    a.wait_log("GCS serving")
+    b = launch("b")
+    b.wait_log("standing by")
+    assert ray_ha("switchover", "--at", "+3s", "--to", "b", env=cli_env, cwd=tmp_path).returncode == 0
+    cancelled = ray_ha("switchover", "--cancel", env=cli_env, cwd=tmp_path)
+    assert cancelled.returncode == 0 and "cancelled the switchover planned for" in cancelled.stdout
+    time.sleep(5)
+    assert json.loads(redis_server.client().get(KEYS.record))["node"] == "a", "nothing happened at 3 s"
+    nothing = ray_ha("switchover", "--cancel", env=cli_env, cwd=tmp_path)
+    assert nothing.returncode == 0 and "no switchover was planned or pending" in nothing.stdout
+
+
+def test_a_planned_switchover_nobody_acts_on_expires_by_itself(redis_server):
+    from raylaunch.store.records import Scheduled
+    from raylaunch.store.view import schedule_switchover
+    schedule_switchover(keyspace_of(redis_server), Scheduled(target="", at=time.time() + 0.2, by="op", window=0.3))
+    assert read_cluster(keyspace_of(redis_server)).scheduled is not None
+    time.sleep(0.6)  # no leader came by
+    assert read_cluster(keyspace_of(redis_server)).scheduled is None
+
+
+@pytest.mark.parametrize("args, phrase, code", [
+    (["--at", "yesterday"], "is not a time", 2), (["--at", "2020-01-01T00:00"], "is not in the future", 1),
+    (["--cancel", "--to", "b"], "--cancel takes no --to or --at", 2), (["--at", "+0s"], "longer than 0", 2)])
+def test_a_switchover_plan_that_cannot_be_is_refused_in_one_line(cli_env, redis_server, tmp_path, args, phrase,
+                                                                 code):
+    result = ray_ha("switchover", *args, env=cli_env, cwd=tmp_path)
+    assert result.returncode == code and result.stderr.count("\n") == 1 and phrase in result.stderr
+    assert redis_server.client().exists(KEYS.scheduled) == 0
+
+
+def test_metrics_show_the_pause_the_priority_a_pending_switchover_and_the_last_takeover():
+    from raylaunch.local.endpoint import render_metrics
+    from raylaunch.local.state import SupervisorState
+    body = render_metrics(SupervisorState(node="a", role="leader", paused=True, priority=2, switchover_pending=True,
+                                          takeover_seconds=1.5, headless_seconds=4.25))
+    for line in ('ray_ha_paused{node="a"} 1', 'ray_ha_priority{node="a"} 2', 'ray_ha_switchover_pending{node="a"} 1',
+                 'ray_ha_takeover_seconds{node="a"} 1.5', 'ray_ha_headless_seconds{node="a"} 4.25'):
+        assert line in body.splitlines()

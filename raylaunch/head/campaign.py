@@ -26,7 +26,7 @@ from raylaunch.outage import OUTAGES, Trouble
 from raylaunch.proc.net import tcp_accepts
 from raylaunch.proc.raycmd import GCS_NAME
 from raylaunch.proc.stopflag import StopSignal
-from raylaunch.store.records import Attempt, Ending, EndReason
+from raylaunch.store.records import Attempt, Ending, EndReason, SwitchoverError
 
 log = logging.getLogger("ray-ha")
 
@@ -71,7 +71,7 @@ class Campaign:
                     self._idle()
         except Exception:
             log.exception("internal error; stopping the head before releasing the lease")
-            self._kill_all()
+            report_leftovers(self.head.kill())
             self._release(EndReason.INTERNAL_ERROR)
             self._report(self._finish(Outcome.FAILED, Step.STOPPED, "ended by an internal error"))
         assert self.outcome is not None  # the loop only ends once an outcome is set
@@ -86,7 +86,8 @@ class Campaign:
                         transitions=self.tally.transitions, renew_failures=self.tally.renew_failures,
                         takeover_seconds=self.tally.takeover_seconds, step=step, outcome=self.outcome,
                         redis_refused=self.trouble.refused, lease_confirmed_at=held.confirmed_at if held else None,
-                        won_wall=held.won_wall if held else None, paused=self.pause.paused)
+                        won_wall=held.won_wall if held else None, paused=self.pause.paused,
+                        switchover_pending=self.watch.switchover_pending, headless_seconds=self.tally.headless_seconds)
 
     def _report(self, step: Step) -> None:
         """Tell the watchers; a failing watcher is logged and never stops the campaign."""
@@ -211,7 +212,7 @@ class Campaign:
             return self._lose(kept)
         # 2. When the graceful part is done or the grace is over: kill what is left, then release.
         if self.head.drained() or self.clock() >= self.held.stop_deadline:
-            self._kill_all()
+            report_leftovers(self.head.kill())
             self._release(EndReason.SWITCHOVER if self.held.rejoin else EndReason.STOP)
             if self.held.rejoin and not self.stop.is_set():  # a switchover: stand by again at once
                 log.info("handed over from epoch %d; standing by again", self.held.epoch)
@@ -233,9 +234,10 @@ class Campaign:
         """True if a switchover asks this leader, in this epoch, to step down."""
         try:
             request = self.lease.switchover_request()
-        except OUTAGES as exc:
-            log.warning("could not read switchover requests: %s", exc)
+        except (*OUTAGES, SwitchoverError) as exc:  # Redis trouble, or a due scheduled one that cannot happen
+            log.warning("no switchover this renewal: %s", exc)
             return False
+        self.watch.switchover_pending = request is not None
         held = self.held
         held.rejoin = bool(request and request.source == self.name and request.epoch == held.epoch)
         return held.rejoin
@@ -253,7 +255,7 @@ class Campaign:
             held.head_down, held.serving = why, False
             log.error("leader epoch %d: %s while paused; keeping the lease and leaving the head down "
                       "(no failover until `ray-ha resume`, which then hands over)", held.epoch, why)
-            self._kill_all()
+            report_leftovers(self.head.kill())
         if kept is Step.RENEWED and self._switchover_asked():
             return self._begin_stop("switchover requested while the head is down; handing over")
         return Step.HEAD_DOWN_PAUSED
@@ -272,7 +274,8 @@ class Campaign:
         epoch = attempt.epoch
         old_gcs = record.gcs_address if record and record.epoch < epoch else None
         self.tenure = Tenure(epoch, won_at=sent, won_wall=self.wall(), old_gcs=old_gcs,
-                             wait_until=self.clock() + self.timing.wait_old_gcs, previous=attempt.previous)
+                             wait_until=self.clock() + self.timing.wait_old_gcs, previous=attempt.previous,
+                             won_ms=attempt.won_ms)
         self.tenure.next_renew = sent + self.timing.retry_period
         self.role, self.watch = Role.WAITING, Watch(epoch=epoch, leader=self.name)
         self.tally.transitions += 1
@@ -301,8 +304,10 @@ class Campaign:
             return None
         held.serving, held.gcs_address = True, address
         self.after_loss.settle()
-        if not held.measured:  # the first time this tenure: how long the takeover took
-            self.tally.takeover_seconds, held.measured = self.clock() - held.won_at, True
+        if not held.measured:  # the first time this tenure: how long the takeover took, and no head served
+            took = self.tally.takeover_seconds = self.clock() - held.won_at
+            before = held.previous.seconds_before(held.won_ms) if held.previous else None
+            self.tally.headless_seconds, held.measured = None if before is None else before + took, True
         log.info("leader epoch %d: GCS serving at %s", held.epoch, address)
         return Step.SERVING
 
@@ -358,7 +363,7 @@ class Campaign:
 
     def _head_died(self, why: str) -> Step:
         log.error("leader epoch %d: %s; killing what is left of the head", self.held.epoch, why)
-        self._kill_all()
+        report_leftovers(self.head.kill())
         self._release(EndReason.GCS_DIED if why.startswith(GCS_NAME) else EndReason.HEAD_DIED)
         return self._after_loss(Step.HEAD_DIED, Outcome.HEAD_DIED, "head died; lease released")
 
@@ -370,9 +375,6 @@ class Campaign:
         log.warning("%s; standing by again in %.0fs", message, hold)
         self._stand_by(hold)
         return step
-
-    def _kill_all(self) -> None:
-        report_leftovers(self.head.kill())
 
     def _release(self, reason: EndReason) -> None:
         """Release (compare-and-set), saying why, so a standby takes over now; on failure the lease simply

@@ -48,7 +48,8 @@ def head_state(base: SupervisorState, snapshot: Snapshot) -> SupervisorState:
                    transitions=snapshot.transitions, renew_failures=snapshot.renew_failures,
                    takeover_seconds=snapshot.takeover_seconds,
                    waiting_old_gcs=snapshot.step is Step.WAITING_OLD_GCS, redis_refused=snapshot.redis_refused,
-                   paused=snapshot.paused)
+                   paused=snapshot.paused, switchover_pending=snapshot.switchover_pending,
+                   headless_seconds=snapshot.headless_seconds)
 
 
 class HeadMode:

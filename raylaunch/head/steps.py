@@ -110,6 +110,8 @@ class Snapshot:
     outcome: Optional[Outcome]
     won_wall: Optional[float] = None  # while we hold the lease: when we won it, by the wall clock
     paused: bool = False           # an operator's pause holds automatic takeovers back (as last read)
+    switchover_pending: bool = False  # leading: a switchover is asked for or scheduled (as last read)
+    headless_seconds: Optional[float] = None  # our last takeover: the tenure before's end -> our GCS serving
 
 
 Watcher = Callable[[Snapshot], None]
@@ -131,6 +133,7 @@ class Tenure:
     serving: bool = False          # the record names our serving GCS in this epoch
     measured: bool = False         # the takeover (win -> serving) of this tenure has been measured
     previous: Optional[Ending] = None  # how the tenure before ours ended, for the history
+    won_ms: int = 0                # when we won, by Redis's clock (0 if unknown)
     head_down: Optional[str] = None  # paused: why our head is down (the lease is kept)
     rejoin: bool = False           # stepping down for a switchover: stand by again afterwards
     stop_deadline: float = 0.0     # stepping down: the grace ends here
@@ -150,6 +153,7 @@ class Watch:
     next_try: float = 0.0
     hold_until: float = 0.0        # back from a loss, nothing is tried before this
     next_quiet_log: float = 0.0
+    switchover_pending: bool = False  # leading: read after each renewal
 
 
 @dataclass
@@ -159,3 +163,4 @@ class Tally:
     transitions: int = 0           # leader changes seen
     renew_failures: int = 0
     takeover_seconds: Optional[float] = None  # our last win -> GCS serving
+    headless_seconds: Optional[float] = None  # the tenure before's last renewal or release -> our GCS serving

@@ -38,10 +38,15 @@ def render_metrics(state: Optional[SupervisorState]) -> str:
         ("ray_ha_priority", "gauge", "This candidate's --ha-priority (0: never leads).", state.priority),
         ("ray_ha_paused", "gauge", "1 while an operator's pause (ray-ha pause) holds automatic failover back.",
          int(state.paused)),
+        ("ray_ha_switchover_pending", "gauge", "1 on the leader while a switchover is asked for or scheduled.",
+         int(state.switchover_pending)),
     ]
     if state.takeover_seconds is not None:
         rows.append(("ray_ha_takeover_seconds", "gauge", "Last takeover: lease acquired to GCS serving.",
                      round(state.takeover_seconds, 3)))
+    if state.headless_seconds is not None:
+        rows.append(("ray_ha_headless_seconds", "gauge", "Last takeover: the previous leader's last renewal "
+                     "(or its release) to this GCS serving.", round(state.headless_seconds, 3)))
     return "".join(f"# HELP {name} {text}\n# TYPE {name} {kind}\n{name}{label} {value}\n"
                    for name, kind, text, value in rows)
 

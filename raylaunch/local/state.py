@@ -55,6 +55,8 @@ class SupervisorState:
     transitions: int = 0            # head mode: leader changes seen
     renew_failures: int = 0
     takeover_seconds: Optional[float] = None
+    headless_seconds: Optional[float] = None  # the last takeover: the tenure before's end -> our GCS serving
+    switchover_pending: bool = False  # leading: a switchover is asked for or scheduled
     waiting_old_gcs: bool = False
     paused: bool = False            # head mode: an operator's pause holds automatic takeovers back
     step: Optional[str] = None      # follow mode: the last FollowStep

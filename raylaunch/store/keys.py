@@ -42,6 +42,11 @@ class Keys:
         return f"{self.lease}:switchover"
 
     @property
+    def scheduled(self) -> str:
+        """A switchover planned for later (`ray-ha switchover --at`); the leader makes it a request when due."""
+        return f"{self.lease}:scheduled"
+
+    @property
     def pause(self) -> str:
         """Maintenance mode (`ray-ha pause`): while it exists no candidate takes the lease by itself."""
         return f"{self.lease}:pause"
@@ -94,4 +99,4 @@ class Keys:
         """The keys ray-ha keeps, each with the Redis type it must have if it exists."""
         return {self.lease: "string", self.epoch: "string", self.record: "string", self.history: "list",
                 self.switchover: "string", self.grant: "hash", self.provider: "string", self.pause: "string",
-                self.priorities: "hash", self.vacant: "string"}
+                self.scheduled: "string", self.priorities: "hash", self.vacant: "string"}

@@ -21,6 +21,7 @@ from raylaunch.store.errors import ReplicasBehind
 from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.records import Attempt, Change, Ending, EndReason, Holder, Record, StandbyHeartbeat, Switchover
 from raylaunch.store.scripts import ACQUIRE, HISTORY_LENGTH, RELEASE, RENEW, WRITE_IF_OURS, WRITE_RECORD
+from raylaunch.store.view import pending_switchover
 
 T = TypeVar("T")
 
@@ -96,8 +97,9 @@ class RedisLease:
         return self._guard(lambda: cast(Optional[str], self.client.get(self.keys.provider)))
 
     def switchover_request(self) -> Optional[Switchover]:
-        """The pending planned handover, if any (the leader checks it once per renewal)."""
-        return Switchover.decode(self._guard(lambda: cast(Optional[str], self.client.get(self.keys.switchover))))
+        """The pending planned handover, if any, a scheduled one made pending once due (the leader checks
+        once per renewal); SwitchoverError if a due one cannot happen."""
+        return pending_switchover(self.keyspace, time.time())
 
     def forget_candidate(self) -> None:
         """Remove our standby heartbeat and priority when we leave, so status stops listing us and nobody
@@ -149,7 +151,7 @@ class RedisLease:
                 self._do_release(EndReason.REFUSED)
                 raise
             return Attempt(won=True, epoch=self._saw(int(reply[1])), holder=self.me, ttl_ms=self.ttl_ms,
-                           previous=Ending.from_grant(*reply[2:7]))
+                           previous=Ending.from_grant(*reply[2:7]), won_ms=int(reply[7]))
         holder = Holder.decode(reply[1]) if reply[1] else None
         return Attempt(won=False, epoch=self._saw(int(reply[2])), holder=holder, ttl_ms=int(reply[3]),
                        paused=int(reply[4]) == 1, yielding_to=reply[5] or None)

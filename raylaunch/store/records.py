@@ -109,6 +109,10 @@ class Ending:
         return cls(node=who or "?", epoch=_int(epoch), reason=end_reason(reason) if released else EndReason.EXPIRED,
                    ended_ms=_int(at))
 
+    def seconds_before(self, won_ms: int) -> Optional[float]:
+        """From this end to a win at `won_ms` (both by Redis's clock); None where either is unknown."""
+        return max(0, won_ms - self.ended_ms) / 1000 if won_ms and self.ended_ms else None
+
     def as_dict(self) -> dict[str, Any]:
         return {"node": self.node, "epoch": self.epoch, "reason": self.reason.value, "ended_ms": self.ended_ms}
 
@@ -132,6 +136,7 @@ class Attempt:
     previous: Optional[Ending] = None
     paused: bool = False
     yielding_to: Optional[str] = None  # the lease is free, but we yield it to this live better candidate
+    won_ms: int = 0                    # a win: when, by Redis's clock
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,10 @@ def serving_record(lease_value: Optional[str], epoch: Optional[str], record_text
     return record if Holder.decode(lease_value).node == record.node else None
 
 
+class SwitchoverError(Exception):
+    """A switchover that cannot be asked for: no leader, no such standby, one already pending (store.view)."""
+
+
 @dataclass(frozen=True)
 class Switchover:
     """A planned handover: `source` (node name) steps down from `epoch`; `target` ('' for any) takes over."""
@@ -250,6 +259,29 @@ class Switchover:
             data = json.loads(text or "")
             return cls(source=str(data["from"]), target=str(data["to"]), epoch=int(data["epoch"]))
         except (ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A switchover planned for `at` (wall clock): the leader of that moment hands over to `target` ('' for
+    the best standby then). Redis drops it `window` s after `at` if nobody acted on it."""
+
+    target: str
+    at: float
+    by: str
+    window: float
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def decode(cls, text: Optional[str]) -> Optional[Scheduled]:
+        data = _json_object(text)
+        try:
+            return None if data is None else cls(target=str(data.get("target") or ""), at=float(data["at"]),
+                                                 by=str(data.get("by") or "?"), window=float(data["window"]))
+        except (KeyError, TypeError, ValueError):
             return None
 
 

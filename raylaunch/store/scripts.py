@@ -16,8 +16,8 @@ the lease's hash tag (store.keys), so a cluster-mode Redis runs it on one shard.
 # yielding candidate first found it free. Priority 0 never takes the lease. Only ever holds back: the
 # one SET NX is still the only way to the lease.
 # A loser refreshes its candidate record and priority (TTL = lease), so standbys cost one call per try.
-# Returns {1, new epoch, the previous grant's value, node, epoch, time, reason} when won (false for
-# what it did not have), else {0, holder value, current epoch, ms until worth trying again (the lease's
+# Returns {1, new epoch, the previous grant's value, node, epoch, time, reason (false for what it did
+# not have), now} when won, else {0, holder value, current epoch, ms until worth trying again (the lease's
 # TTL, or what is left of a yield), 1 if paused else 0, the node yielded to or ''}.
 ACQUIRE = """
 local t = redis.call('TIME')
@@ -63,7 +63,7 @@ if not held_back and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) th
   end
   local before = redis.call('HMGET', KEYS[5], 'value', 'node', 'epoch', 'at', 'reason')
   redis.call('HSET', KEYS[5], 'value', ARGV[1], 'node', ARGV[3], 'epoch', epoch, 'at', now, 'reason', '')
-  return {1, epoch, before[1], before[2], before[3], before[4], before[5]}
+  return {1, epoch, before[1], before[2], before[3], before[4], before[5], now}
 end
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
 local epoch = tonumber(redis.call('GET', KEYS[2]) or '0') or 0

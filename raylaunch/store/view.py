@@ -10,15 +10,19 @@ from typing import Any, Optional, TypeVar, cast
 
 from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.leader import Leadership, leadership_from, queue_leadership, read_leadership
-from raylaunch.store.records import Change, FollowerHeartbeat, Pause, StandbyHeartbeat, Switchover
+from raylaunch.store.records import (
+    Change,
+    FollowerHeartbeat,
+    Pause,
+    Scheduled,
+    StandbyHeartbeat,
+    Switchover,
+    SwitchoverError,
+)
 
 #: How many leadership changes `status` shows (`ray-ha history` shows more).
 HISTORY_SHOWN = 5
 M = TypeVar("M", StandbyHeartbeat, FollowerHeartbeat)
-
-
-class SwitchoverError(Exception):
-    """A switchover that cannot be asked for: no leader, no such standby, one already pending."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class ClusterView:
     history: tuple[Change, ...]  # recent leadership changes, newest first
     switchover: Optional[Switchover]
     pause: Optional[Pause] = None
+    scheduled: Optional[Scheduled] = None
 
     @property
     def leader_node(self) -> Optional[str]:
@@ -58,6 +63,7 @@ def _read_cluster(keyspace: Keyspace) -> ClusterView:
     pipe.get(keys.switchover)
     pipe.lrange(keys.history, 0, HISTORY_SHOWN - 1)
     pipe.get(keys.pause)
+    pipe.get(keys.scheduled)
     replies = pipe.execute()
     leadership = leadership_from(replies)
     leader = leadership.holder.node if leadership.holder else None
@@ -65,7 +71,7 @@ def _read_cluster(keyspace: Keyspace) -> ClusterView:
     return ClusterView(key=keys.lease, leadership=leadership, standbys=tuple(standbys),
                        followers=tuple(_heartbeats(keyspace, keys.follower(""), FollowerHeartbeat)),
                        history=_changes(replies[5]), switchover=Switchover.decode(replies[4]),
-                       pause=Pause.decode(replies[6]))
+                       pause=Pause.decode(replies[6]), scheduled=Scheduled.decode(replies[7]))
 
 
 def read_history(keyspace: Keyspace, count: int) -> tuple[Change, ...]:
@@ -160,3 +166,50 @@ def await_switchover(keyspace: Keyspace, request: Switchover, timeout: float) ->
     keyspace.guard(lambda: keyspace.client.delete(keys.switchover)
                 if keyspace.client.get(keys.switchover) == request.encode() else 0)
     return None
+
+
+def schedule_switchover(keyspace: Keyspace, plan: Scheduled) -> Scheduled:
+    """Plan a switchover for `plan.at`; refused if that is not in the future or one is already planned."""
+    left = plan.at - time.time()
+    if left <= 0:
+        raise SwitchoverError(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(plan.at))} is not in the future")
+    keys = keyspace.keys
+    if not keyspace.guard(lambda: keyspace.client.set(keys.scheduled, plan.encode(), nx=True,
+                                                      px=int((left + plan.window) * 1000))):
+        raise SwitchoverError("a switchover is already scheduled (see ray-ha status; switchover --cancel)")
+    return plan
+
+
+def cancel_switchover(keyspace: Keyspace) -> tuple[Optional[Scheduled], Optional[Switchover]]:
+    """Withdraw the planned switchover and the pending request; returns what there was."""
+    keys = keyspace.keys
+
+    def exchange() -> list[Optional[str]]:
+        pipe = keyspace.client.pipeline(transaction=True)
+        pipe.get(keys.scheduled)
+        pipe.get(keys.switchover)
+        pipe.delete(keys.scheduled, keys.switchover)
+        return cast(list[Optional[str]], pipe.execute()[:2])
+    scheduled, request = keyspace.guard(exchange)
+    return Scheduled.decode(scheduled), Switchover.decode(request)
+
+
+def pending_switchover(keyspace: Keyspace, now: float) -> Optional[Switchover]:
+    """For the leader, after a renewal: the pending request; else a planned one, made a request (to the
+    standby it names, or the best one then) once due, or shown as not yet asked of anyone (source '')
+    before. SwitchoverError if a due one cannot happen (it is dropped)."""
+    keys = keyspace.keys
+
+    def exchange() -> list[Optional[str]]:
+        pipe = keyspace.client.pipeline(transaction=False)
+        pipe.get(keys.switchover)
+        pipe.get(keys.scheduled)
+        return cast(list[Optional[str]], pipe.execute())
+    request_text, planned_text = keyspace.guard(exchange)
+    request, planned = Switchover.decode(request_text), Scheduled.decode(planned_text)
+    if request is not None or planned is None:
+        return request
+    if planned.at > now:
+        return Switchover(source="", target=planned.target, epoch=0)
+    keyspace.guard(lambda: keyspace.client.delete(keys.scheduled))
+    return request_switchover(keyspace, planned.target or None, ttl=planned.window)
