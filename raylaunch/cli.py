@@ -259,15 +259,20 @@ def health(role: str, ha_node_name: Optional[str]) -> None:
 
 @main.command("status", context_settings={"help_option_names": ["--help"]})
 @click.option("--json", "as_json", is_flag=True, help="Print the view as JSON (schema: docs/operations.md).")
+@click.option("--watch", "every", is_flag=False, flag_value=2.0, type=click.FloatRange(min=0.1), default=None,
+              metavar="[SECONDS]", help="Show the view again every SECONDS [2], in place, until Ctrl-C.")
 @_redis_options
-def status(as_json: bool, redis: RedisChoice) -> None:
+def status(as_json: bool, every: Optional[float], redis: RedisChoice) -> None:
     """Who leads, who stands by, a pause, recent leadership changes, and this machine's supervisors.
 
-    Reads RAY_REDIS_ADDRESS like `ray-ha start`. Exit 0 when a leader exists, 1 otherwise.
+    Reads RAY_REDIS_ADDRESS like `ray-ha start`. Exit 0 when a leader exists, 1 otherwise; with
+    --watch, 0 when Ctrl-C ends it.
     """
-    from raylaunch.operate import show_status
+    from raylaunch.operate import show_status, watch_status
 
-    guard(lambda: show_status(redis, as_json))
+    if every is not None and as_json:
+        fail("--watch shows the table; --json prints the view once", Exit.USAGE)
+    guard(lambda: show_status(redis, as_json) if every is None else watch_status(redis, every))
 
 
 @main.command("history", context_settings={"help_option_names": ["--help"]})

@@ -9,6 +9,7 @@ import getpass
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -21,6 +22,7 @@ from raylaunch.local.peerenv import redis_of_local_supervisor
 from raylaunch.local.state import machine_supervisors
 from raylaunch.status import change_json, history_table, render, status_json
 from raylaunch.store.connect import target_from
+from raylaunch.store.errors import RedisRefused, RedisUnavailable
 from raylaunch.store.keyspace import Keyspace, open_keyspace
 from raylaunch.store.leader import read_leadership
 from raylaunch.store.records import Scheduled, SwitchoverError
@@ -72,6 +74,33 @@ def show_status(redis: RedisChoice, as_json: bool) -> int:
     view = status_json(read_cluster(keyspace), keyspace.display, here.supervisors)
     click.echo(json.dumps(view, indent=2, sort_keys=True) if as_json else render(view))
     return Exit.OK if view["leader"] else Exit.RUNTIME
+
+
+#: Terminal controls for --watch: clear the screen once; then home, erase each line's rest, erase below.
+CLEAR, HOME, ERASE_LINE, ERASE_BELOW = "\x1b[2J", "\x1b[H", "\x1b[K", "\x1b[J"
+
+
+def watch_status(redis: RedisChoice, every: float) -> int:
+    """The status table again every `every` s, in place on a terminal (blocks otherwise), until Ctrl-C.
+    Redis trouble is shown in the frame and the watch goes on."""
+    keyspace, terminal = redis.keyspace(), sys.stdout.isatty()
+    try:
+        click.echo(CLEAR if terminal else "", nl=False)
+        while True:
+            try:
+                text = render(status_json(read_cluster(keyspace), keyspace.display,
+                                          machine_supervisors(os.environ).supervisors))
+            except (RedisUnavailable, RedisRefused) as exc:
+                text = f"cannot read Redis: {exc}"
+            lines = [f"ray-ha status, every {every:g}s: {_when(time.time())} (Ctrl-C to stop)", "", *text.splitlines()]
+            if terminal:
+                click.echo(HOME + "".join(line + ERASE_LINE + "\n" for line in lines) + ERASE_BELOW, nl=False)
+            else:
+                click.echo("\n".join(lines) + "\n")
+            time.sleep(every)
+    except KeyboardInterrupt:
+        click.echo("")
+        return Exit.OK
 
 
 def show_history(redis: RedisChoice, as_json: bool, count: int) -> int:

@@ -104,7 +104,7 @@ def render(view: dict[str, Any]) -> str:
         lines += history_table(view["history"])
     if view["local"]:
         lines += ["", "supervisors on this machine:"]
-        lines += [f"  {s['node']} (pid {s['pid']}): {s['role']}"
+        lines += [f"  {s['node']} ({'pid ' + str(s['pid']) if s['pid'] else 'no process'}): {s['role']}"
                   + (f", epoch {s['epoch']}" if s["role"] in (Role.LEADER, Role.FOLLOWER) and s["epoch"] else "")
                   + (f", relay {s['relay']}" if s["relay"] else "")
                   + (", paused" if s.get("paused") else "")

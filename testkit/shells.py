@@ -1,7 +1,7 @@
-"""Real shells for the completion tests, and a pseudo-terminal to type into one.
+"""Real shells for the completion tests, tmux for `status --watch`, and a pseudo-terminal to type into one.
 
-zsh and fish come from Debian's packages, and bash-completion (the loader of bash's vendor completions)
-too, unpacked without root into the tests' cache (testkit.debian) and run from there as if installed:
+zsh, fish and tmux come from Debian's packages, and bash-completion (the loader of bash's vendor
+completions) too, unpacked without root into the tests' cache (testkit.debian) and run from there as if installed:
 a fresh machine has none of them. Each function raises testkit.debian.Unavailable, saying what to
 install, where that cannot be done.
 """
@@ -53,6 +53,12 @@ def fish() -> Shell:
     except FileExistsError:
         pass
     return Shell(root / "usr" / "bin" / "fish", root, {"LD_LIBRARY_PATH": library_path(root)})
+
+
+def tmux() -> Shell:
+    """tmux 3.3 (a real terminal multiplexer: type into a pane, capture what it shows), with its libraries."""
+    root = unpacked("tmux", ("tmux", "libevent-core-2.1-7", "libutempter0"), "tmux is needed: apt-get install tmux")
+    return Shell(root / "usr" / "bin" / "tmux", root, {"LD_LIBRARY_PATH": library_path(root)})
 
 
 def bash_completion() -> Path:

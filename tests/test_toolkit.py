@@ -2,6 +2,9 @@
 changes with the reason each tenure ended. Then the same through the CLI with real supervisors (fake ray)."""
 
 import json
+import shlex
+import subprocess
+import sys
 import time
 
 import psutil
@@ -488,3 +491,71 @@ def test_metrics_show_the_pause_the_priority_a_pending_switchover_and_the_last_t
     for line in ('ray_ha_paused{node="a"} 1', 'ray_ha_priority{node="a"} 2', 'ray_ha_switchover_pending{node="a"} 1',
                  'ray_ha_takeover_seconds{node="a"} 1.5', 'ray_ha_headless_seconds{node="a"} 4.25'):
         assert line in body.splitlines()
+
+
+# -- status --watch in a real terminal (tmux) ------------------------------------------------------------------
+
+
+class Tmux:
+    """A tmux server of this test's own (its socket in tmp_path): one detached pane running a command."""
+
+    def __init__(self, tmp_path, command: str, env: dict) -> None:
+        from testkit.debian import Unavailable
+        from testkit.shells import tmux
+        try:
+            self.shell = tmux()
+        except Unavailable as exc:
+            pytest.fail(f"status --watch needs tmux to be tested in a terminal: {exc}", pytrace=False)
+        self.socket, self.env = tmp_path / "tmux.sock", {**env, **self.shell.env, "TERM": "xterm-256color"}
+        script = tmp_path / "pane.sh"
+        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+        # the shell outlives a Ctrl-C (a trap, not an ignore: the command gets SIGINT as in a terminal) to say how
+        # the command ended
+        script.write_text(f"trap true INT\n{exports}{command}\necho \"[exit=$?]\"\nsleep 60\n")
+        self.run("-f", "/dev/null", "new-session", "-d", "-x", "150", "-y", "45", f"sh {shlex.quote(str(script))}")
+
+    def run(self, *args: str) -> str:
+        out = subprocess.run([str(self.shell.path), "-S", str(self.socket), *args], env=self.env,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def screen(self, history: bool = False) -> str:
+        """What the pane shows (with `history`, also what scrolled off its top)."""
+        return self.run("capture-pane", "-p", *(["-S", "-1000"] if history else []))
+
+    def close(self) -> None:
+        subprocess.run([str(self.shell.path), "-S", str(self.socket), "kill-server"], env=self.env,
+                       capture_output=True, timeout=30)
+
+
+def test_status_watch_redraws_in_place_in_a_real_terminal_and_ends_cleanly_on_ctrl_c(launch, cli_env,
+                                                                                     redis_server, tmp_path):
+    a = launch("a")
+    a.wait_log("GCS serving")
+    b = launch("b")
+    b.wait_log("standing by")
+    pane = Tmux(tmp_path, f"{shlex.quote(sys.executable)} -m raylaunch status --watch 0.3", cli_env)
+    try:
+        rows = lambda screen: {line.split()[0]: line.split()[1] for line in screen.splitlines()
+                               if line[:2] in ("a ", "b ")}
+        wait_for(lambda: rows(pane.screen()) == {"a": "leader", "b": "standby"}, 20, 0.1,
+                 what="a leads, b stands by, on the screen")
+        a.kill_tree()
+        wait_for(lambda: rows(pane.screen()).get("b") == "leader", 10 * LEASE, 0.1, what="b leads, on the screen")
+        screen, history = pane.screen(), pane.screen(history=True)
+        assert screen.count("ray-ha status, every 0.3s") == 1, "one frame, not a log"
+        assert rows(screen) == {"b": "leader"}, "the old frame's rows were erased"
+        assert history.count("ray-ha status, every 0.3s") == 1, "redrawn in place: nothing scrolled away"
+        assert "expired" in screen or "lease expired unrenewed" in screen, "the change shows with its reason"
+        pane.run("send-keys", "C-c")
+        wait_for(lambda: "[exit=" in pane.screen(), 10, 0.1, what="the watch to end")
+        after = pane.screen()
+        assert "[exit=0]" in after and "Traceback" not in after and "Aborted" not in after
+    finally:
+        pane.close()
+
+
+def test_status_watch_and_json_are_refused_together(cli_env, tmp_path):
+    result = ray_ha("status", "--watch", "--json", env=cli_env, cwd=tmp_path)
+    assert result.returncode == 2 and "--watch shows the table" in result.stderr
