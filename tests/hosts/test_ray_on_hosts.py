@@ -156,6 +156,16 @@ def test_a_ray_client_dialing_any_candidate_reaches_the_head_that_leads(cluster:
           f"kill -9 of h1, h2's own head at the same address; then h2's head through h1's address")
 
 
+def newest_change(cluster: Cluster) -> tuple[str, str, str]:
+    """The newest entry of the leadership history: (new leader, the one before, why its tenure ended)."""
+    from raylaunch.store.records import Change
+
+    (entry,) = cluster.redis.command("LRANGE", "{ray-ha:default:leader}:history", "0", "0")
+    change = Change.decode(entry)
+    assert change is not None and change.previous is not None, entry
+    return change.record.node, change.previous.node, change.previous.reason.value
+
+
 @pytest.mark.parametrize("fault", ["kill -9", "cut"])
 def test_the_new_leader_marks_the_old_head_dead(cluster: Cluster, fault: str):
     """Once h2's GCS serves, h2 marks h1's head node dead in it (Ray's own health checks would take
@@ -176,6 +186,7 @@ def test_the_new_leader_marks_the_old_head_dead(cluster: Cluster, fault: str):
     assert after["node"] != first["node"] and after["value"] == 1, f"restarted on the new head: {after}"
     assert took < 45, f"the head's actor answered on h2 {took:.1f}s after the {fault} (bound 45 s)"
     assert cluster.watch.overlaps() == []
+    assert newest_change(cluster) == ("h2", "h1", "expired"), "the history says why h1's tenure ended"
     print(f"{fault} of h1: h2 marked h1's head node dead {marked:.1f}s after it; the head's detached actor "
           f"answered on h2 {took:.1f}s after it (lease {LEASE:g}s)")
 
@@ -227,6 +238,7 @@ def test_the_leader_cut_from_redis_only(cluster: Cluster):
     # new GCS is judged by its process; h1, cut from Redis, never learns of a leader to answer for
     last_old = max(answers[h1.ip], default=0.0)
     assert last_old < new.started, "the old GCS answered after the new one had started"
+    assert newest_change(cluster) == ("h2", "h1", "expired"), "h1, cut off, could not release: its lease expired"
     print(f"h1 cut from Redis: its GCS gone {old.gone - cut_at:.1f}s after the cut (lease {LEASE:g}s); "
           f"h2's GCS started {new.started - cut_at:.1f}s after it; old GCS last answered "
           f"{last_old - cut_at:.1f}s after the cut")
