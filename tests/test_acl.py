@@ -249,3 +249,21 @@ def test_a_real_head_and_its_takeover_resume_the_session_under_the_advised_acl(a
     finally:
         next(launches, None)  # the pad's own clean-up
     assert tagged_processes(leak_guard) == []
+
+
+def test_the_operators_commands_work_under_the_advised_acl(pad, acl_redis, fake_ray_env, leak_guard):
+    """pause, resume, history, status --json and a planned switchover and its cancel, as the cluster's user."""
+    env = {**fake_ray_env, **NAMESPACE, "RAY_REDIS_ADDRESS": acl_redis.address}
+    admin = acl_redis.client()
+    a = candidate(pad, "a", "--ha-priority=2")
+    a.wait_log("GCS serving")
+    candidate(pad, "b").wait_log("standing by; leader is a")
+    for args in (["pause", "--for", "1h"], ["switchover", "--at", "+1h"], ["switchover", "--cancel"], ["resume"],
+                 ["history", "--json"]):
+        result = ray_ha(*args, *CREDENTIALS, env=env)
+        assert result.returncode == 0, f"{args}: {result.stderr}"
+    assert status(env)["pause"] is None
+    a.kill_tree()
+    wait_for(lambda: serving_leader(env, 2), 30, 0.1, what="b serving in epoch 2")
+    assert json.loads(ray_ha("history", "--json", *CREDENTIALS, env=env).stdout)[0]["previous"]["reason"] == "expired"
+    assert denials(admin) <= EXPECTED_DENIALS, "nothing of ours was refused"
