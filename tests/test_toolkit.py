@@ -150,6 +150,15 @@ def cli_env(fake_ray_env, redis_server):
     return {**fake_ray_env, "RAY_REDIS_ADDRESS": redis_server.address}
 
 
+def leader_and_standby(launch):
+    """Launchers a (leading, its GCS serving) and b (standing by)."""
+    a = launch("a")
+    a.wait_log("GCS serving")
+    b = launch("b")
+    b.wait_log("standing by")
+    return a, b
+
+
 def started(env, node):
     """The epochs in which the fake ray started a head on `node`."""
     return [e["epoch"] for e in fake_ray_events(env) if e["event"] == "start" and e["node"] == node]
@@ -162,10 +171,7 @@ def history(env, cwd):
 
 
 def test_a_pause_outlives_a_leaders_kill_9_until_resume(launch, cli_env, redis_server, tmp_path):
-    a = launch("a")
-    a.wait_log("GCS serving")
-    b = launch("b")
-    b.wait_log("standing by")
+    a, b = leader_and_standby(launch)
     paused = ray_ha("pause", "--reason", "upgrading Ray", env=cli_env, cwd=tmp_path)
     assert paused.returncode == 0, paused.stderr
     assert "paused with no end" in paused.stderr and paused.stdout.startswith("ray-ha: paused ")
@@ -192,10 +198,7 @@ def test_a_pause_outlives_a_leaders_kill_9_until_resume(launch, cli_env, redis_s
 
 
 def test_a_pause_for_a_while_ends_by_itself_and_the_standby_takes_over(launch, cli_env, redis_server, tmp_path):
-    a = launch("a")
-    a.wait_log("GCS serving")
-    b = launch("b")
-    b.wait_log("standing by")
+    a, b = leader_and_standby(launch)
     paused = ray_ha("pause", "--for", "6s", env=cli_env, cwd=tmp_path)
     assert paused.returncode == 0 and paused.stderr == "" and " until " in paused.stdout
     pause_ends = json.loads(redis_server.client().get(KEYS.pause))["until"]
@@ -216,10 +219,7 @@ def test_a_pause_of_no_length_is_refused_in_one_line_and_writes_nothing(cli_env,
 
 def test_a_paused_leader_whose_gcs_dies_keeps_the_lease_and_hands_over_on_resume(launch, cli_env, redis_server,
                                                                                    tmp_path):
-    a = launch("a")
-    a.wait_log("GCS serving")
-    b = launch("b")
-    b.wait_log("standing by")
+    a, b = leader_and_standby(launch)
     assert ray_ha("pause", "--for", "10m", env=cli_env, cwd=tmp_path).returncode == 0
     a.wait_log("paused by an operator")
     named(psutil.Process(a.pid).children(recursive=True), "gcs_server")[0].kill()
@@ -239,10 +239,7 @@ def test_a_paused_leader_whose_gcs_dies_keeps_the_lease_and_hands_over_on_resume
 
 
 def test_a_switchover_goes_through_a_pause(launch, cli_env, redis_server, tmp_path):
-    a = launch("a")
-    a.wait_log("GCS serving")
-    b = launch("b")
-    b.wait_log("standing by")
+    a, b = leader_and_standby(launch)
     assert ray_ha("pause", "--for", "10m", env=cli_env, cwd=tmp_path).returncode == 0
     result = ray_ha("switchover", "--timeout", "30", env=cli_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -432,10 +429,7 @@ def test_a_candidate_yields_to_a_frozen_better_one_only_for_a_while(launch, cli_
 
 def test_a_planned_switchover_happens_at_its_time_and_shows_in_status_until_then(launch, cli_env, redis_server,
                                                                                  tmp_path):
-    a = launch("a")
-    a.wait_log("GCS serving")
-    b = launch("b", "--ha-priority=1")
-    b.wait_log("standing by")
+    a, b = leader_and_standby(launch)
     planned = ray_ha("switchover", "--at", "+4s", env=cli_env, cwd=tmp_path)
     assert planned.returncode == 0 and "planned for" in planned.stdout, planned.stderr
     due = json.loads(redis_server.client().get(KEYS.scheduled))["at"]
@@ -451,10 +445,7 @@ def test_a_planned_switchover_happens_at_its_time_and_shows_in_status_until_then
 
 
 def test_a_planned_switchover_can_be_cancelled(launch, cli_env, redis_server, tmp_path):
-    a = launch("a")
-    a.wait_log("GCS serving")
-    b = launch("b")
-    b.wait_log("standing by")
+    a, b = leader_and_standby(launch)
     assert ray_ha("switchover", "--at", "+3s", "--to", "b", env=cli_env, cwd=tmp_path).returncode == 0
     cancelled = ray_ha("switchover", "--cancel", env=cli_env, cwd=tmp_path)
     assert cancelled.returncode == 0 and "cancelled the switchover planned for" in cancelled.stdout
@@ -531,10 +522,7 @@ class Tmux:
 
 def test_status_watch_redraws_in_place_in_a_real_terminal_and_ends_cleanly_on_ctrl_c(launch, cli_env,
                                                                                      redis_server, tmp_path):
-    a = launch("a")
-    a.wait_log("GCS serving")
-    b = launch("b")
-    b.wait_log("standing by")
+    a, b = leader_and_standby(launch)
     pane = Tmux(tmp_path, f"{shlex.quote(sys.executable)} -m raylaunch status --watch 0.3", cli_env)
     try:
         rows = lambda screen: {line.split()[0]: line.split()[1] for line in screen.splitlines()
@@ -559,3 +547,32 @@ def test_status_watch_redraws_in_place_in_a_real_terminal_and_ends_cleanly_on_ct
 def test_status_watch_and_json_are_refused_together(cli_env, tmp_path):
     result = ray_ha("status", "--watch", "--json", env=cli_env, cwd=tmp_path)
     assert result.returncode == 2 and "--watch shows the table" in result.stderr
+
+
+@pytest.mark.parametrize("priority, warm", [("0", None), ("1", "/warm/python3")])
+def test_a_candidate_of_priority_zero_keeps_no_prewarmed_head(fake_ray_env, redis_server, monkeypatch, priority,
+                                                              warm):
+    import raylaunch.plan as plan
+
+    for name, value in fake_ray_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(plan, "prewarm_python", lambda *args: ("/warm/python3", ()))  # as if Ray's were warmable
+    env = {**fake_ray_env, "RAY_ENABLE_HEAD_HA": "1", "RAY_REDIS_ADDRESS": redis_server.address}
+    request = plan.StartRequest(ray_args=["--head", "--port=0", "--block"], env_file=None,
+                                flags={"priority": priority}, ha_argv=[], follow=False)
+    made = plan.make_plan(request, env)
+    assert made.identity.priority == int(priority) and made.warm_python == warm
+
+
+def test_a_paused_standby_answers_healthz_and_says_so():
+    from raylaunch.local.endpoint import Endpoint
+    from raylaunch.local.state import SupervisorState
+    import urllib.request
+
+    server = Endpoint("127.0.0.1", 0, stale_after=60)
+    try:
+        server(SupervisorState(node="b", role="standby", paused=True, updated=time.time()))
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as reply:
+            assert (reply.status, reply.read().decode()) == (200, "ok standby paused\n")
+    finally:
+        server.close()
