@@ -66,6 +66,21 @@ def test_a_new_target_closes_every_relayed_connection_at_once(relay, echoes):
     assert relay.connections() in (0, 1)
 
 
+def test_a_connection_made_to_the_new_target_before_its_wake_is_read_is_kept(relay, echoes, monkeypatch):
+    """The race a standby met between leaders: retarget() sets the target, then wakes the thread; a client
+    accepted in between already goes to the new target and must not be reset by that wake."""
+    relay.retarget(echoes[0].address)
+    woken = []
+    monkeypatch.setattr(relay, "_wake", woken.append)  # hold the wake back: the thread has not read it yet
+    relay.retarget(echoes[1].address)
+    with socket.create_connection(relay.address, timeout=5) as sock:
+        assert ask(sock, b"early") == b"b:early"
+        monkeypatch.undo()
+        relay._wake(*woken)  # now the thread reads the retarget's wake
+        time.sleep(0.2)
+        assert ask(sock, b"still") == b"b:still", "a connection to the new target outlives its wake"
+
+
 def test_with_no_target_new_connections_are_reset_not_left_hanging(relay):
     started = time.monotonic()
     with pytest.raises(ConnectionResetError):  # on loopback the reset may already meet connect() itself

@@ -29,8 +29,8 @@ LOOPBACK_RELAY_HOST = "127.0.0.2"
 class _Pipe:
     """One relayed connection: the client's socket and the upstream one, with what each still owes."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
-        self.client, self.upstream = client, upstream
+    def __init__(self, client: socket.socket, upstream: socket.socket, target: Target) -> None:
+        self.client, self.upstream, self.target = client, upstream, target
         self.pending = {client: b"", upstream: b""}  # bytes waiting to be written to that socket
         self.watching = {client: selectors.EVENT_READ, upstream: selectors.EVENT_WRITE}  # as registered
         self.connected = False
@@ -112,7 +112,7 @@ class Relay:
     def _woken(self) -> None:
         reasons = self._wake_r.recv(64)
         if b"r" in reasons:
-            self._drop_all()
+            self._drop_all(but=self._target)
 
     def _accept(self) -> None:
         try:
@@ -133,7 +133,7 @@ class Relay:
             _reset(client)
             upstream.close()
             return
-        pipe = _Pipe(client, upstream)
+        pipe = _Pipe(client, upstream, target)
         with self._lock:
             self._pipes[client] = self._pipes[upstream] = pipe
         self._selector.register(upstream, selectors.EVENT_WRITE, pipe)  # until the connect completes
@@ -213,10 +213,11 @@ class Relay:
             else:
                 sock.close()
 
-    def _drop_all(self) -> None:
-        """Close every relayed connection at once (a reset, so both ends notice now)."""
+    def _drop_all(self, but: Target = None) -> None:
+        """Close every relayed connection at once (a reset, so both ends notice now), but those already
+        relayed to `but` (the new target: one accepted after a retarget, before its wake was read)."""
         for pipe in list(self._pipes.values()):
-            if pipe.client in self._pipes:  # each pipe once, though filed under both sockets
+            if pipe.client in self._pipes and (but is None or pipe.target != but):  # each pipe once
                 self._drop(pipe, reset=True)
 
 
