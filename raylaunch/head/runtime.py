@@ -27,6 +27,7 @@ from raylaunch.plan import ClientPorts, Plan
 from raylaunch.proc.prewarm import WarmStart
 from raylaunch.proc.raycmd import redact, storage_namespace
 from raylaunch.proc.stopflag import StopFlag, StopSignal
+from raylaunch.proc.tripwire import Tripwire
 from raylaunch.store.fence import AclFence
 from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.leader import read_leadership
@@ -81,9 +82,11 @@ class HeadMode:
                       plan.command.env)
         lease = watchdog = None
         marker = OldHeadMarker(plan.ray_python, plan.command.env)
+        tripwire = Tripwire(lambda why: self._operator_stopped(why, supervision))
         head: Optional[RayHead] = None
         front: Optional[ClientFront] = None
         try:
+            tripwire.start()
             lease = connect_lease(plan, supervision.stop)
             log.info("campaigning as %s for %s on %s (lease %gs, renew deadline %gs, retry %gs)",
                      plan.identity.node_name, lease.key, plan.target.display, plan.timing.lease_duration,
@@ -94,7 +97,8 @@ class HeadMode:
             fence = make_fence(plan, lease)
             warm = WarmStart(plan.warm_python, plan.command.env) if plan.warm_python else None
             namespace = storage_namespace(plan.command)
-            head = RayHead(plan.command, plan.node_ip, spare=lambda: hooks.pids() | dog.pids() | marker.pids(),
+            head = RayHead(plan.command, plan.node_ip,
+                           spare=lambda: hooks.pids() | dog.pids() | marker.pids() | tripwire.pids(),
                            credentials=fence.credentials if fence else None, warm=warm,
                            session_name=lambda: read_session_name(lease.keyspace, namespace))
             watchers: list[Watcher] = [dog, self._publisher(supervision, endpoint), hooks, marker]
@@ -107,6 +111,7 @@ class HeadMode:
                                      watchers=watchers, fence=fence, stand_by_again=plan.stand_by_again)
             return OUTCOME_CODES[self.campaign.run()]
         finally:
+            tripwire.close()
             if head:
                 head.close()  # an unused pre-warmed interpreter
             if watchdog:
@@ -119,6 +124,13 @@ class HeadMode:
                 endpoint.close()
             if lease:
                 lease.close()
+
+    @staticmethod
+    def _operator_stopped(why: str, supervision: Supervision) -> None:
+        """`ray stop` ran here (by hand, or from `ray down`): leave, as `ray-ha stop` would."""
+        log.warning("%s: an operator stopped Ray on this machine; leaving, as `ray-ha stop` would (a leader "
+                    "hands over; start again to stand by)", why)
+        supervision.stop.set()
 
     @staticmethod
     def _publisher(supervision: Supervision, endpoint: Optional[Endpoint]) -> Watcher:
