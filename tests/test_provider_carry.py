@@ -1,7 +1,9 @@
 """Carrying `ray up`'s local node provider list across leaders (head.provider), with Ray's file format."""
 
 import json
+import logging
 import os
+import time
 from typing import Optional
 
 import pytest
@@ -18,8 +20,9 @@ WORKER = {"tags": {"ray-node-type": "worker", "ray-node-status": "up-to-date", "
 class Store:
     """The leader's key in Redis, as a string; `ours` says whether the lease is ours."""
 
-    def __init__(self, text: Optional[str] = None) -> None:
+    def __init__(self, text: Optional[str] = None, live=frozenset({"10.0.0.21", "10.0.0.22"})) -> None:
         self.text, self.ours, self.writes, self.error = text, True, 0, None
+        self.live = live  # the addresses of machines with a live follower (None: one did not say)
 
     def write_provider_nodes(self, text: str) -> bool:
         if self.error:
@@ -33,6 +36,9 @@ class Store:
         if self.error:
             raise self.error
         return self.text
+
+    def follower_addresses(self):
+        return self.live
 
 
 def snap(step: Step, serving: bool = False) -> Snapshot:
@@ -103,3 +109,55 @@ def test_a_standby_keeps_nothing_and_trouble_is_logged_not_raised(cluster, caplo
     store.error = None
     carrier(snap(Step.RENEWED, serving=True))
     assert store.writes == 1, "tried again once Redis answers"
+
+
+def test_a_worker_whose_follower_is_gone_is_left_to_the_autoscaler(cluster, caplog):
+    """The cluster was stopped whole (or that worker's machine was): its entry would have the autoscaler
+    wait for a heartbeat that never comes; left out, the worker is started at once."""
+    cluster.state_path.parent.mkdir()
+    cluster.state_path.write_text(json.dumps({"10.0.0.22": WORKER}))  # from this machine's earlier tenure
+    store = Store(json.dumps({"10.0.0.21": WORKER, "10.0.0.22": WORKER}), live=frozenset({"10.0.0.21", "10.0.0.5"}))
+    with caplog.at_level(logging.INFO, logger="ray-ha"):
+        NodeListCarrier(store, cluster)(snap(Step.ACQUIRED))
+    nodes = json.loads(cluster.state_path.read_text())
+    assert nodes["10.0.0.21"] == WORKER, "its follower runs: carried, the autoscaler leaves it alone"
+    assert nodes["10.0.0.22"] == {**WORKER, "state": "terminated"}, "no follower: not running, whatever a list says"
+    assert "no follower runs on 10.0.0.22; the autoscaler starts it" in caplog.text
+
+
+def test_a_follower_that_does_not_say_where_it_runs_leaves_the_carried_list_as_it_was(cluster):
+    """A follower of an older ray-ha names no addresses: nothing is known, so nothing is dropped."""
+    store = Store(json.dumps({"10.0.0.21": WORKER, "10.0.0.22": WORKER}), live=None)
+    NodeListCarrier(store, cluster)(snap(Step.ACQUIRED))
+    nodes = json.loads(cluster.state_path.read_text())
+    assert nodes["10.0.0.21"] == WORKER and nodes["10.0.0.22"] == WORKER
+
+
+def test_workers_named_by_host_name_are_carried_as_before(tmp_path):
+    """worker_ips may hold names; a follower's heartbeat names addresses, so a name is never judged gone."""
+    named = LocalCluster(tmp_path / "cluster-x.state", "10.0.0.12", ("w1.example",))
+    NodeListCarrier(Store(json.dumps({"w1.example": WORKER}), live=frozenset()), named)(snap(Step.ACQUIRED))
+    assert json.loads(named.state_path.read_text())["w1.example"] == WORKER
+
+
+def test_live_followers_say_where_they_run_in_redis(redis_server):
+    """With a real Redis: a follower's heartbeat names its machine's addresses while it lives; one that does
+    not (an older ray-ha) makes the answer unknown."""
+    from conftest import KEYS
+    from raylaunch.follow.runtime import machine_addresses
+    from raylaunch.store.keyspace import Keyspace
+    from raylaunch.store.leader import LeaderReader
+    from raylaunch.store.lease import RedisLease
+    from raylaunch.store.records import Holder
+
+    keyspace = Keyspace(redis_server.client(), KEYS)
+    lease = RedisLease(keyspace, Holder.me("h2", "h"), 5.0)
+    assert lease.follower_addresses() == frozenset(), "no follower"
+    LeaderReader(keyspace, "w1", ttl=5, addresses=("10.0.0.21",)).current(None)
+    LeaderReader(keyspace, "w2", ttl=0.2, addresses=("10.0.0.22", "fd00::22")).current(None)
+    assert lease.follower_addresses() == {"10.0.0.21", "10.0.0.22", "fd00::22"}
+    time.sleep(0.4)
+    assert lease.follower_addresses() == {"10.0.0.21"}, "w2's heartbeat expired: its machine runs no follower"
+    LeaderReader(keyspace, "w3", ttl=5).current(None)  # says no address
+    assert lease.follower_addresses() is None
+    assert machine_addresses() and not any(a.startswith("127.") or a == "::1" for a in machine_addresses())

@@ -5,6 +5,7 @@ entries in Redis; a new leader writes them into its own list before its head sta
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ class NodeListLease(Protocol):
 
     def write_provider_nodes(self, text: str) -> bool: ...
     def read_provider_nodes(self) -> Optional[str]: ...
+    def follower_addresses(self) -> Optional[frozenset[str]]: ...
 
 
 class NodeListCarrier:
@@ -46,14 +48,23 @@ class NodeListCarrier:
             log.warning("the node provider's list (%s) was not carried: %s", self.cluster.state_path, exc)
 
     def restore(self) -> None:
-        """Write the last leader's worker entries into this machine's list (ours for the rest)."""
+        """Write the last leader's entries of workers that still run a follower into this machine's list
+        (ours for the rest). A worker whose follower is gone (the cluster was stopped whole, or that machine
+        was) is left to the autoscaler, which starts it at once."""
         text = self.lease.read_provider_nodes()
         if text is None:
             return
         path = self.cluster.state_path
         nodes = json.loads(path.read_text()) if path.exists() else {}
         nodes.setdefault(self.cluster.head_ip, {"tags": {KIND: "head"}, "state": "terminated"})  # else Ray drops all
-        carried = {ip: entry for ip, entry in json.loads(text).items() if ip in self.cluster.worker_ips}
+        listed = {ip: entry for ip, entry in json.loads(text).items() if ip in self.cluster.worker_ips}
+        gone = self.followers_gone() & (set(listed) | set(nodes))
+        carried = {ip: entry for ip, entry in listed.items() if ip not in gone}
+        for ip in gone & set(nodes):  # this machine's own list, from an earlier tenure, says no better
+            nodes[ip] = {**nodes[ip], "state": "terminated"}
+        if gone:
+            log.info("node provider list: no follower runs on %s; the autoscaler starts it",
+                     ", ".join(sorted(gone)))
         nodes.update(carried)
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch = path.with_suffix(".ray-ha")
@@ -62,6 +73,12 @@ class NodeListCarrier:
         self._saved = path.stat().st_mtime_ns
         log.info("node provider list: %d worker(s) carried over from the last leader (%s)", len(carried),
                  ", ".join(f"{ip} {entry.get('state')}" for ip, entry in carried.items()) or "none")
+
+    def followers_gone(self) -> set[str]:
+        """The worker_ips (addresses, not names) where no follower runs now; none if a follower does not
+        say where it runs (an older ray-ha)."""
+        live = self.lease.follower_addresses()
+        return set() if live is None else {ip for ip in self.cluster.worker_ips if _is_address(ip) and ip not in live}
 
     def keep(self) -> None:
         """Keep the workers' entries in Redis when Ray's file changed since last time."""
@@ -76,3 +93,11 @@ class NodeListCarrier:
         workers = {ip: entry for ip, entry in nodes.items() if entry.get("tags", {}).get(KIND) == "worker"}
         if self.lease.write_provider_nodes(json.dumps(workers, sort_keys=True)):
             self._saved = stamp
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False

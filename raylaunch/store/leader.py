@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from raylaunch.store.keys import Keys
 from raylaunch.store.keyspace import Keyspace
-from raylaunch.store.records import FollowerHeartbeat, Holder, Record, serving_record
+from raylaunch.store.records import EndReason, FollowerHeartbeat, Holder, Record, serving_record
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,12 @@ def read_leadership(keyspace: Keyspace) -> Leadership:
 class LeaderReader:
     """Follow mode's view: the serving leader, while refreshing our follower heartbeat in the same round trip."""
 
-    def __init__(self, keyspace: Keyspace, node: str, ttl: float) -> None:
+    def __init__(self, keyspace: Keyspace, node: str, ttl: float, addresses: tuple[str, ...] = ()) -> None:
         self.keyspace, self.node, self.ttl_ms = keyspace, node, int(ttl * 1000)
         self.lease_left = 0.0  # from the last read
-        self.me = FollowerHeartbeat(node=node, host=socket.gethostname(), pid=os.getpid(), since=time.time())
+        self.stopped = False   # from the last read: nobody leads, and the last leader was stopped (released by stop)
+        self.me = FollowerHeartbeat(node=node, host=socket.gethostname(), pid=os.getpid(), since=time.time(),
+                                    addresses=addresses)
 
     def current(self, following: Optional[Record]) -> Optional[Record]:
         """The leader that serves now (None between leaders); says which epoch we follow."""
@@ -61,14 +63,17 @@ class LeaderReader:
                        leader=following.node if following else None,
                        gcs_address=following.gcs_address if following else None)
 
-        def exchange() -> Leadership:
+        def exchange() -> tuple[Leadership, Optional[str]]:
             pipe = self.keyspace.client.pipeline(transaction=False)
             queue_leadership(pipe, self.keyspace.keys)
             pipe.set(self.keyspace.keys.follower(self.node), mine.encode(), px=self.ttl_ms)
-            return leadership_from(pipe.execute())
+            pipe.hget(self.keyspace.keys.grant, "reason")
+            replies = pipe.execute()
+            return leadership_from(replies), replies[-1]
 
-        leadership = self.keyspace.guard(exchange)
+        leadership, ended = self.keyspace.guard(exchange)
         self.lease_left = leadership.lease_left
+        self.stopped = leadership.holder is None and ended == EndReason.STOP.value
         return leadership.serving
 
     def forget(self) -> None:

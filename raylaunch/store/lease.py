@@ -21,7 +21,7 @@ from raylaunch.store.errors import ReplicasBehind
 from raylaunch.store.keyspace import Keyspace
 from raylaunch.store.records import Attempt, Change, Ending, EndReason, Holder, Record, StandbyHeartbeat, Switchover
 from raylaunch.store.scripts import ACQUIRE, HISTORY_LENGTH, RELEASE, RENEW, WRITE_IF_OURS, WRITE_RECORD
-from raylaunch.store.view import pending_switchover
+from raylaunch.store.view import follower_addresses, pending_switchover
 
 T = TypeVar("T")
 
@@ -95,6 +95,10 @@ class RedisLease:
     def read_provider_nodes(self) -> Optional[str]:
         """The worker list the last leader kept, or None."""
         return self._guard(lambda: cast(Optional[str], self.client.get(self.keys.provider)))
+
+    def follower_addresses(self) -> Optional[frozenset[str]]:
+        """The addresses of the machines that run a live follower now; None if one does not say (older)."""
+        return self._guard(lambda: follower_addresses(self.keyspace))
 
     def switchover_request(self) -> Optional[Switchover]:
         """The pending planned handover, if any, a scheduled one made pending once due (the leader checks

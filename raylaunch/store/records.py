@@ -317,7 +317,8 @@ class StandbyHeartbeat:
 
 @dataclass(frozen=True)
 class FollowerHeartbeat:
-    """A follow-mode worker's heartbeat: whom it follows (epoch, leader, GCS address; None while waiting)."""
+    """A follow-mode worker's heartbeat: whom it follows (epoch, leader, GCS address; None while waiting) and
+    its machine's addresses (none from an older ray-ha: unknown)."""
 
     node: str
     host: Optional[str]
@@ -326,6 +327,7 @@ class FollowerHeartbeat:
     epoch: Optional[int] = None
     leader: Optional[str] = None
     gcs_address: Optional[str] = None
+    addresses: tuple[str, ...] = ()
 
     def encode(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -335,7 +337,8 @@ class FollowerHeartbeat:
         data = _json_object(text)
         return None if data is None else cls(
             node=str(data.get("node")), host=data.get("host"), pid=data.get("pid"), since=data.get("since"),
-            epoch=data.get("epoch"), leader=data.get("leader"), gcs_address=data.get("gcs_address"))
+            epoch=data.get("epoch"), leader=data.get("leader"), gcs_address=data.get("gcs_address"),
+            addresses=tuple(str(a) for a in data.get("addresses") or () if isinstance(a, str)))
 
 
 def _int(value: Any) -> int:

@@ -74,6 +74,17 @@ def _read_cluster(keyspace: Keyspace) -> ClusterView:
                        pause=Pause.decode(replies[6]), scheduled=Scheduled.decode(replies[7]))
 
 
+def follower_addresses(keyspace: Keyspace) -> Optional[frozenset[str]]:
+    """The addresses of the machines whose follower's heartbeat is live; None if one names none (an older
+    ray-ha: unknown)."""
+    found: set[str] = set()
+    for live in _heartbeats(keyspace, keyspace.keys.follower(""), FollowerHeartbeat):
+        if not live.record.addresses:
+            return None
+        found.update(live.record.addresses)
+    return frozenset(found)
+
+
 def read_history(keyspace: Keyspace, count: int) -> tuple[Change, ...]:
     """The newest `count` leadership changes, newest first (Redis keeps store.scripts.HISTORY_LENGTH)."""
     keys = keyspace.keys
