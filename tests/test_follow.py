@@ -26,6 +26,7 @@ class Source:
         self.error: Optional[Exception] = None
         self.told: list = []
         self.lease_left = 0.0
+        self.stopped = False  # nobody leads and the last leader was stopped by an operator
 
     def current(self, following: Optional[Record]) -> Optional[Record]:
         self.told.append(following.epoch if following else None)
@@ -60,7 +61,7 @@ class Worker:
 
 def make_world(relayed: bool):
     source, worker, clock, stop = Source(), Worker(relayed), Clock(100.0), threading.Event()
-    follower = Follower(source, worker, FollowTiming(poll=0.5, stop_grace=3.0), stop, clock=clock)
+    follower = Follower(source, worker, FollowTiming(poll=0.5, stop_grace=3.0, stopped_for=60.0), stop, clock=clock)
     return follower, source, worker, clock, stop
 
 
@@ -263,3 +264,75 @@ def test_the_next_read_comes_no_later_than_the_leaders_lease_runs_out(world, ste
     follower, source = world[0], world[1]
     source.lease_left = lease_left
     assert follower.pause(step) == pytest.approx(pause)
+
+
+# -- a cluster stopped whole: `ray down` of every head ------------------------------------------------------
+
+
+def stop_the_cluster(source):
+    source.leader, source.stopped = None, True  # the last leader released with reason "stop"; nobody leads
+
+
+def test_a_worker_leaves_once_the_cluster_it_joined_stays_stopped_as_long_as_rays_raylet_waits(relayed):
+    follower, source, worker, clock, stop = relayed
+    source.leader = A1
+    follower.tick()
+    stop_the_cluster(source)
+    assert follower.tick() is FollowStep.BETWEEN_LEADERS
+    clock.advance(59.9)
+    assert follower.tick() is FollowStep.BETWEEN_LEADERS, "not before Ray's own raylet would give up"
+    clock.advance(0.1)
+    assert follower.tick() is FollowStep.CLUSTER_STOPPED
+    assert worker.events[-1] == ("stop", 3.0) and follower.following is None, "the worker's tree, gracefully"
+    assert follower.run() is FollowStep.CLUSTER_STOPPED, "run() ends on it"
+
+
+def test_a_head_started_again_within_the_wait_keeps_the_worker(relayed):
+    """`ray up` again of a lone head runs `ray-ha stop` then `ray-ha start`: the workers must stay."""
+    follower, source, worker, clock, stop = relayed
+    source.leader = A1
+    follower.tick()
+    stop_the_cluster(source)
+    follower.tick()
+    clock.advance(50)
+    source.leader, source.stopped = B2, False
+    assert follower.tick() is FollowStep.RETARGETED
+    stop_the_cluster(source)
+    follower.tick()
+    clock.advance(50)
+    assert follower.tick() is FollowStep.BETWEEN_LEADERS, "the wait starts again at each stop"
+
+
+def test_a_crashed_leader_is_waited_for_without_end(relayed):
+    follower, source, worker, clock, stop = relayed
+    source.leader = A1
+    follower.tick()
+    source.leader = None  # its lease expired unrenewed (or was released for any other reason)
+    for _ in range(10):
+        clock.advance(3600)
+        assert follower.tick() is FollowStep.BETWEEN_LEADERS
+
+
+def test_a_follower_that_never_joined_waits_for_its_heads_even_if_the_last_cluster_was_stopped(world):
+    """A worker may start before its heads (systemd, `ray up` of a stopped cluster): it must not leave."""
+    follower, source, worker, clock, stop = world
+    stop_the_cluster(source)
+    for _ in range(3):
+        clock.advance(3600)
+        assert follower.tick() is FollowStep.WAITING_LEADER
+    source.leader, source.stopped = A1, False
+    assert follower.tick() is FollowStep.STARTED
+
+
+def test_a_worker_whose_raylet_gave_up_first_still_leaves_with_the_stopped_cluster(relayed):
+    """Ray's raylet exits after the same wait; the follower, back to waiting, still knows it had joined."""
+    follower, source, worker, clock, stop = relayed
+    source.leader = A1
+    follower.tick()
+    stop_the_cluster(source)
+    follower.tick()
+    clock.advance(59)
+    worker.why = "raylet exited (code 1)"
+    assert follower.tick() is FollowStep.WORKER_DIED
+    clock.advance(1)
+    assert follower.tick() is FollowStep.CLUSTER_STOPPED

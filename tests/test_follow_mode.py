@@ -5,6 +5,7 @@ re-joins after a failover, shows in status, detaches for `ray up` and stops with
 import json
 import signal
 import socket
+import time
 from typing import Optional
 
 import pytest
@@ -211,3 +212,26 @@ def test_bad_follow_input_is_one_line_and_starts_nothing(args, env_drop, phrase,
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("ray-ha: error: ") and phrase in lines[0]
     assert fake_ray_events(fake_ray_env) == [] and tagged_processes(leak_guard) == []
+
+
+def test_a_follower_outlives_a_crashed_leader_but_leaves_a_cluster_stopped_by_its_operator(
+        launch, follower, redis_server, fake_ray_env, tmp_path, leak_guard):
+    """`ray down` of every head leaves nothing on the workers, as with stock Ray, whose raylet gives up
+    after its reconnect timeout: the follower leaves once the last leader was *stopped* and nobody has led
+    for that long. A leader that crashed is waited for past it."""
+    worker = follower("f", "--ha-reconnect-timeout=4")
+    a = launch("a")
+    worker.wait_log("joining leader a (epoch 1)", timeout=20)
+    a.kill_tree()  # a crash: its lease expires unrenewed
+    wait_for(lambda: redis_server.client().get(KEY) is None, 10, what="a's lease to expire")
+    worker.wait_log("no leader serves")
+    time.sleep(8)
+    assert worker.proc.poll() is None and raylets_of(worker), "twice the reconnect timeout after a crash: still there"
+    b = launch("b")
+    worker.wait_log("leader is now b (epoch 2)", timeout=20)
+    env = {**fake_ray_env, "RAY_REDIS_ADDRESS": redis_server.address, "RAY_HA_TEST_NODE": "b"}
+    assert ray_ha("stop", "--ha-node-name", "b", env=env, cwd=tmp_path).returncode == 0  # the last head stopped
+    assert b.wait(30) == 0
+    assert worker.wait(30) == 0, worker.log()
+    assert "the cluster was stopped: its last leader was stopped by an operator" in worker.log()
+    assert worker.descendants() == [] and redis_server.client().get(f"{KEY}:follower:f") is None

@@ -9,13 +9,17 @@ leads (through a LeaderSource) and returns a FollowStep the log and tests can re
 - a new epoch at a *different* address: point the relay there and keep the worker (the default), or,
   with no relay, stop the worker's tree and start it against the new address;
 - between leaders: the relay refuses new connections (Ray backs off); the worker keeps running;
-- the worker's own processes died: start again after a backoff that doubles up to a ceiling.
+- the worker's own processes died: start again after a backoff that doubles up to a ceiling;
+- the cluster was stopped (its last leader stopped by an operator, nobody leading since) for as long as
+  Ray's raylet waits for its GCS: leave, as a stock worker's raylet would, so `ray down` of every head
+  leaves nothing running on the workers either. A crashed leader is waited for without end.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
@@ -43,6 +47,7 @@ class LeaderSource(Protocol):
     """Who leads now (store.leader.LeaderReader in production); also tells Redis whom we follow."""
 
     lease_left: float  # at the last read, how long the lease runs without a renewal (0: nobody holds it)
+    stopped: bool      # at the last read, nobody holds it and the last leader was stopped by an operator
 
     def current(self, following: Optional[Record]) -> Optional[Record]: ...
 
@@ -84,6 +89,7 @@ class FollowStep(enum.Enum):
     REDIS_DOWN = "redis-down"           # cannot read who leads; the worker (if any) keeps running
     REDIS_REFUSED = "redis-refused"     # Redis refuses until a setting changes; the worker keeps running
     STOPPED = "stopped"                 # stop requested; the tree is gone
+    CLUSTER_STOPPED = "cluster-stopped"  # the cluster was stopped and stayed so; the tree is gone, we leave
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class FollowTiming:
 
     poll: float          # how often to read who leads (the retry period)
     stop_grace: float    # a graceful worker stop before SIGKILL
+    stopped_for: float = math.inf  # leave once the cluster has been stopped this long (Ray's reconnect timeout)
 
 
 class Follower:
@@ -108,13 +115,15 @@ class Follower:
         self.trouble = Trouble(lambda: Role.FOLLOWER.value, clock, note="; the worker, if any, keeps running")
         self._next_wait_log = 0.0
         self._relay_paused = False
+        self._joined = False  # a worker was started in this follower's life
+        self._stopped_since: Optional[float] = None  # when the cluster was first seen stopped
 
     def run(self, report: Callable[[FollowStep], None] = lambda step: None) -> FollowStep:
         """Tick until a stop is asked, telling `report` each step; the worker's tree is gone at the end."""
         while True:
             step = self.tick()
             report(step)
-            if step is FollowStep.STOPPED:
+            if step in (FollowStep.STOPPED, FollowStep.CLUSTER_STOPPED):
                 return step
             self.stop.wait(self.pause(step))
 
@@ -143,10 +152,13 @@ class Follower:
             self.trouble.failed(exc)  # a running worker is left alone either way
             return FollowStep.REDIS_REFUSED if self.trouble.refused else FollowStep.REDIS_DOWN
         self.trouble.recovered()
-        # 4. No worker: start one once a leader serves and any backoff is over.
+        # 4. The cluster was stopped long enough after we joined it: leave, as Ray's raylet would.
+        if self._cluster_stopped(leader):
+            return self._leave()
+        # 5. No worker: start one once a leader serves and any backoff is over.
         if self.following is None:
             return self._maybe_start(leader)
-        # 5. A worker runs: between leaders it waits; a new leader means keep, retarget or restart.
+        # 6. A worker runs: between leaders it waits; a new leader means keep, retarget or restart.
         if leader is None:
             return self._between_leaders()
         if leader.epoch == self.following.epoch:
@@ -197,7 +209,23 @@ class Follower:
     def _start(self, leader: Record) -> None:
         log.info("joining leader %s (epoch %d) at %s", leader.node, leader.epoch, leader.gcs_address)
         self.worker.start(leader.gcs_address, leader.epoch)
-        self.following, self.started_at = leader, self.clock()
+        self.following, self.started_at, self._joined = leader, self.clock(), True
+
+    def _cluster_stopped(self, leader: Optional[Record]) -> bool:
+        """True once the cluster we joined has stayed stopped for `stopped_for` (one that never served
+        since we started is waited for: a worker may well start before its heads)."""
+        if leader is not None or not self.source.stopped or not self._joined:
+            self._stopped_since = None
+            return False
+        if self._stopped_since is None:
+            self._stopped_since = self.clock()
+        return self.clock() - self._stopped_since >= self.timing.stopped_for
+
+    def _leave(self) -> FollowStep:
+        log.info("the cluster was stopped: its last leader was stopped by an operator (ray down, ray stop or "
+                 "ray-ha stop) and nobody has led for %gs; leaving, as Ray's raylet would", self.timing.stopped_for)
+        self._stop_worker("the cluster was stopped")
+        return FollowStep.CLUSTER_STOPPED
 
     def _worker_died(self, why: str) -> FollowStep:
         wait = self.backoff.after(self.clock() - self.started_at)

@@ -8,11 +8,14 @@ outlive the follower, and it closes only after the worker's tree has stopped (a 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Optional, Union
+
+import psutil
 
 from raylaunch.config import ConfigError, Exit, Role
 from raylaunch.follow.follower import Follower, FollowStep, FollowTiming
@@ -160,9 +163,11 @@ class FollowMode:
         worker.open()  # a relay's given host and port are checked now, not at the first leader
         keyspace = connect_keyspace(plan, supervision.stop)
         source = LeaderReader(keyspace, plan.identity.node_name,
-                              ttl=max(plan.timing.lease_duration, 3 * plan.timing.retry_period))
+                              ttl=max(plan.timing.lease_duration, 3 * plan.timing.retry_period),
+                              addresses=machine_addresses())
         self.follower = follower = Follower(source, worker,
-                                            FollowTiming(plan.timing.retry_period, plan.timing.stop_grace),
+                                            FollowTiming(plan.timing.retry_period, plan.timing.stop_grace,
+                                                         stopped_for=plan.timing.effective_reconnect_timeout),
                                             supervision.stop)
         log.info("following the leader of %s on %s%s", keyspace.keys.lease, plan.target.display,
                  "" if worker.relayed else " (no relay: the worker is restarted when the leader moves)")
@@ -186,6 +191,14 @@ class FollowMode:
                 log.warning("could not remove the follower record: %s", exc)
             keyspace.close()
         return 0
+
+
+def machine_addresses() -> tuple[str, ...]:
+    """This machine's IP addresses but loopback ones: the follower's heartbeat names them, so a new leader
+    can tell which of `ray up`'s worker_ips still run a follower (head.provider)."""
+    found = (a.address.split("%")[0] for nic in psutil.net_if_addrs().values() for a in nic
+             if a.family in (socket.AF_INET, socket.AF_INET6))
+    return tuple(sorted({a for a in found if not ipaddress.ip_address(a).is_loopback}))
 
 
 def make_worker(plan: Plan) -> Union[RayWorker, RelayedWorker]:
