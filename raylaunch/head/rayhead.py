@@ -12,7 +12,7 @@ from raylaunch.proc.net import join_address, tcp_accepts
 from raylaunch.proc.prewarm import WarmStart
 from raylaunch.proc.raycmd import GCS_NAME, RAYLET_NAME, RayCommand, client_ports, with_redis_credentials
 from raylaunch.proc.tree import ProcessTree
-from raylaunch.store.errors import RedisRefused
+from raylaunch.store.errors import RedisRefused, RedisUnavailable
 from raylaunch.store.fence import Credentials
 
 log = logging.getLogger("ray-ha")
@@ -71,7 +71,10 @@ class RayHead:
             argv = with_redis_credentials(argv, issued.username, issued.password)
         self.tree = ProcessTree(argv, env, watch_name=GCS_NAME, drain_name=RAYLET_NAME,
                                 spare=self.spare)
-        name = self._session_name() if self.warm else None
+        name = self._session_name()
+        if name:  # Ray's GCS tables in Redis outlive every head: a cluster started again resumes them
+            log.info("resuming session %s%s (Redis keeps the cluster's state; docs/ray-up.md: starting fresh)",
+                     name, f" from epoch {epoch - 1}" if epoch > 1 else "")
         warm = self.warm.take(argv, env, name) if self.warm else None
         self.tree.start(adopt=warm)
         if warm:
@@ -84,7 +87,7 @@ class RayHead:
         """The cluster's session name, or None (Ray then reads it itself) if Redis does not answer."""
         try:
             return self.session_name()
-        except RedisRefused as exc:
+        except (RedisRefused, RedisUnavailable) as exc:
             log.warning("cannot read the cluster's session name (%s); Ray reads it itself", exc)
             return None
 
