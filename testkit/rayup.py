@@ -91,6 +91,11 @@ class RayUp:
         assert result.returncode == 0, f"ray {' '.join(args)} {yaml_of} exited {result.returncode}:\n{out[-6000:]}"
         return out
 
+    def exec(self, head: str, command: str) -> subprocess.CompletedProcess:
+        """`ray exec <yaml of head> COMMAND` from the admin host, run to its end whatever it exits with."""
+        return self.admin.run(["ray", "exec", str(self.yaml[head]), command], timeout=300, check=False,
+                              env=self.env)
+
     def up(self, head: str) -> str:
         """`ray up` of `head`'s YAML (no config cache, as a user editing it would)."""
         return self.ray("up", "--no-config-cache", yaml_of=head)
