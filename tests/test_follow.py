@@ -273,6 +273,16 @@ def stop_the_cluster(source):
     source.leader, source.stopped = None, True  # the last leader released with reason "stop"; nobody leads
 
 
+def joined_then_stopped(world):
+    """A follower that joined A1, then saw the cluster stopped (once)."""
+    follower, source, worker, clock, stop = world
+    source.leader = A1
+    follower.tick()
+    stop_the_cluster(source)
+    follower.tick()
+    return world
+
+
 def test_a_worker_leaves_once_the_cluster_it_joined_stays_stopped_as_long_as_rays_raylet_waits(relayed):
     follower, source, worker, clock, stop = relayed
     source.leader = A1
@@ -289,11 +299,7 @@ def test_a_worker_leaves_once_the_cluster_it_joined_stays_stopped_as_long_as_ray
 
 def test_a_head_started_again_within_the_wait_keeps_the_worker(relayed):
     """`ray up` again of a lone head runs `ray-ha stop` then `ray-ha start`: the workers must stay."""
-    follower, source, worker, clock, stop = relayed
-    source.leader = A1
-    follower.tick()
-    stop_the_cluster(source)
-    follower.tick()
+    follower, source, worker, clock, stop = joined_then_stopped(relayed)
     clock.advance(50)
     source.leader, source.stopped = B2, False
     assert follower.tick() is FollowStep.RETARGETED
@@ -326,11 +332,7 @@ def test_a_follower_that_never_joined_waits_for_its_heads_even_if_the_last_clust
 
 def test_a_worker_whose_raylet_gave_up_first_still_leaves_with_the_stopped_cluster(relayed):
     """Ray's raylet exits after the same wait; the follower, back to waiting, still knows it had joined."""
-    follower, source, worker, clock, stop = relayed
-    source.leader = A1
-    follower.tick()
-    stop_the_cluster(source)
-    follower.tick()
+    follower, source, worker, clock, stop = joined_then_stopped(relayed)
     clock.advance(59)
     worker.why = "raylet exited (code 1)"
     assert follower.tick() is FollowStep.WORKER_DIED
