@@ -1,14 +1,14 @@
 """The stop tripwire: how a head-mode supervisor learns that an operator ran `ray stop` on its machine.
 
 `ray stop` (by hand, or run by `ray down` of the candidate's YAML) sends SIGTERM to the processes whose
-command line names one of Ray's (Ray's own list, `RAY_PROCESSES`, has held `monitor.py` since before
-Ray 2.0). Ray's processes cannot tell us afterwards who ended them, and a standby runs none. So the
-supervisor keeps one tiny child of its own whose command line carries that name: `ray stop` ends it
-too, and its exit status, which only its parent sees, says by which signal. Anything that ends it but
-us is an operator's stop, and the supervisor then leaves as `ray-ha stop` would. A crash, an OOM kill
-or kill -9 of the head's processes leaves it running, so those still stand by again. It runs in its
-own session (never part of the head's tree) and exits when its stdin closes, that is, with us.
-"""
+command line names one of Ray's (Ray's own list, `RAY_PROCESSES` in ray/autoscaler/_private/constants.py,
+holds `monitor.py`, matched anywhere in a command line). Ray's processes cannot tell us afterwards who
+ended them, and a standby runs none. So the supervisor keeps one tiny child of its own whose command line
+carries that name: `ray stop` ends it too, and its exit status, which only its parent sees, says by which
+signal. Anything that ends it but us is an operator's stop, and the supervisor then leaves as `ray-ha
+stop` would. A crash, an OOM kill or kill -9 of the head's processes leaves it running, so those still
+stand by again. It runs in its own session (never part of the head's tree) and exits when its stdin
+closes, that is, with us."""
 
 from __future__ import annotations
 
