@@ -118,7 +118,15 @@ class RayUp:
                               timeout=120, check=False, env=self.env)
 
     def raylets(self, name: str) -> list[int]:
-        return [p.pid for p in self.host(name).processes() if p.name() == "raylet"]
+        """The raylets on machine `name` (a process that ends while being looked at is skipped)."""
+        found = []
+        for proc in self.host(name).processes():
+            try:
+                if proc.name() == "raylet":
+                    found.append(proc.pid)
+            except psutil.Error:
+                continue
+        return found
 
     def leftovers(self, name: str) -> list[str]:
         """What runs on machine `name` besides its sshd."""

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import psutil
 import pytest
 
 from conftest import HOSTS_LEASE as LEASE
@@ -37,7 +38,7 @@ class WorkerWork:
         self.actor, self.node, self.count = first["pid"], first["node"], 1
 
     def raylet_pid(self) -> Optional[int]:
-        pids = [p.pid for p in self.host.processes() if p.name() == "raylet"]
+        pids = [p.pid for p in self.host.processes() if named(p) == "raylet"]
         assert len(pids) <= 1, f"w1 runs {len(pids)} raylets"
         return pids[0] if pids else None
 
@@ -292,3 +293,11 @@ while True:
             ip, stamp = line.split()
             answers[ip].append(float(stamp))
         return answers
+
+
+def named(proc) -> str:
+    """A process's name; "" for one that ended while being looked at."""
+    try:
+        return proc.name()
+    except psutil.Error:
+        return ""
